@@ -1,0 +1,1 @@
+//! drover as an HTTP extender for kube-scheduler (see issue: extender).

@@ -1,0 +1,542 @@
+//! The cluster cache: the one owner of the scheduler's view of nodes and pods.
+//!
+//! It consumes watch events (`upsert_*` / `delete_*`) and the scheduler's own
+//! decisions, and publishes immutable [`Snapshot`]s.
+//!
+//! A pod's life in the cache, as in kube-scheduler:
+//!
+//! ```text
+//!   pending ──assume──▶ assumed ──watch shows it bound──▶ bound ──delete──▶ gone
+//!                          │  ▲
+//!              bind failed │  │ (bind is in flight; the pod counts on its node)
+//!                 forget   ▼  │
+//!                        pending        assumed and bind succeeded but no watch
+//!                                       confirmation before the deadline ──expire──▶ gone
+//! ```
+//!
+//! Every pod with a `nodeName` counts on its node, whoever bound it. Pods that name a
+//! node the cache has not seen get a placeholder node that no filter accepts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::model::{NodeInfo, PodInfo, PodKey};
+use crate::snapshot::{CHUNK, Chunk, Snapshot};
+
+/// Where a pod stands in the cache.
+#[derive(Clone, Debug)]
+struct PodState {
+    pod: Arc<PodInfo>,
+    /// Node the pod counts on (bound or assumed).
+    node: Option<Arc<str>>,
+    /// Set while the pod is assumed: the deadline (ms) after which an unconfirmed
+    /// assumption expires, or `None` while its bind is still in flight.
+    assumed: Option<Option<i64>>,
+}
+
+/// What an upserted pod means for the scheduler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodChange {
+    /// The pod is unbound and not ending: a candidate for scheduling.
+    Pending,
+    /// The pod is on a node (bound by anyone, or our assumption confirmed).
+    Assigned,
+    /// The pod ended or is being deleted: it holds no place to schedule.
+    Terminal,
+}
+
+/// The cache. Not thread-safe by design: one task owns it.
+#[derive(Debug, Default)]
+pub struct ClusterCache {
+    chunks: Vec<Arc<Chunk>>,
+    index: Arc<HashMap<Arc<str>, usize>>,
+    free_slots: Vec<usize>,
+    pods: HashMap<PodKey, PodState>,
+    generation: u64,
+}
+
+impl ClusterCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Publishes the current state. Costs one `Arc` clone per chunk.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::from_parts(self.chunks.clone(), self.index.clone(), self.generation)
+    }
+
+    /// The generation of the newest state.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The pod with `key`, if the cache holds it (bound, assumed or pending).
+    pub fn pod(&self, key: &PodKey) -> Option<&Arc<PodInfo>> {
+        self.pods.get(key).map(|s| &s.pod)
+    }
+
+    /// Number of pods held on nodes (bound or assumed).
+    pub fn placed_pods(&self) -> usize {
+        self.pods.values().filter(|s| s.node.is_some()).count()
+    }
+
+    /// True when the pod is assumed and its binding not yet confirmed.
+    pub fn is_assumed(&self, key: &PodKey) -> bool {
+        self.pods.get(key).is_some_and(|s| s.assumed.is_some())
+    }
+
+    fn slot_mut(&mut self, slot: usize) -> &mut Option<Arc<NodeInfo>> {
+        &mut Arc::make_mut(&mut self.chunks[slot / CHUNK])[slot % CHUNK]
+    }
+
+    /// Applies `f` to the node in `slot`, copying it (and its chunk) only if shared.
+    fn with_node(&mut self, slot: usize, f: impl FnOnce(&mut NodeInfo)) {
+        if let Some(node) = self.slot_mut(slot) {
+            f(Arc::make_mut(node));
+        }
+        self.generation += 1;
+    }
+
+    fn alloc_slot(&mut self, name: Arc<str>) -> usize {
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            let s = self.chunks.len() * CHUNK;
+            self.chunks.push(Arc::new(vec![None; CHUNK]));
+            for i in (s + 1..s + CHUNK).rev() {
+                self.free_slots.push(i);
+            }
+            s
+        });
+        Arc::make_mut(&mut self.index).insert(name, slot);
+        slot
+    }
+
+    fn slot_for_node(&mut self, name: &Arc<str>) -> usize {
+        if let Some(&s) = self.index.get(name) {
+            return s;
+        }
+        let s = self.alloc_slot(name.clone());
+        *self.slot_mut(s) = Some(Arc::new(NodeInfo {
+            name: name.clone(),
+            known: false,
+            ..Default::default()
+        }));
+        s
+    }
+
+    /// Adds or updates a node from its spec and status. The pods already on it are
+    /// kept; `info.pods`, `requested` and `used_ports` are ignored.
+    pub fn upsert_node_info(&mut self, info: NodeInfo) {
+        let name = info.name.clone();
+        let slot = self.slot_for_node(&name);
+        self.with_node(slot, |n| {
+            n.known = true;
+            n.labels = info.labels;
+            n.taints = info.taints;
+            n.unschedulable = info.unschedulable;
+            n.allocatable = info.allocatable;
+            n.max_pods = info.max_pods;
+            n.generation += 1;
+        });
+    }
+
+    /// Adds a node together with the pods already on it (fixtures, the simulator's
+    /// start): each pod is upserted as bound to this node.
+    pub fn add_node_with_pods(&mut self, mut info: NodeInfo) {
+        let pods = std::mem::take(&mut info.pods);
+        let name = info.name.clone();
+        self.upsert_node_info(info);
+        for p in pods {
+            let mut p = (*p).clone();
+            p.node_name = Some(name.clone());
+            self.upsert_pod(p);
+        }
+    }
+
+    /// Removes a node. Pods still on it stay in the cache on a placeholder until they
+    /// are deleted, so the node's return does not double-count them.
+    pub fn delete_node(&mut self, name: &str) {
+        let Some(&slot) = self.index.get(name) else {
+            return;
+        };
+        let empty = self.slot(slot).is_some_and(|n| n.pods.is_empty());
+        if empty {
+            *self.slot_mut(slot) = None;
+            Arc::make_mut(&mut self.index).remove(name);
+            self.free_slots.push(slot);
+            self.generation += 1;
+        } else {
+            self.with_node(slot, |n| {
+                n.known = false;
+                n.generation += 1;
+            });
+        }
+    }
+
+    fn slot(&self, slot: usize) -> Option<&Arc<NodeInfo>> {
+        self.chunks.get(slot / CHUNK)?.get(slot % CHUNK)?.as_ref()
+    }
+
+    fn detach(&mut self, key: &PodKey, node: &Arc<str>) {
+        if let Some(&slot) = self.index.get(node) {
+            self.with_node(slot, |n| {
+                n.remove_pod(key);
+            });
+            // A placeholder that lost its last pod goes away.
+            let gone = self
+                .slot(slot)
+                .is_some_and(|n| !n.known && n.pods.is_empty());
+            if gone {
+                *self.slot_mut(slot) = None;
+                Arc::make_mut(&mut self.index).remove(node);
+                self.free_slots.push(slot);
+            }
+        }
+    }
+
+    fn attach(&mut self, pod: &Arc<PodInfo>, node: &Arc<str>) {
+        let slot = self.slot_for_node(node);
+        let p = pod.clone();
+        self.with_node(slot, |n| n.add_pod(p));
+    }
+
+    /// Adds or updates a pod from the watch.
+    pub fn upsert_pod(&mut self, pod: PodInfo) -> PodChange {
+        let key = pod.key.clone();
+        let pod = Arc::new(pod);
+        let mut prev = self.pods.remove(&key);
+        // A recreated pod (same name, new UID) replaces the old one entirely.
+        if let Some(old) = prev.take_if(|p| p.pod.uid != pod.uid && !pod.uid.is_empty())
+            && let Some(n) = old.node
+        {
+            self.detach(&key, &n);
+        }
+        let was_on = prev.as_ref().and_then(|p| p.node.clone());
+        let assumed = prev.as_ref().and_then(|p| p.assumed);
+
+        if pod.phase.is_terminal() || (pod.deleting && pod.node_name.is_none()) {
+            if let Some(n) = was_on {
+                self.detach(&key, &n);
+            }
+            return PodChange::Terminal;
+        }
+        match (pod.node_name.clone(), was_on) {
+            (Some(bound), Some(held)) => {
+                if bound != held {
+                    self.detach(&key, &held);
+                    self.attach(&pod, &bound);
+                } else {
+                    // Same node: refresh the pod's data (requests may have been resized).
+                    let old = prev.as_ref().map(|p| p.pod.clone());
+                    if old.is_none_or(|o| {
+                        o.requests != pod.requests || o.host_ports != pod.host_ports
+                    }) {
+                        self.detach(&key, &held);
+                        self.attach(&pod, &bound);
+                    }
+                }
+                self.pods.insert(
+                    key,
+                    PodState {
+                        pod,
+                        node: Some(bound),
+                        assumed: None,
+                    },
+                );
+                PodChange::Assigned
+            }
+            (Some(bound), None) => {
+                self.attach(&pod, &bound);
+                self.pods.insert(
+                    key,
+                    PodState {
+                        pod,
+                        node: Some(bound),
+                        assumed: None,
+                    },
+                );
+                PodChange::Assigned
+            }
+            (None, Some(held)) => {
+                // Still unbound in the API while we hold an assumption: keep it.
+                if assumed.is_some() {
+                    self.pods.insert(
+                        key,
+                        PodState {
+                            pod,
+                            node: Some(held),
+                            assumed,
+                        },
+                    );
+                    PodChange::Assigned
+                } else {
+                    self.detach(&key, &held);
+                    self.pods.insert(
+                        key,
+                        PodState {
+                            pod,
+                            node: None,
+                            assumed: None,
+                        },
+                    );
+                    PodChange::Pending
+                }
+            }
+            (None, None) => {
+                self.pods.insert(
+                    key,
+                    PodState {
+                        pod,
+                        node: None,
+                        assumed: None,
+                    },
+                );
+                PodChange::Pending
+            }
+        }
+    }
+
+    /// Removes a pod (the watch says it is gone).
+    pub fn delete_pod(&mut self, key: &PodKey) {
+        if let Some(state) = self.pods.remove(key)
+            && let Some(n) = state.node
+        {
+            self.detach(key, &n);
+        }
+    }
+
+    /// Counts `pod` on `node` before the binding is confirmed.
+    pub fn assume(&mut self, pod: &PodInfo, node: &str) {
+        let node: Arc<str> = self
+            .index
+            .get_key_value(node)
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| node.into());
+        let mut placed = pod.clone();
+        placed.node_name = Some(node.clone());
+        let placed = Arc::new(placed);
+        if let Some(prev) = self.pods.remove(&pod.key)
+            && let Some(n) = prev.node
+        {
+            self.detach(&pod.key, &n);
+        }
+        self.attach(&placed, &node);
+        self.pods.insert(
+            pod.key.clone(),
+            PodState {
+                pod: placed,
+                node: Some(node),
+                assumed: Some(None),
+            },
+        );
+    }
+
+    /// The bind call succeeded: start the clock on the watch's confirmation.
+    pub fn finish_binding(&mut self, key: &PodKey, deadline_ms: i64) {
+        if let Some(s) = self.pods.get_mut(key)
+            && s.assumed.is_some()
+        {
+            s.assumed = Some(Some(deadline_ms));
+        }
+    }
+
+    /// The bind failed: the pod no longer counts on the node and is pending again.
+    pub fn forget(&mut self, key: &PodKey) {
+        if let Some(s) = self.pods.get(key)
+            && s.assumed.is_some()
+        {
+            let mut state = self.pods.remove(key).expect("present");
+            if let Some(n) = state.node.take() {
+                self.detach(key, &n);
+            }
+            let mut pod = (*state.pod).clone();
+            pod.node_name = None;
+            self.pods.insert(
+                key.clone(),
+                PodState {
+                    pod: Arc::new(pod),
+                    node: None,
+                    assumed: None,
+                },
+            );
+        }
+    }
+
+    /// Drops assumptions whose binding was never confirmed by the deadline; returns
+    /// their keys.
+    pub fn expire(&mut self, now_ms: i64) -> Vec<PodKey> {
+        let expired: Vec<PodKey> = self
+            .pods
+            .iter()
+            .filter(|(_, s)| matches!(s.assumed, Some(Some(d)) if d <= now_ms))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &expired {
+            if let Some(s) = self.pods.remove(k)
+                && let Some(n) = s.node
+            {
+                self.detach(k, &n);
+            }
+        }
+        expired
+    }
+
+    /// Pending pods (unbound, not assumed) — used after a restart or a relist.
+    pub fn pending_pods(&self) -> impl Iterator<Item = &Arc<PodInfo>> {
+        self.pods
+            .values()
+            .filter(|s| s.node.is_none())
+            .map(|s| &s.pod)
+    }
+
+    /// Keys of every pod the cache holds (for reconciling after a relist).
+    pub fn pod_keys(&self) -> Vec<PodKey> {
+        self.pods.keys().cloned().collect()
+    }
+
+    /// Names of every node the cache knows.
+    pub fn node_names(&self) -> Vec<Arc<str>> {
+        self.index.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Phase, Resources};
+
+    fn node(name: &str, cpu: i64) -> NodeInfo {
+        NodeInfo::new(name, Resources::cpu_mem(cpu, 1 << 30), 110)
+    }
+
+    fn pod(name: &str, cpu: i64, node: Option<&str>) -> PodInfo {
+        PodInfo {
+            key: PodKey::new("ns", name),
+            uid: format!("uid-{name}").into(),
+            requests: Resources::cpu_mem(cpu, 0),
+            node_name: node.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    fn requested(s: &Snapshot, n: &str) -> i64 {
+        s.node(n).map_or(-1, |n| n.requested.cpu)
+    }
+
+    #[test]
+    fn bound_pods_count_whoever_bound_them() {
+        let mut c = ClusterCache::new();
+        c.upsert_node_info(node("a", 4000));
+        assert_eq!(c.upsert_pod(pod("x", 1000, Some("a"))), PodChange::Assigned);
+        assert_eq!(c.upsert_pod(pod("y", 500, None)), PodChange::Pending);
+        assert_eq!(requested(&c.snapshot(), "a"), 1000);
+        c.delete_pod(&PodKey::new("ns", "x"));
+        assert_eq!(requested(&c.snapshot(), "a"), 0);
+    }
+
+    #[test]
+    fn assume_confirm_forget_expire() {
+        let mut c = ClusterCache::new();
+        c.upsert_node_info(node("a", 4000));
+        let p = pod("p", 1000, None);
+        c.upsert_pod(p.clone());
+        c.assume(&p, "a");
+        assert_eq!(requested(&c.snapshot(), "a"), 1000);
+        // A stale watch event (still unbound) does not undo the assumption.
+        assert_eq!(c.upsert_pod(p.clone()), PodChange::Assigned);
+        assert_eq!(requested(&c.snapshot(), "a"), 1000);
+        // Forget after a failed bind.
+        c.forget(&p.key);
+        assert_eq!(requested(&c.snapshot(), "a"), 0);
+        assert_eq!(c.pending_pods().count(), 1);
+        // Assume, bind ok, confirmation arrives: no double count, no expiry.
+        c.assume(&p, "a");
+        c.finish_binding(&p.key, 100);
+        c.upsert_pod(pod("p", 1000, Some("a")));
+        assert_eq!(requested(&c.snapshot(), "a"), 1000);
+        assert!(c.expire(1_000).is_empty());
+        // Assume, bind ok, no confirmation: expires.
+        let q = pod("q", 500, None);
+        c.assume(&q, "a");
+        c.finish_binding(&q.key, 100);
+        assert!(c.expire(50).is_empty(), "not before the deadline");
+        assert_eq!(c.expire(100), vec![q.key.clone()]);
+        assert_eq!(requested(&c.snapshot(), "a"), 1000);
+    }
+
+    #[test]
+    fn bound_elsewhere_moves_the_pod() {
+        let mut c = ClusterCache::new();
+        c.upsert_node_info(node("a", 4000));
+        c.upsert_node_info(node("b", 4000));
+        let p = pod("p", 1000, None);
+        c.assume(&p, "a");
+        c.upsert_pod(pod("p", 1000, Some("b")));
+        let s = c.snapshot();
+        assert_eq!((requested(&s, "a"), requested(&s, "b")), (0, 1000));
+    }
+
+    #[test]
+    fn terminal_pods_release_their_node() {
+        let mut c = ClusterCache::new();
+        c.upsert_node_info(node("a", 4000));
+        c.upsert_pod(pod("p", 1000, Some("a")));
+        let mut done = pod("p", 1000, Some("a"));
+        done.phase = Phase::Succeeded;
+        assert_eq!(c.upsert_pod(done), PodChange::Terminal);
+        assert_eq!(requested(&c.snapshot(), "a"), 0);
+    }
+
+    #[test]
+    fn pods_on_unknown_nodes_wait_on_a_placeholder() {
+        let mut c = ClusterCache::new();
+        c.upsert_pod(pod("p", 1000, Some("late")));
+        let s = c.snapshot();
+        let n = s.node("late").expect("placeholder");
+        assert!(!n.known);
+        c.upsert_node_info(node("late", 4000));
+        let s = c.snapshot();
+        assert!(s.node("late").unwrap().known);
+        assert_eq!(requested(&s, "late"), 1000);
+        // Deleting the node keeps its pods' accounting until they go.
+        c.delete_node("late");
+        assert!(!c.snapshot().node("late").unwrap().known);
+        c.delete_pod(&PodKey::new("ns", "p"));
+        assert!(c.snapshot().node("late").is_none());
+    }
+
+    #[test]
+    fn recreated_pod_with_new_uid_is_a_new_pod() {
+        let mut c = ClusterCache::new();
+        c.upsert_node_info(node("a", 4000));
+        c.upsert_pod(pod("p", 1000, Some("a")));
+        let mut again = pod("p", 2000, None);
+        again.uid = "other".into();
+        assert_eq!(c.upsert_pod(again), PodChange::Pending);
+        assert_eq!(requested(&c.snapshot(), "a"), 0);
+    }
+
+    #[test]
+    fn snapshots_share_untouched_chunks() {
+        let mut c = ClusterCache::new();
+        for i in 0..200 {
+            c.upsert_node_info(node(&format!("n{i}"), 4000));
+        }
+        let before = c.snapshot();
+        c.upsert_pod(pod("p", 1000, Some("n0")));
+        let after = c.snapshot();
+        let same: Vec<bool> = before
+            .chunks()
+            .iter()
+            .zip(after.chunks())
+            .map(|(a, b)| Arc::ptr_eq(a, b))
+            .collect();
+        assert_eq!(
+            same.iter().filter(|s| !**s).count(),
+            1,
+            "only the changed chunk is copied: {same:?}"
+        );
+        assert_eq!(requested(&before, "n0"), 0, "old snapshots never change");
+        assert_eq!(requested(&after, "n0"), 1000);
+    }
+}

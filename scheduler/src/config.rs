@@ -1,0 +1,365 @@
+//! The configuration file: scoring weights, packing, queue timing. Parsed and validated
+//! into a typed [`Config`] before any I/O; a bad file is refused at start with a message
+//! that names the field.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::framework::Profile;
+use crate::model::ResourceKind;
+use crate::plugins::packing::{Packing, Strategy};
+use crate::plugins::{Filter, Score};
+use crate::queue::QueueConfig;
+
+/// A configuration that could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML of the expected shape.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The path.
+        path: String,
+        /// The parser's error (names the field and line).
+        source: serde_yaml_ng::Error,
+    },
+    /// A field has a value drover cannot use.
+    #[error("config field `{field}`: {problem}")]
+    Invalid {
+        /// The field's path, e.g. `packing.resources[2].weight`.
+        field: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// One resource of the packing score and its weight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceWeight {
+    /// A Kubernetes resource name: `cpu`, `memory`, `nvidia.com/gpu`, ...
+    pub name: String,
+    /// Its weight (≥ 1).
+    pub weight: i64,
+}
+
+/// The packing score's settings in the file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PackingConfig {
+    /// `MostAllocated` (pack, default) or `LeastAllocated` (spread).
+    pub strategy: Strategy,
+    /// Resources the score looks at, with weights.
+    pub resources: Vec<ResourceWeight>,
+}
+
+impl Default for PackingConfig {
+    fn default() -> Self {
+        let d = Packing::default();
+        PackingConfig {
+            strategy: d.strategy,
+            resources: d
+                .resources
+                .iter()
+                .map(|(k, w)| ResourceWeight {
+                    name: k.name().to_string(),
+                    weight: *w,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Weights of the score plugins (0 turns one off).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ScoreWeights {
+    /// The packing score.
+    pub packing: i64,
+    /// Preferred node affinity.
+    pub node_affinity: i64,
+    /// Untolerated PreferNoSchedule taints.
+    pub taint_toleration: i64,
+}
+
+impl Default for ScoreWeights {
+    fn default() -> Self {
+        ScoreWeights {
+            packing: 1,
+            node_affinity: 2,
+            taint_toleration: 3,
+        }
+    }
+}
+
+/// Queue timing in the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct QueueTiming {
+    /// Backoff after the first failed attempt.
+    pub initial_backoff_seconds: f64,
+    /// Longest backoff.
+    pub max_backoff_seconds: f64,
+    /// Retry unschedulable pods at least this often, even with no cluster event.
+    pub max_unschedulable_seconds: f64,
+}
+
+impl Default for QueueTiming {
+    fn default() -> Self {
+        QueueTiming {
+            initial_backoff_seconds: 1.0,
+            max_backoff_seconds: 10.0,
+            max_unschedulable_seconds: 300.0,
+        }
+    }
+}
+
+/// Binding settings in the file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct BindingConfig {
+    /// Binds in flight at once.
+    pub concurrency: usize,
+    /// How long a successful bind may wait for the watch to confirm it before the
+    /// assumption expires.
+    pub confirm_timeout_seconds: u64,
+}
+
+impl Default for BindingConfig {
+    fn default() -> Self {
+        BindingConfig {
+            concurrency: 64,
+            confirm_timeout_seconds: 30,
+        }
+    }
+}
+
+/// The whole file. Every field is optional; see docs/configuration.md.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct FileConfig {
+    /// The packing score.
+    pub packing: PackingConfig,
+    /// Score weights.
+    pub weights: ScoreWeights,
+    /// Queue timing.
+    pub queue: QueueTiming,
+    /// Binding.
+    pub binding: BindingConfig,
+}
+
+/// The validated configuration the scheduler runs with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The scheduling profile.
+    pub profile: Profile,
+    /// Queue timing.
+    pub queue: QueueConfig,
+    /// Binds in flight at once.
+    pub bind_concurrency: usize,
+    /// Milliseconds an assumed, bound pod may wait for the watch's confirmation.
+    pub confirm_timeout_ms: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        FileConfig::default()
+            .validate()
+            .expect("the default config is valid")
+    }
+}
+
+impl FileConfig {
+    /// Reads and validates a YAML file.
+    pub fn load(path: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)?.validate()
+    }
+
+    /// Parses YAML text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(FileConfig::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.into(),
+            source,
+        })
+    }
+
+    /// Checks every field and builds the typed configuration.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let w = &self.weights;
+        for (name, v) in [
+            ("weights.packing", w.packing),
+            ("weights.nodeAffinity", w.node_affinity),
+            ("weights.taintToleration", w.taint_toleration),
+        ] {
+            if !(0..=100).contains(&v) {
+                return Err(invalid(name, format!("{v} is outside 0..=100")));
+            }
+        }
+        if self.packing.resources.is_empty() {
+            return Err(invalid(
+                "packing.resources",
+                "list at least one resource, e.g. `- {name: memory, weight: 1}`",
+            ));
+        }
+        let mut resources = Vec::new();
+        for (i, r) in self.packing.resources.iter().enumerate() {
+            if r.name.trim().is_empty() {
+                return Err(invalid(
+                    format!("packing.resources[{i}].name"),
+                    "is empty; name a resource such as cpu, memory or nvidia.com/gpu",
+                ));
+            }
+            if !(1..=100).contains(&r.weight) {
+                return Err(invalid(
+                    format!("packing.resources[{i}].weight"),
+                    format!("{} is outside 1..=100", r.weight),
+                ));
+            }
+            let kind = ResourceKind::from_name(&r.name);
+            if resources.iter().any(|(k, _)| *k == kind) {
+                return Err(invalid(
+                    format!("packing.resources[{i}].name"),
+                    format!("{} is listed twice", r.name),
+                ));
+            }
+            resources.push((kind, r.weight));
+        }
+        let q = &self.queue;
+        for (name, v) in [
+            ("queue.initialBackoffSeconds", q.initial_backoff_seconds),
+            ("queue.maxBackoffSeconds", q.max_backoff_seconds),
+            ("queue.maxUnschedulableSeconds", q.max_unschedulable_seconds),
+        ] {
+            if !v.is_finite() || v <= 0.0 {
+                return Err(invalid(
+                    name,
+                    format!("{v} must be a positive number of seconds"),
+                ));
+            }
+        }
+        if q.max_backoff_seconds < q.initial_backoff_seconds {
+            return Err(invalid(
+                "queue.maxBackoffSeconds",
+                "must be at least queue.initialBackoffSeconds",
+            ));
+        }
+        if self.binding.concurrency == 0 {
+            return Err(invalid("binding.concurrency", "must be at least 1"));
+        }
+        if self.binding.confirm_timeout_seconds == 0 {
+            return Err(invalid(
+                "binding.confirmTimeoutSeconds",
+                "must be at least 1",
+            ));
+        }
+        let packing = Packing {
+            strategy: self.packing.strategy,
+            resources,
+        };
+        let profile = Profile {
+            filters: Filter::DEFAULT.to_vec(),
+            scores: vec![
+                (Score::Packing(packing), w.packing),
+                (Score::NodeAffinity, w.node_affinity),
+                (Score::Taints, w.taint_toleration),
+            ],
+        };
+        let ms = |s: f64| (s * 1000.0).round() as i64;
+        Ok(Config {
+            profile,
+            queue: QueueConfig {
+                initial_backoff_ms: ms(q.initial_backoff_seconds),
+                max_backoff_ms: ms(q.max_backoff_seconds),
+                max_unschedulable_ms: ms(q.max_unschedulable_seconds),
+            },
+            bind_concurrency: self.binding.concurrency,
+            confirm_timeout_ms: (self.binding.confirm_timeout_seconds * 1000) as i64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Config, String> {
+        FileConfig::parse(yaml, "test.yaml")
+            .and_then(|f| f.validate())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_and_full_files() {
+        assert_eq!(check("").unwrap(), Config::default());
+        let c = check(
+            "packing:\n  strategy: LeastAllocated\n  resources:\n  - {name: memory, weight: 3}\n  - {name: cpu, weight: 1}\nweights:\n  packing: 5\nqueue:\n  initialBackoffSeconds: 0.5\n",
+        )
+        .unwrap();
+        let Score::Packing(p) = &c.profile.scores[0].0 else {
+            panic!()
+        };
+        assert_eq!(p.strategy, Strategy::LeastAllocated);
+        assert_eq!(
+            p.resources,
+            vec![(ResourceKind::Memory, 3), (ResourceKind::Cpu, 1)]
+        );
+        assert_eq!(c.profile.scores[0].1, 5);
+        assert_eq!(c.queue.initial_backoff_ms, 500);
+    }
+
+    #[test]
+    fn bad_files_name_the_field() {
+        let cases = [
+            ("weights:\n  packing: -1\n", "weights.packing"),
+            ("weights:\n  pakcing: 1\n", "unknown field `pakcing`"),
+            ("packing:\n  strategy: Spread\n", "unknown variant `Spread`"),
+            ("packing:\n  resources: []\n", "packing.resources"),
+            (
+                "packing:\n  resources:\n  - {name: cpu, weight: 0}\n",
+                "packing.resources[0].weight",
+            ),
+            (
+                "packing:\n  resources:\n  - {name: cpu, weight: 1}\n  - {name: cpu, weight: 2}\n",
+                "packing.resources[1].name",
+            ),
+            (
+                "queue:\n  initialBackoffSeconds: 5\n  maxBackoffSeconds: 1\n",
+                "queue.maxBackoffSeconds",
+            ),
+            (
+                "queue:\n  maxUnschedulableSeconds: 0\n",
+                "queue.maxUnschedulableSeconds",
+            ),
+            ("binding:\n  concurrency: 0\n", "binding.concurrency"),
+            ("[1, 2]", "test.yaml"),
+        ];
+        for (yaml, want) in cases {
+            let err = check(yaml).expect_err(yaml);
+            assert!(
+                err.contains(want),
+                "{yaml:?}: {err:?} should mention {want:?}"
+            );
+        }
+    }
+}

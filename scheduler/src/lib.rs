@@ -1,0 +1,15 @@
+//! drover: a Kubernetes scheduler for data-science and AI workloads.
+//!
+//! The pure core — [`model`], [`snapshot`], [`cache`], [`plugins`], [`framework`],
+//! [`queue`] — holds no I/O, so the scheduler, the extender, the simulator and the
+//! benchmarks all run the very same code. [`k8s`] adapts it to a cluster.
+
+pub mod cache;
+pub mod config;
+pub mod framework;
+pub mod k8s;
+pub mod model;
+pub mod plugins;
+pub mod quantity;
+pub mod queue;
+pub mod snapshot;

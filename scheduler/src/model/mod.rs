@@ -1,0 +1,13 @@
+//! The cluster as the scheduling core sees it: nodes, pods, resources, selectors.
+//! Built once from API objects (or from a simulator scenario); nothing here parses
+//! strings on the hot path.
+
+pub mod labels;
+pub mod node;
+pub mod pod;
+pub mod resources;
+
+pub use labels::{Labels, Requirement, SelectorOp, SelectorTerm, Taint, TaintEffect, Toleration};
+pub use node::NodeInfo;
+pub use pod::{HostPort, Phase, PodInfo, PodKey, Protocol};
+pub use resources::{GPU, ResourceKind, Resources};

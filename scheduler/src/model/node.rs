@@ -1,0 +1,82 @@
+//! A node as the scheduler sees it, with the pods on it and their sums.
+
+use std::sync::Arc;
+
+use super::labels::{Labels, Taint};
+use super::pod::{HostPort, PodInfo, PodKey};
+use super::resources::Resources;
+
+/// A node and what is placed on it. Immutable once published in a snapshot: the cache
+/// replaces a changed node with a new `Arc<NodeInfo>`.
+#[derive(Clone, Debug, Default)]
+pub struct NodeInfo {
+    /// The node's name.
+    pub name: Arc<str>,
+    /// False for a placeholder: pods name a node the cache has not seen yet.
+    pub known: bool,
+    /// Labels.
+    pub labels: Labels,
+    /// Taints.
+    pub taints: Vec<Taint>,
+    /// `spec.unschedulable` (cordoned or draining).
+    pub unschedulable: bool,
+    /// `status.allocatable` (or capacity when allocatable is absent).
+    pub allocatable: Resources,
+    /// Allocatable pod count.
+    pub max_pods: i64,
+    /// Sum of the requests of the pods on the node.
+    pub requested: Resources,
+    /// The pods on the node: bound, assumed, or bound by another scheduler.
+    pub pods: Vec<Arc<PodInfo>>,
+    /// Host ports in use.
+    pub used_ports: Vec<HostPort>,
+    /// Bumped on every change; lets readers tell two versions apart.
+    pub generation: u64,
+}
+
+impl NodeInfo {
+    /// A known node with the given allocatable resources and pod count.
+    pub fn new(name: &str, allocatable: Resources, max_pods: i64) -> Self {
+        NodeInfo {
+            name: name.into(),
+            known: true,
+            allocatable,
+            max_pods,
+            ..Default::default()
+        }
+    }
+
+    /// Number of pods on the node.
+    pub fn pod_count(&self) -> i64 {
+        self.pods.len() as i64
+    }
+
+    /// Adds `pod`'s requests and ports to the node.
+    pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
+        self.requested.add(&pod.requests);
+        self.used_ports.extend(pod.host_ports.iter().cloned());
+        self.pods.push(pod);
+        self.generation += 1;
+    }
+
+    /// Removes the pod with `key`; returns it when it was on the node.
+    pub fn remove_pod(&mut self, key: &PodKey) -> Option<Arc<PodInfo>> {
+        let i = self.pods.iter().position(|p| &p.key == key)?;
+        let pod = self.pods.swap_remove(i);
+        self.requested.sub(&pod.requests);
+        for hp in &pod.host_ports {
+            if let Some(j) = self.used_ports.iter().position(|u| u == hp) {
+                self.used_ports.swap_remove(j);
+            }
+        }
+        self.generation += 1;
+        Some(pod)
+    }
+
+    /// What is still free (allocatable minus requested).
+    pub fn free(&self) -> Resources {
+        let mut f = self.allocatable.clone();
+        f.sub(&self.requested);
+        f
+    }
+}

@@ -1,0 +1,140 @@
+//! A pod as the scheduler sees it: everything the filters and scores read, parsed once.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::labels::{Labels, SelectorTerm, Toleration};
+use super::resources::Resources;
+
+/// A pod's namespace and name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodKey {
+    /// The namespace.
+    pub namespace: Arc<str>,
+    /// The name.
+    pub name: Arc<str>,
+}
+
+impl PodKey {
+    /// A key from a namespace and a name.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        PodKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The pod's phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Not yet running.
+    #[default]
+    Pending,
+    /// Running.
+    Running,
+    /// Ended successfully; holds no resources.
+    Succeeded,
+    /// Ended in failure; holds no resources.
+    Failed,
+    /// Unknown.
+    Unknown,
+}
+
+impl Phase {
+    /// True for phases in which the pod no longer holds node resources.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+/// The protocol of a host port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP (the default).
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+/// A host port a container asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The host IP; empty or `0.0.0.0` means every address.
+    pub ip: Arc<str>,
+    /// The port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// True when two host ports cannot both be bound on one node.
+    pub fn conflicts(&self, other: &HostPort) -> bool {
+        let wild = |ip: &str| ip.is_empty() || ip == "0.0.0.0";
+        self.port == other.port
+            && self.protocol == other.protocol
+            && (wild(&self.ip) || wild(&other.ip) || self.ip == other.ip)
+    }
+}
+
+/// A pod, parsed for scheduling.
+#[derive(Clone, Debug, Default)]
+pub struct PodInfo {
+    /// Namespace and name.
+    pub key: PodKey,
+    /// The UID; a binding names it so a recreated pod of the same name is never bound
+    /// by mistake.
+    pub uid: Arc<str>,
+    /// `spec.schedulerName`.
+    pub scheduler_name: Arc<str>,
+    /// `spec.nodeName`, once bound.
+    pub node_name: Option<Arc<str>>,
+    /// `status.phase`.
+    pub phase: Phase,
+    /// True once `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// The effective request: containers, init containers, overhead and pod-level
+    /// resources combined the way kube-scheduler combines them.
+    pub requests: Resources,
+    /// True when any container, init container or the pod itself declares a request.
+    pub declares_requests: bool,
+    /// `spec.priority`.
+    pub priority: i32,
+    /// Creation time, in milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// Labels.
+    pub labels: Labels,
+    /// `spec.nodeSelector`, as a single term of `In` requirements (empty: none).
+    pub node_selector: SelectorTerm,
+    /// Required node affinity terms (ORed); empty when there is none.
+    pub required_affinity: Vec<SelectorTerm>,
+    /// Preferred node affinity terms with their weights.
+    pub preferred_affinity: Vec<(i32, SelectorTerm)>,
+    /// Tolerations.
+    pub tolerations: Vec<Toleration>,
+    /// Host ports of all containers.
+    pub host_ports: Vec<HostPort>,
+    /// True for pods owned by a DaemonSet.
+    pub daemonset: bool,
+}
+
+impl PodInfo {
+    /// True when the pod holds resources on a node: bound, not ended.
+    pub fn is_assigned(&self) -> bool {
+        self.node_name.is_some() && !self.phase.is_terminal()
+    }
+
+    /// True when the pod constrains which nodes it may use by label or name.
+    pub fn has_node_constraints(&self) -> bool {
+        !self.node_selector.0.is_empty() || !self.required_affinity.is_empty()
+    }
+}

@@ -1,0 +1,142 @@
+//! `NodeResourcesFit` filter: the pod's requests fit in what the node has free, and the
+//! node is below its pod limit. Counts exactly as kube-scheduler does: a resource the
+//! pod does not request is never "insufficient", even on an overcommitted node.
+
+use crate::model::{NodeInfo, PodInfo, ResourceKind};
+
+use super::Reason;
+
+/// See the module docs.
+#[inline]
+pub fn filter(pod: &PodInfo, node: &NodeInfo, why: &mut dyn FnMut(Reason)) -> bool {
+    let mut ok = true;
+    if node.pod_count() + 1 > node.max_pods {
+        why(Reason::TooManyPods);
+        ok = false;
+    }
+    let r = &pod.requests;
+    let (a, u) = (&node.allocatable, &node.requested);
+    if r.cpu > 0 && r.cpu > a.cpu - u.cpu {
+        why(Reason::Insufficient(ResourceKind::Cpu));
+        ok = false;
+    }
+    if r.memory > 0 && r.memory > a.memory - u.memory {
+        why(Reason::Insufficient(ResourceKind::Memory));
+        ok = false;
+    }
+    if r.ephemeral_storage > 0 && r.ephemeral_storage > a.ephemeral_storage - u.ephemeral_storage {
+        why(Reason::Insufficient(ResourceKind::EphemeralStorage));
+        ok = false;
+    }
+    if r.gpu > 0 && r.gpu > a.gpu - u.gpu {
+        why(Reason::Insufficient(ResourceKind::Gpu));
+        ok = false;
+    }
+    for (name, want) in &r.extended {
+        if *want > 0 && *want > a.extended_amount(name) - u.extended_amount(name) {
+            why(Reason::Insufficient(ResourceKind::Extended(name.clone())));
+            ok = false;
+        }
+    }
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Filter;
+    use super::super::testutil::{node, pod, run};
+    use crate::model::*;
+    use std::sync::Arc;
+
+    const GI: i64 = 1 << 30;
+
+    fn with_gpu(mut p: PodInfo, g: i64) -> PodInfo {
+        p.requests.gpu = g;
+        p
+    }
+
+    #[test]
+    fn table() {
+        let mut full = node("full", 4000, 8 * GI);
+        full.add_pod(Arc::new(pod(3500, 7 * GI)));
+        let mut gpu_node = node("g", 32000, 256 * GI);
+        gpu_node.allocatable.gpu = 8;
+        gpu_node.add_pod(Arc::new(with_gpu(pod(0, 0), 6)));
+        let mut foo_node = node("foo", 4000, 8 * GI);
+        foo_node
+            .allocatable
+            .set(&ResourceKind::from_name("example.com/foo"), 2);
+        let mut two_pods = node("tiny", 4000, 8 * GI);
+        two_pods.max_pods = 1;
+        two_pods.add_pod(Arc::new(pod(0, 0)));
+        let mut foo_pod = pod(100, 0);
+        foo_pod
+            .requests
+            .set(&ResourceKind::from_name("example.com/foo"), 3);
+
+        let cases: Vec<(&str, PodInfo, &NodeInfo, bool, Vec<&str>)> = vec![
+            ("fits", pod(500, GI), &full, true, vec![]),
+            (
+                "cpu short",
+                pod(600, GI),
+                &full,
+                false,
+                vec!["Insufficient cpu"],
+            ),
+            (
+                "both short",
+                pod(600, 2 * GI),
+                &full,
+                false,
+                vec!["Insufficient cpu", "Insufficient memory"],
+            ),
+            (
+                "zero request always fits resources",
+                pod(0, 0),
+                &full,
+                true,
+                vec![],
+            ),
+            (
+                "gpus fit",
+                with_gpu(pod(1000, GI), 2),
+                &gpu_node,
+                true,
+                vec![],
+            ),
+            (
+                "gpus short",
+                with_gpu(pod(1000, GI), 3),
+                &gpu_node,
+                false,
+                vec!["Insufficient nvidia.com/gpu"],
+            ),
+            (
+                "gpu on cpu node",
+                with_gpu(pod(100, 0), 1),
+                &full,
+                false,
+                vec!["Insufficient nvidia.com/gpu"],
+            ),
+            (
+                "extended short",
+                foo_pod.clone(),
+                &foo_node,
+                false,
+                vec!["Insufficient example.com/foo"],
+            ),
+            (
+                "pod count",
+                pod(0, 0),
+                &two_pods,
+                false,
+                vec!["Too many pods"],
+            ),
+        ];
+        for (name, p, n, ok, reasons) in cases {
+            let (got, why) = run(&Filter::Fit, &p, n);
+            assert_eq!(got, ok, "{name}");
+            assert_eq!(why, reasons, "{name}");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Filter and score plugins, at parity with kube-scheduler's default profile.
+//!
+//! Each plugin lives in its own file with a `filter` and/or `score` function over a
+//! [`PodInfo`] and a [`NodeInfo`]. The [`Filter`] and [`Score`] enums are the registry:
+//! a profile is a list of them, dispatched by `match` so the hot path pays no virtual
+//! call. Every mode (scheduler, extender, simulator, benchmarks) runs these same
+//! functions through `framework`.
+
+pub mod fit;
+pub mod node_affinity;
+pub mod node_name;
+pub mod packing;
+pub mod ports;
+pub mod taints;
+pub mod unschedulable;
+
+use std::fmt;
+
+use crate::model::{NodeInfo, PodInfo, ResourceKind, Taint};
+
+/// Why a node was rejected for a pod, worded as kube-scheduler words it so that
+/// `kubectl describe pod` reads the same with either scheduler.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Not enough of a resource is free.
+    Insufficient(ResourceKind),
+    /// The node holds its maximum number of pods.
+    TooManyPods,
+    /// The node has a NoSchedule/NoExecute taint the pod does not tolerate.
+    UntoleratedTaint(Taint),
+    /// The node does not match the pod's nodeSelector or required node affinity.
+    NodeAffinity,
+    /// The node is cordoned (`spec.unschedulable`).
+    Unschedulable,
+    /// A host port the pod asks for is in use.
+    HostPorts,
+    /// The pod names another node.
+    NodeName,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Insufficient(r) => write!(f, "Insufficient {r}"),
+            Reason::TooManyPods => f.write_str("Too many pods"),
+            Reason::UntoleratedTaint(t) => write!(
+                f,
+                "node(s) had untolerated taint {{{}: {}}}",
+                t.key, t.value
+            ),
+            Reason::NodeAffinity => {
+                f.write_str("node(s) didn't match Pod's node affinity/selector")
+            }
+            Reason::Unschedulable => f.write_str("node(s) were unschedulable"),
+            Reason::HostPorts => {
+                f.write_str("node(s) didn't have free ports for the requested pod ports")
+            }
+            Reason::NodeName => f.write_str("node(s) didn't match the requested node name"),
+        }
+    }
+}
+
+/// A filter plugin. `filter` returns true when the node can take the pod; otherwise
+/// it reports each reason through `why` (called only on rejection, so the hot path
+/// pays nothing for diagnostics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// Cordoned nodes (`NodeUnschedulable`).
+    Unschedulable,
+    /// `spec.nodeName` (`NodeName`).
+    NodeName,
+    /// Taints and tolerations (`TaintToleration`).
+    Taints,
+    /// nodeSelector and required node affinity (`NodeAffinity`).
+    NodeAffinity,
+    /// Host ports (`NodePorts`).
+    Ports,
+    /// Resources and pod count (`NodeResourcesFit`).
+    Fit,
+}
+
+impl Filter {
+    /// The filters of the default profile, cheapest first.
+    pub const DEFAULT: [Filter; 6] = [
+        Filter::Unschedulable,
+        Filter::NodeName,
+        Filter::Taints,
+        Filter::NodeAffinity,
+        Filter::Ports,
+        Filter::Fit,
+    ];
+
+    /// The plugin's name, as in kube-scheduler.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Filter::Unschedulable => "NodeUnschedulable",
+            Filter::NodeName => "NodeName",
+            Filter::Taints => "TaintToleration",
+            Filter::NodeAffinity => "NodeAffinity",
+            Filter::Ports => "NodePorts",
+            Filter::Fit => "NodeResourcesFit",
+        }
+    }
+
+    /// Runs the filter.
+    #[inline]
+    pub fn filter(&self, pod: &PodInfo, node: &NodeInfo, why: &mut dyn FnMut(Reason)) -> bool {
+        match self {
+            Filter::Unschedulable => unschedulable::filter(pod, node, why),
+            Filter::NodeName => node_name::filter(pod, node, why),
+            Filter::Taints => taints::filter(pod, node, why),
+            Filter::NodeAffinity => node_affinity::filter(pod, node, why),
+            Filter::Ports => ports::filter(pod, node, why),
+            Filter::Fit => fit::filter(pod, node, why),
+        }
+    }
+}
+
+/// A score plugin. `score` gives a raw score; `normalize` maps the raw scores of all
+/// feasible nodes to 0..=[`MAX_SCORE`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Score {
+    /// Packing or spreading by requested/allocatable (`NodeResourcesFit` scoring).
+    Packing(packing::Packing),
+    /// Preferred node affinity (`NodeAffinity` scoring).
+    NodeAffinity,
+    /// Fewer untolerated PreferNoSchedule taints (`TaintToleration` scoring).
+    Taints,
+}
+
+/// The highest score a plugin gives a node, as in kube-scheduler.
+pub const MAX_SCORE: i64 = 100;
+
+impl Score {
+    /// The plugin's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Score::Packing(_) => "Packing",
+            Score::NodeAffinity => "NodeAffinity",
+            Score::Taints => "TaintToleration",
+        }
+    }
+
+    /// The raw score of `node` for `pod`.
+    #[inline]
+    pub fn score(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
+        match self {
+            Score::Packing(p) => p.score(pod, node),
+            Score::NodeAffinity => node_affinity::score(pod, node),
+            Score::Taints => taints::score(pod, node),
+        }
+    }
+
+    /// True when the plugin cannot tell nodes apart for this pod, so its scores can be
+    /// skipped.
+    pub fn is_flat_for(&self, pod: &PodInfo) -> bool {
+        match self {
+            Score::Packing(_) => false,
+            Score::NodeAffinity => pod.preferred_affinity.is_empty(),
+            Score::Taints => false,
+        }
+    }
+
+    /// Maps the raw scores in place to 0..=MAX_SCORE.
+    pub fn normalize(&self, raw: &mut [i64]) {
+        match self {
+            // Already 0..=MAX_SCORE.
+            Score::Packing(_) => {}
+            Score::NodeAffinity => normalize_max(raw, false),
+            Score::Taints => normalize_max(raw, true),
+        }
+    }
+}
+
+/// kube-scheduler's `DefaultNormalizeScore`: scale so the highest raw score becomes
+/// MAX_SCORE; `reverse` turns "more is worse" into "more is better".
+pub fn normalize_max(raw: &mut [i64], reverse: bool) {
+    let max = raw.iter().copied().max().unwrap_or(0);
+    if max == 0 {
+        if reverse {
+            raw.iter_mut().for_each(|s| *s = MAX_SCORE);
+        }
+        return;
+    }
+    for s in raw.iter_mut() {
+        *s = *s * MAX_SCORE / max;
+        if reverse {
+            *s = MAX_SCORE - *s;
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! Builders for plugin tests.
+    use crate::model::*;
+
+    /// A pod with a CPU and memory request.
+    pub fn pod(cpu: i64, mem: i64) -> PodInfo {
+        PodInfo {
+            key: PodKey::new("ns", "p"),
+            uid: "uid".into(),
+            requests: Resources::cpu_mem(cpu, mem),
+            declares_requests: cpu > 0 || mem > 0,
+            ..Default::default()
+        }
+    }
+
+    /// A node with CPU and memory allocatable.
+    pub fn node(name: &str, cpu: i64, mem: i64) -> NodeInfo {
+        NodeInfo::new(name, Resources::cpu_mem(cpu, mem), 110)
+    }
+
+    /// Collects a filter's verdict and reasons.
+    pub fn run(f: &super::Filter, p: &PodInfo, n: &NodeInfo) -> (bool, Vec<String>) {
+        let mut reasons = Vec::new();
+        let ok = f.filter(p, n, &mut |r| reasons.push(r.to_string()));
+        (ok, reasons)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_table() {
+        let cases: [(&[i64], bool, &[i64]); 4] = [
+            (&[0, 5, 10], false, &[0, 50, 100]),
+            (&[0, 5, 10], true, &[100, 50, 0]),
+            (&[0, 0], false, &[0, 0]),
+            (&[0, 0], true, &[100, 100]),
+        ];
+        for (raw, rev, want) in cases {
+            let mut v = raw.to_vec();
+            normalize_max(&mut v, rev);
+            assert_eq!(v, want, "normalize_max({raw:?}, {rev})");
+        }
+    }
+}

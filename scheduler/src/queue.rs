@@ -1,0 +1,415 @@
+//! The scheduling queue, shaped like kube-scheduler's: an active heap, a backoff queue
+//! and a set of unschedulable pods that cluster events move back.
+//!
+//! ```text
+//!  add ──▶ active ──pop──▶ (cycle) ──fits nowhere──▶ unschedulable ──cluster event──▶ backoff/active
+//!            ▲                 │                           │
+//!            │                 └──error (bind failed)──▶ backoff ──expires──▶ active
+//!            └────────────────── unschedulable for `max_unschedulable_ms` ─┘
+//! ```
+//!
+//! Order in the active heap: higher priority first, then older first. Time is passed in
+//! (milliseconds), so the queue is pure and the simulator drives it with virtual time.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use crate::model::{PodInfo, PodKey};
+
+/// Backoff and flush settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Backoff after the first failed attempt.
+    pub initial_backoff_ms: i64,
+    /// Longest backoff.
+    pub max_backoff_ms: i64,
+    /// An unschedulable pod is retried at least this often even with no cluster event.
+    pub max_unschedulable_ms: i64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        // kube-scheduler's defaults: 1 s, 10 s, 5 min.
+        QueueConfig {
+            initial_backoff_ms: 1_000,
+            max_backoff_ms: 10_000,
+            max_unschedulable_ms: 300_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Where {
+    Active,
+    Backoff(i64),
+    Unschedulable(i64),
+    /// Popped and being scheduled.
+    InFlight,
+}
+
+#[derive(Debug)]
+struct Queued {
+    pod: Arc<PodInfo>,
+    attempts: u32,
+    at: Where,
+    /// Changes each time the pod enters the active heap, so stale heap entries are
+    /// skipped.
+    seq: u64,
+    /// An update arrived while the pod was in flight.
+    dirty: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct HeapEntry {
+    priority: i32,
+    created_ms: i64,
+    seq: u64,
+    key: PodKey,
+}
+
+impl Ord for HeapEntry {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.priority
+            .cmp(&o.priority)
+            .then_with(|| o.created_ms.cmp(&self.created_ms))
+            .then_with(|| o.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for HeapEntry {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// The queue of pods waiting for a scheduling cycle.
+#[derive(Debug, Default)]
+pub struct SchedulingQueue {
+    cfg: QueueConfig,
+    pods: HashMap<PodKey, Queued>,
+    active: BinaryHeap<HeapEntry>,
+    backoff: BTreeSet<(i64, u64, PodKey)>,
+    next_seq: u64,
+}
+
+impl SchedulingQueue {
+    /// An empty queue.
+    pub fn new(cfg: QueueConfig) -> Self {
+        SchedulingQueue {
+            cfg,
+            ..Default::default()
+        }
+    }
+
+    fn push_active(&mut self, key: &PodKey) {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let q = self.pods.get_mut(key).expect("queued");
+        q.at = Where::Active;
+        q.seq = seq;
+        self.active.push(HeapEntry {
+            priority: q.pod.priority,
+            created_ms: q.pod.created_ms,
+            seq,
+            key: key.clone(),
+        });
+    }
+
+    fn backoff_ms(&self, attempts: u32) -> i64 {
+        let shift = attempts.saturating_sub(1).min(30);
+        (self.cfg.initial_backoff_ms << shift).min(self.cfg.max_backoff_ms)
+    }
+
+    fn take_out(&mut self, key: &PodKey) {
+        if let Some(q) = self.pods.get(key)
+            && let Where::Backoff(t) = q.at
+        {
+            self.backoff.remove(&(t, q.seq, key.clone()));
+        }
+    }
+
+    /// Adds a new pending pod, or updates one already queued. An update to a pod that
+    /// was waiting as unschedulable gives it another try (after its backoff).
+    pub fn add_or_update(&mut self, pod: Arc<PodInfo>, now_ms: i64) {
+        let key = pod.key.clone();
+        match self.pods.get_mut(&key) {
+            None => {
+                self.pods.insert(
+                    key.clone(),
+                    Queued {
+                        pod,
+                        attempts: 0,
+                        at: Where::Active,
+                        seq: 0,
+                        dirty: false,
+                    },
+                );
+                self.push_active(&key);
+            }
+            Some(q) => {
+                let changed = q.pod.uid != pod.uid
+                    || q.pod.requests != pod.requests
+                    || q.pod.priority != pod.priority
+                    || q.pod.tolerations != pod.tolerations
+                    || q.pod.node_selector != pod.node_selector
+                    || q.pod.required_affinity != pod.required_affinity
+                    || q.pod.labels != pod.labels;
+                q.pod = pod;
+                match q.at {
+                    Where::InFlight => q.dirty = true,
+                    Where::Active => {
+                        self.push_active(&key);
+                    }
+                    Where::Unschedulable(_) if changed => {
+                        self.requeue_after_backoff(&key, now_ms);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn requeue_after_backoff(&mut self, key: &PodKey, now_ms: i64) {
+        self.take_out(key);
+        let attempts = self.pods[key].attempts;
+        let until = now_ms + self.backoff_ms(attempts);
+        if attempts == 0 || until <= now_ms {
+            self.push_active(key);
+        } else {
+            self.next_seq += 1;
+            let seq = self.next_seq;
+            let q = self.pods.get_mut(key).expect("queued");
+            q.at = Where::Backoff(until);
+            q.seq = seq;
+            self.backoff.insert((until, seq, key.clone()));
+        }
+    }
+
+    /// Removes a pod (bound, deleted, or no longer ours).
+    pub fn remove(&mut self, key: &PodKey) {
+        self.take_out(key);
+        self.pods.remove(key);
+    }
+
+    /// Moves pods whose backoff ended, and pods unschedulable for too long, to active.
+    pub fn flush(&mut self, now_ms: i64) {
+        while let Some((t, _, _)) = self.backoff.first() {
+            if *t > now_ms {
+                break;
+            }
+            let (_, _, key) = self.backoff.pop_first().expect("non-empty");
+            self.push_active(&key);
+        }
+        let stale: Vec<PodKey> = self
+            .pods
+            .iter()
+            .filter(|(_, q)| matches!(q.at, Where::Unschedulable(since) if now_ms - since >= self.cfg.max_unschedulable_ms))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.push_active(&k);
+        }
+    }
+
+    /// The next pod to schedule, if any is active now.
+    pub fn pop(&mut self, now_ms: i64) -> Option<Arc<PodInfo>> {
+        self.flush(now_ms);
+        while let Some(e) = self.active.pop() {
+            if let Some(q) = self.pods.get_mut(&e.key)
+                && q.seq == e.seq
+                && q.at == Where::Active
+            {
+                q.at = Where::InFlight;
+                q.attempts += 1;
+                q.dirty = false;
+                return Some(q.pod.clone());
+            }
+        }
+        None
+    }
+
+    /// The pod fit nowhere: park it until a cluster event or the flush interval. If it
+    /// was updated while in flight, it goes straight to backoff instead.
+    pub fn unschedulable(&mut self, key: &PodKey, now_ms: i64) {
+        let Some(q) = self.pods.get_mut(key) else {
+            return;
+        };
+        if q.dirty {
+            self.requeue_after_backoff(key, now_ms);
+        } else {
+            q.at = Where::Unschedulable(now_ms);
+        }
+    }
+
+    /// The attempt failed for a passing reason (bind error): retry after backoff.
+    pub fn backoff(&mut self, key: &PodKey, now_ms: i64) {
+        if self.pods.contains_key(key) {
+            self.requeue_after_backoff(key, now_ms);
+        }
+    }
+
+    /// Returns a popped pod to the queue unchanged (it was not really attempted: for
+    /// example a gang member waiting for its gang).
+    pub fn hold(&mut self, key: &PodKey, now_ms: i64) {
+        if let Some(q) = self.pods.get_mut(key) {
+            q.at = Where::Unschedulable(now_ms);
+        }
+    }
+
+    /// Something changed that may let unschedulable pods fit (a node was added or
+    /// grew, a pod went away): give every one of them another try after its backoff.
+    pub fn cluster_changed(&mut self, now_ms: i64) {
+        let parked: Vec<PodKey> = self
+            .pods
+            .iter()
+            .filter(|(_, q)| matches!(q.at, Where::Unschedulable(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in parked {
+            self.requeue_after_backoff(&k, now_ms);
+        }
+    }
+
+    /// When the next backoff ends, if any pod is backing off.
+    pub fn next_wakeup(&self) -> Option<i64> {
+        self.backoff.first().map(|(t, _, _)| *t)
+    }
+
+    /// True when a pod is active now.
+    pub fn has_active(&self) -> bool {
+        self.active.iter().any(|e| {
+            self.pods
+                .get(&e.key)
+                .is_some_and(|q| q.seq == e.seq && q.at == Where::Active)
+        })
+    }
+
+    /// Number of pods the queue holds, in any state.
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// True when the queue holds no pod.
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+
+    /// Counts of pods by state: (active, backoff, unschedulable, in flight).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let mut c = (0, 0, 0, 0);
+        for q in self.pods.values() {
+            match q.at {
+                Where::Active => c.0 += 1,
+                Where::Backoff(_) => c.1 += 1,
+                Where::Unschedulable(_) => c.2 += 1,
+                Where::InFlight => c.3 += 1,
+            }
+        }
+        c
+    }
+
+    /// The number of attempts made for a pod.
+    pub fn attempts(&self, key: &PodKey) -> u32 {
+        self.pods.get(key).map_or(0, |q| q.attempts)
+    }
+
+    /// True when the queue holds this pod.
+    pub fn contains(&self, key: &PodKey) -> bool {
+        self.pods.contains_key(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, priority: i32, created: i64) -> Arc<PodInfo> {
+        Arc::new(PodInfo {
+            key: PodKey::new("ns", name),
+            uid: name.into(),
+            priority,
+            created_ms: created,
+            ..Default::default()
+        })
+    }
+
+    fn names(q: &mut SchedulingQueue, now: i64) -> Vec<String> {
+        std::iter::from_fn(|| q.pop(now))
+            .map(|p| p.key.name.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn priority_then_age() {
+        let mut q = SchedulingQueue::new(QueueConfig::default());
+        q.add_or_update(pod("old-low", 0, 1), 0);
+        q.add_or_update(pod("new-high", 10, 5), 0);
+        q.add_or_update(pod("new-low", 0, 3), 0);
+        q.add_or_update(pod("old-high", 10, 2), 0);
+        assert_eq!(
+            names(&mut q, 0),
+            ["old-high", "new-high", "old-low", "new-low"]
+        );
+    }
+
+    #[test]
+    fn unschedulable_waits_for_an_event_then_backs_off() {
+        let mut q = SchedulingQueue::new(QueueConfig::default());
+        q.add_or_update(pod("p", 0, 0), 0);
+        let p = q.pop(0).unwrap();
+        q.unschedulable(&p.key, 0);
+        assert!(q.pop(5_000).is_none(), "parked until an event");
+        q.cluster_changed(5_000);
+        assert!(
+            q.pop(5_500).is_none(),
+            "1 s backoff after the first attempt"
+        );
+        assert_eq!(
+            q.pop(6_000).map(|p| p.key.name.to_string()),
+            Some("p".into())
+        );
+        q.unschedulable(&p.key, 6_000);
+        q.cluster_changed(6_000);
+        assert!(q.pop(7_999).is_none(), "2 s after the second");
+        assert!(q.pop(8_000).is_some());
+        assert_eq!(q.attempts(&p.key), 3);
+    }
+
+    #[test]
+    fn backoff_is_capped_and_flush_retries_parked_pods() {
+        let cfg = QueueConfig::default();
+        let mut q = SchedulingQueue::new(cfg);
+        q.add_or_update(pod("p", 0, 0), 0);
+        for _ in 0..10 {
+            let p = q.pop(i64::MAX / 4).unwrap();
+            q.backoff(&p.key, 0);
+        }
+        assert_eq!(q.next_wakeup(), Some(cfg.max_backoff_ms));
+        let p = q.pop(cfg.max_backoff_ms).unwrap();
+        q.unschedulable(&p.key, 100_000);
+        assert!(q.pop(100_000 + cfg.max_unschedulable_ms - 1).is_none());
+        assert!(q.pop(100_000 + cfg.max_unschedulable_ms).is_some());
+    }
+
+    #[test]
+    fn removed_and_updated_pods() {
+        let mut q = SchedulingQueue::new(QueueConfig::default());
+        q.add_or_update(pod("a", 0, 0), 0);
+        q.add_or_update(pod("b", 0, 1), 0);
+        q.remove(&PodKey::new("ns", "a"));
+        q.add_or_update(pod("b", 0, 1), 0);
+        assert_eq!(
+            names(&mut q, 0),
+            ["b"],
+            "removed pods and stale heap entries are skipped"
+        );
+        // An update while in flight sends the pod to backoff instead of parking it.
+        q.add_or_update(pod("c", 0, 0), 0);
+        let c = q.pop(0).unwrap();
+        q.add_or_update(pod("c", 5, 0), 0);
+        q.unschedulable(&c.key, 0);
+        assert_eq!(q.counts(), (0, 1, 0, 1));
+        assert_eq!(q.pop(1_000).unwrap().priority, 5);
+    }
+}

@@ -1,0 +1,93 @@
+//! An immutable view of every node, published by the cache and read lock-free by the
+//! scheduling loop, the extender, `explain` and the simulator.
+//!
+//! Nodes live in fixed slots grouped into chunks of [`CHUNK`]. Publishing a snapshot
+//! clones one `Arc` per chunk, and changing a node copies only its chunk, so a new
+//! snapshot costs about `nodes / CHUNK` reference-count increments, not a copy of every
+//! node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::model::NodeInfo;
+
+/// Nodes per chunk.
+pub const CHUNK: usize = 64;
+
+/// One chunk of node slots; `None` is a free slot.
+pub type Chunk = Vec<Option<Arc<NodeInfo>>>;
+
+/// An immutable view of the cluster's nodes.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    chunks: Vec<Arc<Chunk>>,
+    index: Arc<HashMap<Arc<str>, usize>>,
+    /// Increases with every published change.
+    pub generation: u64,
+}
+
+impl Snapshot {
+    /// A snapshot from its parts (the cache builds these).
+    pub fn from_parts(
+        chunks: Vec<Arc<Chunk>>,
+        index: Arc<HashMap<Arc<str>, usize>>,
+        generation: u64,
+    ) -> Self {
+        Snapshot {
+            chunks,
+            index,
+            generation,
+        }
+    }
+
+    /// A snapshot of exactly these nodes and the pods on them, in order (for tests,
+    /// benchmarks, the simulator's start).
+    pub fn from_nodes(nodes: impl IntoIterator<Item = NodeInfo>) -> Self {
+        let mut cache = crate::cache::ClusterCache::default();
+        for n in nodes {
+            cache.add_node_with_pods(n);
+        }
+        cache.snapshot()
+    }
+
+    /// Number of slots (some may be empty).
+    pub fn slots(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    /// The node in slot `i`.
+    #[inline]
+    pub fn slot(&self, i: usize) -> Option<&Arc<NodeInfo>> {
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)?.as_ref()
+    }
+
+    /// Number of nodes the cache knows (placeholders excluded).
+    pub fn node_count(&self) -> usize {
+        self.nodes().filter(|(_, n)| n.known).count()
+    }
+
+    /// The slot of the node called `name`.
+    pub fn slot_of(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Arc<NodeInfo>> {
+        self.slot(self.slot_of(name)?)
+    }
+
+    /// Every node with its slot, placeholders included, in slot order.
+    pub fn nodes(&self) -> impl Iterator<Item = (usize, &Arc<NodeInfo>)> {
+        self.chunks.iter().enumerate().flat_map(|(c, chunk)| {
+            chunk
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, n)| Some((c * CHUNK + i, n.as_ref()?)))
+        })
+    }
+
+    /// The chunks, for parallel iteration.
+    pub fn chunks(&self) -> &[Arc<Chunk>] {
+        &self.chunks
+    }
+}
