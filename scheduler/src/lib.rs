@@ -7,9 +7,12 @@
 pub mod cache;
 pub mod config;
 pub mod framework;
+pub mod gang;
 pub mod k8s;
+pub mod metrics;
 pub mod model;
 pub mod plugins;
 pub mod quantity;
 pub mod queue;
+pub mod sim;
 pub mod snapshot;

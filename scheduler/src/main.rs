@@ -1,2 +1,35 @@
-//! The `drover` command.
-fn main() {}
+//! The `drover` command: `drover run` schedules pods on a cluster, `drover simulate`
+//! runs the same core on a simulated cluster with no API server.
+
+use clap::{Parser, Subcommand};
+
+/// drover: a Kubernetes scheduler for data-science and AI workloads.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Schedule pods whose schedulerName is drover's, on the cluster in the kubeconfig.
+    Run(drover::k8s::RunArgs),
+    /// Replay a cluster and a workload in virtual time and compare drover with a
+    /// kube-scheduler-like baseline. With no arguments, runs the built-in scenario.
+    Simulate(drover::sim::SimulateArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            drover::k8s::init_logging(&args.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(drover::k8s::run_from_args(args))
+        }
+        Command::Simulate(args) => drover::sim::run_cli(&args),
+    }
+}

@@ -1,1 +1,543 @@
-//! placeholder
+//! API objects → the core's model. Quantities are parsed here, once; a malformed object
+//! is reported with its name and skipped, never allowed to crash the scheduler.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Container, Node, NodeSelectorTerm, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use thiserror::Error;
+
+use crate::model::{
+    HostPort, Labels, NodeInfo, Phase, PodInfo, PodKey, Protocol, Requirement, ResourceKind,
+    Resources, SelectorOp, SelectorTerm, Taint, TaintEffect, Toleration,
+};
+use crate::quantity::{QuantityError, parse_resource};
+
+/// An object drover cannot use, and why.
+#[derive(Debug, Error)]
+pub enum ConvertError {
+    /// The object has no name.
+    #[error("{kind} without metadata.name")]
+    NoName {
+        /// Pod or Node.
+        kind: &'static str,
+    },
+    /// A resource quantity does not parse.
+    #[error("{object}: {field}[{resource}]: {source}")]
+    Quantity {
+        /// `namespace/name` or node name.
+        object: String,
+        /// Where the quantity sits.
+        field: String,
+        /// The resource name.
+        resource: String,
+        /// The parse error.
+        source: QuantityError,
+    },
+    /// A selector requirement is malformed.
+    #[error("{object}: {problem}")]
+    Selector {
+        /// `namespace/name`.
+        object: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn resources(
+    object: &str,
+    field: &str,
+    list: Option<&BTreeMap<String, Quantity>>,
+) -> Result<Resources, ConvertError> {
+    let mut r = Resources::default();
+    for (name, q) in list.into_iter().flatten() {
+        let v = parse_resource(name, &q.0).map_err(|source| ConvertError::Quantity {
+            object: object.to_string(),
+            field: field.to_string(),
+            resource: name.clone(),
+            source,
+        })?;
+        if name == "pods" {
+            continue;
+        }
+        r.set(&ResourceKind::from_name(name), v);
+    }
+    Ok(r)
+}
+
+fn container_requests(
+    object: &str,
+    what: &str,
+    c: &Container,
+) -> Result<(Resources, bool), ConvertError> {
+    let reqs = c.resources.as_ref();
+    // Kubernetes defaults requests to limits when only limits are set.
+    let list = reqs.and_then(|r| r.requests.as_ref());
+    let limits = reqs.and_then(|r| r.limits.as_ref());
+    let mut r = resources(
+        object,
+        &format!("{what}[{}].resources.requests", c.name),
+        list,
+    )?;
+    if let Some(l) = limits {
+        for (name, q) in l {
+            if list.is_some_and(|x| x.contains_key(name)) {
+                continue;
+            }
+            let v = parse_resource(name, &q.0).map_err(|source| ConvertError::Quantity {
+                object: object.to_string(),
+                field: format!("{what}[{}].resources.limits", c.name),
+                resource: name.clone(),
+                source,
+            })?;
+            r.set(&ResourceKind::from_name(name), v);
+        }
+    }
+    let declared = !r.is_zero();
+    Ok((r, declared))
+}
+
+fn op(object: &str, s: &str) -> Result<SelectorOp, ConvertError> {
+    Ok(match s {
+        "In" => SelectorOp::In,
+        "NotIn" => SelectorOp::NotIn,
+        "Exists" => SelectorOp::Exists,
+        "DoesNotExist" => SelectorOp::DoesNotExist,
+        "Gt" => SelectorOp::Gt,
+        "Lt" => SelectorOp::Lt,
+        other => {
+            return Err(ConvertError::Selector {
+                object: object.into(),
+                problem: format!("unknown node selector operator {other:?}"),
+            });
+        }
+    })
+}
+
+fn term(object: &str, t: &NodeSelectorTerm) -> Result<SelectorTerm, ConvertError> {
+    let mut reqs = Vec::new();
+    let all = t
+        .match_expressions
+        .iter()
+        .flatten()
+        .map(|r| (r, false))
+        .chain(t.match_fields.iter().flatten().map(|r| (r, true)));
+    for (r, field) in all {
+        let op = op(object, &r.operator)?;
+        let mut values: Vec<Arc<str>> = r
+            .values
+            .iter()
+            .flatten()
+            .map(|v| Arc::from(v.as_str()))
+            .collect();
+        values.sort();
+        let bound = match op {
+            SelectorOp::Gt | SelectorOp::Lt => match values.as_slice() {
+                [v] => v.parse().map_err(|_| ConvertError::Selector {
+                    object: object.into(),
+                    problem: format!(
+                        "node selector {} {:?} needs one integer value, got {v:?}",
+                        r.key, r.operator
+                    ),
+                })?,
+                _ => {
+                    return Err(ConvertError::Selector {
+                        object: object.into(),
+                        problem: format!(
+                            "node selector {} {:?} needs exactly one value",
+                            r.key, r.operator
+                        ),
+                    });
+                }
+            },
+            _ => 0,
+        };
+        reqs.push(Requirement {
+            key: r.key.as_str().into(),
+            op,
+            values,
+            bound,
+            field,
+        });
+    }
+    Ok(SelectorTerm(reqs))
+}
+
+/// The pod's effective request, as kube-scheduler computes it: the sum of containers;
+/// raised to the largest init container (which runs alone, next to the restartable
+/// "sidecar" init containers started before it); sidecars add to the total; pod
+/// overhead adds; pod-level `spec.resources.requests` replace what they name.
+pub fn pod_requests(object: &str, pod: &Pod) -> Result<(Resources, bool), ConvertError> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok((Resources::default(), false));
+    };
+    let mut declared = false;
+    let mut total = Resources::default();
+    for c in &spec.containers {
+        let (r, d) = container_requests(object, "containers", c)?;
+        total.add(&r);
+        declared |= d;
+    }
+    let mut sidecars = Resources::default();
+    let mut init_max = Resources::default();
+    for c in spec.init_containers.iter().flatten() {
+        let (r, d) = container_requests(object, "initContainers", c)?;
+        declared |= d;
+        if c.restart_policy.as_deref() == Some("Always") {
+            total.add(&r);
+            sidecars.add(&r);
+            init_max.max_with(&sidecars);
+        } else {
+            let mut alone = r;
+            alone.add(&sidecars);
+            init_max.max_with(&alone);
+        }
+    }
+    total.max_with(&init_max);
+    if let Some(pod_level) = spec.resources.as_ref().and_then(|r| r.requests.as_ref()) {
+        let p = resources(object, "spec.resources.requests", Some(pod_level))?;
+        for (k, v) in p.iter() {
+            total.set(&k, v);
+        }
+        declared |= !p.is_zero();
+    }
+    if let Some(o) = spec.overhead.as_ref() {
+        total.add(&resources(object, "spec.overhead", Some(o))?);
+    }
+    Ok((total, declared))
+}
+
+/// Converts a pod.
+pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
+    let meta = &pod.metadata;
+    let name = meta
+        .name
+        .as_deref()
+        .ok_or(ConvertError::NoName { kind: "Pod" })?;
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    let key = PodKey::new(ns, name);
+    let object = key.to_string();
+    let (requests, declares_requests) = pod_requests(&object, pod)?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let status = pod.status.as_ref();
+    let phase = match status.and_then(|s| s.phase.as_deref()) {
+        Some("Running") => Phase::Running,
+        Some("Succeeded") => Phase::Succeeded,
+        Some("Failed") => Phase::Failed,
+        Some("Unknown") => Phase::Unknown,
+        _ => Phase::Pending,
+    };
+    let node_selector = SelectorTerm(
+        spec.node_selector
+            .iter()
+            .flatten()
+            .map(|(k, v)| Requirement {
+                key: k.as_str().into(),
+                op: SelectorOp::In,
+                values: vec![v.as_str().into()],
+                bound: 0,
+                field: false,
+            })
+            .collect(),
+    );
+    let node_aff = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref());
+    let required_affinity = node_aff
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|s| {
+            s.node_selector_terms
+                .iter()
+                .map(|t| term(&object, t))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    // A required affinity whose terms are all empty matches nothing; keep it so the
+    // filter rejects every node, as kube-scheduler does.
+    let preferred_affinity = node_aff
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|p| {
+            p.iter()
+                .map(|t| Ok((t.weight, term(&object, &t.preference)?)))
+                .collect::<Result<Vec<_>, ConvertError>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let tolerations = spec
+        .tolerations
+        .iter()
+        .flatten()
+        .map(|t| Toleration {
+            key: t.key.as_deref().unwrap_or("").into(),
+            exists: t.operator.as_deref() == Some("Exists"),
+            value: t.value.as_deref().unwrap_or("").into(),
+            effect: t.effect.as_deref().and_then(TaintEffect::parse),
+        })
+        .collect();
+    let host_ports = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = u16::try_from(p.host_port?).ok().filter(|p| *p > 0)?;
+            let protocol = match p.protocol.as_deref() {
+                Some("UDP") => Protocol::Udp,
+                Some("SCTP") => Protocol::Sctp,
+                _ => Protocol::Tcp,
+            };
+            Some(HostPort {
+                protocol,
+                ip: p.host_ip.as_deref().unwrap_or("").into(),
+                port,
+            })
+        })
+        .collect();
+    Ok(PodInfo {
+        key,
+        uid: meta.uid.as_deref().unwrap_or("").into(),
+        scheduler_name: spec
+            .scheduler_name
+            .as_deref()
+            .unwrap_or("default-scheduler")
+            .into(),
+        node_name: spec
+            .node_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .map(Into::into),
+        phase,
+        deleting: meta.deletion_timestamp.is_some(),
+        requests,
+        declares_requests,
+        priority: spec.priority.unwrap_or(0),
+        created_ms: meta
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_millisecond()),
+        labels: Labels::new(
+            meta.labels
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        ),
+        node_selector,
+        required_affinity,
+        preferred_affinity,
+        tolerations,
+        host_ports,
+        daemonset: meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "DaemonSet" && o.controller == Some(true)),
+    })
+}
+
+/// Converts a node.
+pub fn node_info(node: &Node) -> Result<NodeInfo, ConvertError> {
+    let name = node
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(ConvertError::NoName { kind: "Node" })?;
+    let status = node.status.as_ref();
+    let (field, list) = match status.and_then(|s| s.allocatable.as_ref()) {
+        Some(a) => ("status.allocatable", Some(a)),
+        None => ("status.capacity", status.and_then(|s| s.capacity.as_ref())),
+    };
+    let allocatable = resources(name, field, list)?;
+    let max_pods = match list.and_then(|l| l.get("pods")) {
+        Some(q) => parse_resource("pods", &q.0).map_err(|source| ConvertError::Quantity {
+            object: name.into(),
+            field: field.into(),
+            resource: "pods".into(),
+            source,
+        })?,
+        None => 110,
+    };
+    let spec = node.spec.clone().unwrap_or_default();
+    let taints = spec
+        .taints
+        .iter()
+        .flatten()
+        .filter_map(|t| {
+            Some(Taint {
+                key: t.key.as_str().into(),
+                value: t.value.as_deref().unwrap_or("").into(),
+                effect: TaintEffect::parse(&t.effect)?,
+            })
+        })
+        .collect();
+    Ok(NodeInfo {
+        name: name.into(),
+        known: true,
+        labels: Labels::new(
+            node.metadata
+                .labels
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        ),
+        taints,
+        unschedulable: spec.unschedulable.unwrap_or(false),
+        allocatable,
+        max_pods,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u1"}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    fn res(cpu: &str, mem: &str) -> serde_json::Value {
+        json!({"requests": {"cpu": cpu, "memory": mem}})
+    }
+
+    #[test]
+    fn request_arithmetic_table() {
+        let cases = [
+            (
+                "containers add up",
+                json!({"containers": [{"name": "a", "resources": res("1", "1Gi")}, {"name": "b", "resources": res("500m", "1Gi")}]}),
+                1500,
+                2i64 << 30,
+            ),
+            (
+                "init container raises",
+                json!({"containers": [{"name": "a", "resources": res("1", "1Gi")}], "initContainers": [{"name": "i", "resources": res("2", "512Mi")}]}),
+                2000,
+                1 << 30,
+            ),
+            (
+                "sidecar adds",
+                json!({"containers": [{"name": "a", "resources": res("1", "1Gi")}], "initContainers": [{"name": "s", "restartPolicy": "Always", "resources": res("500m", "1Gi")}]}),
+                1500,
+                2 << 30,
+            ),
+            (
+                "init after sidecar runs beside it",
+                json!({"containers": [{"name": "a", "resources": res("100m", "1Gi")}], "initContainers": [{"name": "s", "restartPolicy": "Always", "resources": res("1", "1Gi")}, {"name": "i", "resources": res("2", "1Gi")}]}),
+                3000,
+                2 << 30,
+            ),
+            (
+                "overhead adds",
+                json!({"containers": [{"name": "a", "resources": res("1", "1Gi")}], "overhead": {"cpu": "250m", "memory": "128Mi"}}),
+                1250,
+                (1 << 30) + (128 << 20),
+            ),
+            (
+                "limits only",
+                json!({"containers": [{"name": "a", "resources": {"limits": {"cpu": "2", "memory": "2Gi"}}}]}),
+                2000,
+                2 << 30,
+            ),
+            (
+                "pod-level requests replace",
+                json!({"resources": {"requests": {"cpu": "4"}}, "containers": [{"name": "a", "resources": res("1", "1Gi")}]}),
+                4000,
+                1 << 30,
+            ),
+            (
+                "nothing declared",
+                json!({"containers": [{"name": "a"}]}),
+                0,
+                0,
+            ),
+        ];
+        for (name, spec, cpu, mem) in cases {
+            let p = pod_info(&pod(spec)).unwrap();
+            assert_eq!((p.requests.cpu, p.requests.memory), (cpu, mem), "{name}");
+            assert_eq!(p.declares_requests, cpu > 0, "{name}");
+        }
+    }
+
+    #[test]
+    fn pod_fields() {
+        let p = pod_info(&pod(json!({
+            "schedulerName": "drover",
+            "priority": 7,
+            "nodeSelector": {"pool": "gpu"},
+            "containers": [{"name": "a", "resources": {"requests": {"nvidia.com/gpu": "2", "example.com/foo": "1"}}, "ports": [{"containerPort": 80, "hostPort": 8080}]}],
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "gpus", "operator": "Gt", "values": ["4"]}]}]},
+                "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5, "preference": {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}}]
+            }}
+        })))
+        .unwrap();
+        assert_eq!(&*p.scheduler_name, "drover");
+        assert_eq!(p.priority, 7);
+        assert_eq!(p.requests.gpu, 2);
+        assert_eq!(p.requests.extended_amount("example.com/foo"), 1);
+        assert_eq!(p.host_ports.len(), 1);
+        assert_eq!(p.tolerations[0].effect, Some(TaintEffect::NoSchedule));
+        assert_eq!(p.required_affinity[0].0[0].bound, 4);
+        assert!(p.preferred_affinity[0].1.0[0].field);
+        assert_eq!(p.node_selector.0.len(), 1);
+    }
+
+    #[test]
+    fn malformed_objects_name_themselves() {
+        let bad = pod(json!({"containers": [{"name": "a", "resources": res("lots", "1Gi")}]}));
+        let err = pod_info(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("ns/p") && err.contains("containers[a].resources.requests[cpu]"),
+            "{err}"
+        );
+        let bad = pod(
+            json!({"containers": [{"name": "a"}], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "k", "operator": "Gt", "values": ["x"]}]}]}}}}),
+        );
+        assert!(
+            pod_info(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("needs one integer value")
+        );
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}, "status": {"allocatable": {"cpu": "4", "memory": "bogus"}}})).unwrap();
+        let err = node_info(&node).unwrap_err().to_string();
+        assert!(err.contains("n1") && err.contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn node_fields() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1", "labels": {"zone": "a"}},
+            "spec": {"unschedulable": true, "taints": [{"key": "gpu", "value": "true", "effect": "NoSchedule"}]},
+            "status": {"capacity": {"cpu": "8", "memory": "32Gi", "pods": "20", "nvidia.com/gpu": "8"}}
+        }))
+        .unwrap();
+        let n = node_info(&node).unwrap();
+        assert_eq!(
+            (
+                n.allocatable.cpu,
+                n.allocatable.memory,
+                n.allocatable.gpu,
+                n.max_pods
+            ),
+            (8000, 32 << 30, 8, 20)
+        );
+        assert!(n.unschedulable);
+        assert_eq!(n.taints.len(), 1);
+        assert_eq!(n.labels.get("zone"), Some("a"));
+    }
+}

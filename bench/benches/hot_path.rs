@@ -1,0 +1,78 @@
+//! The hot path: one-pod decisions, gang placement, and applying an event to the cache
+//! and publishing the next snapshot. Every node is evaluated (no sampling).
+//!
+//! Run: `cargo bench -p drover-bench --bench hot_path`
+
+use std::sync::Arc;
+
+use divan::Bencher;
+use drover::framework::{Outcome, Profile, schedule_one};
+use drover::gang::{GangOutcome, place_all};
+use drover::model::PodKey;
+use drover_bench::{cluster, gpu_gang, pending_pod, pending_pod_with_affinity, running_pod};
+use rand::SeedableRng;
+
+fn main() {
+    divan::main();
+}
+
+/// One pod, every node filtered and scored.
+#[divan::bench(args = [1_000, 5_000, 15_000])]
+fn one_pod_decision(b: Bencher, nodes: usize) {
+    let snap = cluster(nodes, nodes * 10).snapshot();
+    let profile = Profile::default();
+    let pod = pending_pod("p");
+    b.bench_local(|| {
+        let out = schedule_one(&profile, divan::black_box(&pod), &snap);
+        assert!(matches!(out, Outcome::Placed(_)));
+        out
+    });
+}
+
+/// One pod with a required node affinity, every node evaluated.
+#[divan::bench(args = [5_000])]
+fn one_pod_decision_with_affinity(b: Bencher, nodes: usize) {
+    let snap = cluster(nodes, nodes * 10).snapshot();
+    let profile = Profile::default();
+    let pod = pending_pod_with_affinity("p");
+    b.bench_local(|| schedule_one(&profile, divan::black_box(&pod), &snap));
+}
+
+/// A 256-rank GPU gang placed all-or-nothing at 5 000 nodes. (No topology level yet:
+/// the topology issue adds the required-level variant.)
+#[divan::bench(args = [256], sample_count = 20)]
+fn gang_placement(b: Bencher, size: usize) {
+    let snap = cluster(5_000, 50_000).snapshot();
+    let profile = Profile::default();
+    let gang = gpu_gang(size);
+    b.bench_local(|| {
+        let out = place_all(&profile, &gang, &snap);
+        assert!(matches!(out, GangOutcome::Placed(_)));
+        out
+    });
+}
+
+/// A pod event applied to a cache of 5 000 nodes / 150 000 pods, then the next
+/// snapshot published.
+#[divan::bench(sample_count = 200, sample_size = 50)]
+fn event_apply_and_publish(b: Bencher) {
+    let mut cache = cluster(5_000, 150_000);
+    let snap = cache.snapshot();
+    let nodes: Vec<_> = snap.nodes().map(|(_, n)| n.clone()).collect();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut i = 0usize;
+    b.bench_local(|| {
+        // Alternately bind a new pod and delete it again, so the cache stays the same size.
+        let key = PodKey::new("bench", &format!("running-event-{}", i / 2));
+        if i % 2 == 0 {
+            let n = &nodes[(i * 7919) % nodes.len()];
+            let mut p = running_pod(i, n, &mut rng);
+            p.key = key;
+            cache.upsert_pod(p);
+        } else {
+            cache.delete_pod(&key);
+        }
+        i += 1;
+        Arc::new(cache.snapshot())
+    });
+}

@@ -1,0 +1,52 @@
+//! Binding pods to nodes through the `binding` subresource.
+
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+use crate::model::PodKey;
+
+/// How a bind call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindResult {
+    /// Bound.
+    Bound,
+    /// The pod is already bound, or was deleted or recreated (409/404): drop it.
+    Gone(String),
+    /// Anything else: forget the assumption and retry after backoff.
+    Failed(String),
+}
+
+/// Binds `key` (with UID `uid`, so a recreated pod is never bound by mistake) to `node`.
+pub async fn bind(client: Client, key: &PodKey, uid: &str, node: &str) -> BindResult {
+    let api: Api<Pod> = Api::namespaced(client, &key.namespace);
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(key.name.to_string()),
+            namespace: Some(key.namespace.to_string()),
+            uid: Some(uid.to_string()),
+            ..Default::default()
+        },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.into()),
+            ..Default::default()
+        },
+    };
+    match api
+        .create_subresource::<_, kube::core::Status>(
+            "binding",
+            &key.name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+    {
+        Ok(_) => BindResult::Bound,
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+            BindResult::Gone(s.message.clone())
+        }
+        Err(e) => BindResult::Failed(e.to_string()),
+    }
+}

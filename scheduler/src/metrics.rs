@@ -1,0 +1,125 @@
+//! Prometheus metrics, all prefixed `drover_`, units in the names, no pod or node
+//! names as labels (bounded cardinality).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The scheduler's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Scheduling attempts by result (`scheduled`, `unschedulable`, `error`).
+    pub attempts: IntCounterVec,
+    /// Time to decide one pod (filter + score over the snapshot).
+    pub decision_seconds: Histogram,
+    /// Pod creation to a successful bind.
+    pub e2e_seconds: Histogram,
+    /// Bind calls that failed, by kind (`conflict`, `other`).
+    pub bind_errors: IntCounterVec,
+    /// Pods waiting, by queue state (`active`, `backoff`, `unschedulable`, `in_flight`).
+    pub pending: IntGaugeVec,
+    /// Nodes in the cache.
+    pub nodes: IntGauge,
+    /// Generation of the newest published snapshot.
+    pub snapshot_generation: IntGauge,
+    /// Objects skipped because they could not be converted.
+    pub malformed_objects: IntCounter,
+}
+
+impl Metrics {
+    /// Registers every metric in a new registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let buckets = prometheus::exponential_buckets(0.000_01, 2.0, 22).expect("valid buckets");
+        let m = Metrics {
+            attempts: IntCounterVec::new(
+                Opts::new(
+                    "drover_schedule_attempts_total",
+                    "Scheduling attempts by result.",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
+            decision_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "drover_scheduling_decision_duration_seconds",
+                    "Time to filter and score every node for one pod.",
+                )
+                .buckets(buckets.clone()),
+            )
+            .expect("metric"),
+            e2e_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "drover_pod_scheduling_duration_seconds",
+                    "Time from pod creation to a successful bind.",
+                )
+                .buckets(prometheus::exponential_buckets(0.01, 2.0, 16).expect("valid buckets")),
+            )
+            .expect("metric"),
+            bind_errors: IntCounterVec::new(
+                Opts::new(
+                    "drover_binding_errors_total",
+                    "Bind calls that failed, by kind.",
+                ),
+                &["kind"],
+            )
+            .expect("metric"),
+            pending: IntGaugeVec::new(
+                Opts::new(
+                    "drover_pending_pods",
+                    "Pods waiting to be scheduled, by queue state.",
+                ),
+                &["state"],
+            )
+            .expect("metric"),
+            nodes: IntGauge::new("drover_cache_nodes", "Nodes in the scheduler's cache.")
+                .expect("metric"),
+            snapshot_generation: IntGauge::new(
+                "drover_snapshot_generation",
+                "Generation of the newest published snapshot.",
+            )
+            .expect("metric"),
+            malformed_objects: IntCounter::new(
+                "drover_malformed_objects_total",
+                "Pods and nodes skipped because they could not be read.",
+            )
+            .expect("metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.attempts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.decision_seconds.clone()),
+            Box::new(m.e2e_seconds.clone()),
+            Box::new(m.bind_errors.clone()),
+            Box::new(m.pending.clone()),
+            Box::new(m.nodes.clone()),
+            Box::new(m.snapshot_generation.clone()),
+            Box::new(m.malformed_objects.clone()),
+        ] {
+            m.registry.register(c).expect("unique metric names");
+        }
+        m
+    }
+
+    /// The registry, for adding more collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Everything in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

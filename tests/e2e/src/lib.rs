@@ -1,0 +1,140 @@
+//! Helpers shared by drover's integration tests: run drover in-process against a test
+//! control plane, and check placements against the API server's own records.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use drover::k8s::{RunOptions, Shared};
+use drover::quantity::parse_resource;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+/// A drover instance running in this process.
+pub struct Drover {
+    /// Cancel to stop it.
+    pub shutdown: CancellationToken,
+    /// Its snapshot and metrics.
+    pub shared: Shared,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drover {
+    /// Starts drover with the default configuration and scheduler name `drover`.
+    pub fn start(client: Client) -> Drover {
+        Self::start_with(client, RunOptions::new("drover"))
+    }
+
+    /// Starts drover with `opts`.
+    pub fn start_with(client: Client, opts: RunOptions) -> Drover {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+        let shutdown = CancellationToken::new();
+        let shared = Shared {
+            snapshot: Default::default(),
+            synced: Default::default(),
+            metrics: drover::metrics::Metrics::new(),
+        };
+        let handle = tokio::spawn(drover::k8s::run_with(
+            client,
+            opts,
+            shared.clone(),
+            shutdown.clone(),
+        ));
+        Drover {
+            shutdown,
+            shared,
+            handle,
+        }
+    }
+
+    /// Stops it and waits for it to end; fails if it ended with an error.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.handle).await??
+    }
+}
+
+/// Every pod in `namespace`.
+pub async fn pods(client: &Client, namespace: &str) -> anyhow::Result<Vec<Pod>> {
+    Ok(Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await?
+        .items)
+}
+
+/// Number of pods in `namespace` that have a node.
+pub async fn bound_count(client: &Client, namespace: &str) -> anyhow::Result<usize> {
+    Ok(pods(client, namespace)
+        .await?
+        .iter()
+        .filter(|p| node_of(p).is_some())
+        .count())
+}
+
+/// The node a pod is bound to.
+pub fn node_of(p: &Pod) -> Option<&str> {
+    p.spec.as_ref()?.node_name.as_deref()
+}
+
+fn sum_requests(p: &Pod) -> BTreeMap<String, i64> {
+    // Containers only (the tests create no init containers or overhead), computed here
+    // independently of drover's own arithmetic.
+    let mut out = BTreeMap::new();
+    for c in p.spec.iter().flat_map(|s| &s.containers) {
+        for (k, q) in c.resources.iter().flat_map(|r| r.requests.iter().flatten()) {
+            *out.entry(k.clone()).or_default() +=
+                parse_resource(k, &q.0).expect("test pods have valid quantities");
+        }
+    }
+    out
+}
+
+/// Checks, from the API server's records, that no node holds more than its
+/// allocatable of any resource or pods. Returns a description of each violation.
+pub async fn overcommitted(client: &Client) -> anyhow::Result<Vec<String>> {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let all = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let mut used: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for p in &all {
+        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded") | Some("Failed")) {
+            continue;
+        }
+        if let Some(n) = node_of(p) {
+            let u = used.entry(n.to_string()).or_default();
+            for (k, v) in sum_requests(p) {
+                *u.entry(k).or_default() += v;
+            }
+            *u.entry("pods".into()).or_default() += 1;
+        }
+    }
+    let mut bad = Vec::new();
+    for n in &nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let alloc = n
+            .status
+            .as_ref()
+            .and_then(|s| s.allocatable.clone())
+            .unwrap_or_default();
+        for (k, v) in used.get(&name).into_iter().flatten() {
+            let cap = alloc
+                .get(k)
+                .map(|q| parse_resource(k, &q.0).expect("valid"))
+                .unwrap_or(0);
+            if *v > cap {
+                bad.push(format!("node {name}: {k} used {v} > allocatable {cap}"));
+            }
+        }
+    }
+    Ok(bad)
+}
