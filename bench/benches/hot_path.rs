@@ -64,7 +64,7 @@ fn event_apply_and_publish(b: Bencher) {
     b.bench_local(|| {
         // Alternately bind a new pod and delete it again, so the cache stays the same size.
         let key = PodKey::new("bench", &format!("running-event-{}", i / 2));
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let n = &nodes[(i * 7919) % nodes.len()];
             let mut p = running_pod(i, n, &mut rng);
             p.key = key;

@@ -148,7 +148,7 @@ async fn five_hundred_pods_on_fifty_mixed_nodes_respect_every_constraint() -> an
     let mut nodes = Vec::new();
     for i in 0..20 {
         nodes.push(
-            FakeNode::new(&format!("small-{i}"))
+            FakeNode::new(format!("small-{i}"))
                 .cpu("8")
                 .memory("32Gi")
                 .label("pool", "general")
@@ -158,7 +158,7 @@ async fn five_hundred_pods_on_fifty_mixed_nodes_respect_every_constraint() -> an
     }
     for i in 0..15 {
         nodes.push(
-            FakeNode::new(&format!("large-{i}"))
+            FakeNode::new(format!("large-{i}"))
                 .cpu("32")
                 .memory("128Gi")
                 .label("pool", "highmem")
@@ -168,7 +168,7 @@ async fn five_hundred_pods_on_fifty_mixed_nodes_respect_every_constraint() -> an
     }
     for i in 0..10 {
         nodes.push(
-            FakeNode::new(&format!("gpu-{i}"))
+            FakeNode::new(format!("gpu-{i}"))
                 .cpu("32")
                 .memory("256Gi")
                 .gpus(8)
@@ -180,7 +180,7 @@ async fn five_hundred_pods_on_fifty_mixed_nodes_respect_every_constraint() -> an
     }
     for i in 0..5 {
         nodes.push(
-            FakeNode::new(&format!("infra-{i}"))
+            FakeNode::new(format!("infra-{i}"))
                 .cpu("8")
                 .memory("16Gi")
                 .label("pool", "infra")
@@ -194,7 +194,7 @@ async fn five_hundred_pods_on_fifty_mixed_nodes_respect_every_constraint() -> an
     let mut batch = Vec::new();
     for i in 0..100 {
         batch.push(
-            TestPod::new(&format!("highmem-{i}"))
+            TestPod::new(format!("highmem-{i}"))
                 .scheduler("drover")
                 .cpu("500m")
                 .memory("8Gi")
@@ -204,7 +204,7 @@ async fn five_hundred_pods_on_fifty_mixed_nodes_respect_every_constraint() -> an
     }
     for i in 0..40 {
         batch.push(
-            TestPod::new(&format!("gpu-{i}"))
+            TestPod::new(format!("gpu-{i}"))
                 .scheduler("drover")
                 .cpu("2")
                 .memory("16Gi")
@@ -216,7 +216,7 @@ async fn five_hundred_pods_on_fifty_mixed_nodes_respect_every_constraint() -> an
     }
     for i in 0..30 {
         batch.push(
-            TestPod::new(&format!("infra-{i}"))
+            TestPod::new(format!("infra-{i}"))
                 .scheduler("drover")
                 .cpu("1")
                 .memory("2Gi")
@@ -227,7 +227,7 @@ async fn five_hundred_pods_on_fifty_mixed_nodes_respect_every_constraint() -> an
     }
     for i in 0..50 {
         batch.push(
-            TestPod::new(&format!("zoned-{i}"))
+            TestPod::new(format!("zoned-{i}"))
                 .scheduler("drover")
                 .cpu("1")
                 .memory("2Gi")
@@ -240,7 +240,7 @@ async fn five_hundred_pods_on_fifty_mixed_nodes_respect_every_constraint() -> an
     }
     for i in 0..30 {
         batch.push(
-            TestPod::new(&format!("prefers-{i}"))
+            TestPod::new(format!("prefers-{i}"))
                 .scheduler("drover")
                 .cpu("1")
                 .memory("1Gi")
@@ -252,7 +252,7 @@ async fn five_hundred_pods_on_fifty_mixed_nodes_respect_every_constraint() -> an
         let cpu = ["500m", "1", "1500m", "2"][i % 4];
         let mem = ["1Gi", "2Gi", "3Gi", "4Gi"][(i / 4) % 4];
         batch.push(
-            TestPod::new(&format!("general-{i}"))
+            TestPod::new(format!("general-{i}"))
                 .scheduler("drover")
                 .cpu(cpu)
                 .memory(mem)
@@ -348,7 +348,7 @@ async fn unschedulable_pod_is_reported_and_bound_when_a_node_fits() -> anyhow::R
     let client = cp.client();
     let mut nodes: Vec<Node> = (0..3)
         .map(|i| {
-            FakeNode::new(&format!("n-{i}"))
+            FakeNode::new(format!("n-{i}"))
                 .cpu("4")
                 .memory("16Gi")
                 .build()
@@ -472,7 +472,7 @@ async fn pods_of_other_schedulers_and_bound_pods_are_counted() -> anyhow::Result
     for i in 0..2 {
         api.create(
             &PostParams::default(),
-            &TestPod::new(&format!("mine-{i}"))
+            &TestPod::new(format!("mine-{i}"))
                 .scheduler("drover")
                 .cpu("3")
                 .memory("1Gi")
@@ -563,7 +563,7 @@ async fn restart_mid_run_loses_nothing_and_binds_nothing_twice() -> anyhow::Resu
     let client = cp.client();
     let nodes: Vec<Node> = (0..20)
         .map(|i| {
-            FakeNode::new(&format!("n-{i}"))
+            FakeNode::new(format!("n-{i}"))
                 .cpu("8")
                 .memory("32Gi")
                 .build()
@@ -598,7 +598,7 @@ async fn restart_mid_run_loses_nothing_and_binds_nothing_twice() -> anyhow::Resu
             for i in 0..300 {
                 api.create(
                     &PostParams::default(),
-                    &TestPod::new(&format!("p-{i}"))
+                    &TestPod::new(format!("p-{i}"))
                         .scheduler("drover")
                         .cpu("500m")
                         .memory("1Gi")
