@@ -17,10 +17,10 @@
 //! Every pod with a `nodeName` counts on its node, whoever bound it. Pods that name a
 //! node the cache has not seen get a placeholder node that no filter accepts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::model::{NodeInfo, PodInfo, PodKey};
+use crate::model::{NodeInfo, PodInfo, PodKey, Reservation, Resources};
 use crate::snapshot::{CHUNK, Chunk, Snapshot};
 
 /// Where a pod stands in the cache.
@@ -53,6 +53,8 @@ pub struct ClusterCache {
     free_slots: Vec<usize>,
     pods: HashMap<PodKey, PodState>,
     generation: u64,
+    /// Slots that carry a gang reservation.
+    reserved: Vec<usize>,
 }
 
 impl ClusterCache {
@@ -392,6 +394,47 @@ impl ClusterCache {
     /// Keys of every pod the cache holds (for reconciling after a relist).
     pub fn pod_keys(&self) -> Vec<PodKey> {
         self.pods.keys().cloned().collect()
+    }
+
+    /// Holds capacity for a waiting gang on the planned nodes (slot → amount, pods),
+    /// replacing any earlier reservation.
+    pub fn reserve(
+        &mut self,
+        namespace: &str,
+        gang: &str,
+        priority: i32,
+        plan: &BTreeMap<usize, (Resources, i64)>,
+    ) {
+        self.clear_reservation();
+        for (&slot, (amount, pods)) in plan {
+            if self.slot(slot).is_none() {
+                continue;
+            }
+            let r = Arc::new(Reservation {
+                namespace: namespace.into(),
+                gang: gang.into(),
+                priority,
+                amount: amount.clone(),
+                pods: *pods,
+            });
+            self.with_node(slot, |n| {
+                n.reservation = Some(r);
+                n.generation += 1;
+            });
+            self.reserved.push(slot);
+        }
+    }
+
+    /// Drops the gang reservation, if any.
+    pub fn clear_reservation(&mut self) {
+        for slot in std::mem::take(&mut self.reserved) {
+            if self.slot(slot).is_some_and(|n| n.reservation.is_some()) {
+                self.with_node(slot, |n| {
+                    n.reservation = None;
+                    n.generation += 1;
+                });
+            }
+        }
     }
 
     /// Names of every node the cache knows.

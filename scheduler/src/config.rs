@@ -148,6 +148,27 @@ impl Default for BindingConfig {
     }
 }
 
+/// Gang settings in the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct GangConfig {
+    /// Hold capacity for the first gang that does not fit, so that a stream of small
+    /// pods cannot starve it; small pods backfill only what the gang does not need.
+    pub reserve: bool,
+    /// How long one reservation holds before it is planned afresh (so a gang
+    /// waiting for nodes that never drain does not hold them forever).
+    pub reservation_seconds: f64,
+}
+
+impl Default for GangConfig {
+    fn default() -> Self {
+        GangConfig {
+            reserve: true,
+            reservation_seconds: 300.0,
+        }
+    }
+}
+
 /// The whole file. Every field is optional; see docs/configuration.md.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -160,6 +181,8 @@ pub struct FileConfig {
     pub queue: QueueTiming,
     /// Binding.
     pub binding: BindingConfig,
+    /// Gangs.
+    pub gangs: GangConfig,
 }
 
 /// The validated configuration the scheduler runs with.
@@ -173,6 +196,8 @@ pub struct Config {
     pub bind_concurrency: usize,
     /// Milliseconds an assumed, bound pod may wait for the watch's confirmation.
     pub confirm_timeout_ms: i64,
+    /// How long a gang reservation holds (ms); `None` turns reservations off.
+    pub gang_reservation_ms: Option<i64>,
 }
 
 impl Default for Config {
@@ -273,6 +298,16 @@ impl FileConfig {
                 "must be at least 1",
             ));
         }
+        let g = &self.gangs;
+        if !g.reservation_seconds.is_finite() || g.reservation_seconds <= 0.0 {
+            return Err(invalid(
+                "gangs.reservationSeconds",
+                format!(
+                    "{} must be a positive number of seconds (set gangs.reserve: false to turn reservations off)",
+                    g.reservation_seconds
+                ),
+            ));
+        }
         let packing = Packing {
             strategy: self.packing.strategy,
             resources,
@@ -295,6 +330,7 @@ impl FileConfig {
             },
             bind_concurrency: self.binding.concurrency,
             confirm_timeout_ms: (self.binding.confirm_timeout_seconds * 1000) as i64,
+            gang_reservation_ms: g.reserve.then(|| ms(g.reservation_seconds)),
         })
     }
 }

@@ -1,12 +1,596 @@
-//! Gang placement: a set of pods that is useless unless all of them run (a Dask
-//! scheduler and its workers, a training job's ranks) is decided as one unit over one
-//! snapshot. Either every member gets a node, or none does and nothing is held.
+//! Gangs: a set of pods that is useless unless all of them run (a Dask scheduler and
+//! its workers, a training job's ranks) is decided as one unit over one snapshot.
+//! Either every member gets a node, or none does and nothing is held.
+//!
+//! A gang is declared by a `PodGroup` (`scheduling.x-k8s.io/v1alpha1`) with pods
+//! labelled `scheduling.x-k8s.io/pod-group: <name>`, or by the same label (or Volcano's
+//! `scheduling.k8s.io/group-name` annotation) plus a `drover.dev/min-member`
+//! annotation. This module is pure: the [`GangTracker`] follows members and groups
+//! from watch events, [`decide`] answers what to do with a gang over a snapshot, and
+//! [`plan_reservation`] picks the capacity a blocked gang waits for.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::sync::Arc;
 
-use crate::framework::{Diagnosis, Outcome, Overlay, Profile, schedule_one};
-use crate::model::{PodInfo, PodKey};
+use crate::framework::{Diagnosis, Outcome, Overlay, Profile, feasible, schedule_one};
+use crate::model::{NodeInfo, PodInfo, PodKey, Resources};
 use crate::snapshot::Snapshot;
+
+/// The label that names a pod's group (scheduler-plugins, Kubeflow).
+pub const GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
+/// Volcano's annotation that names a pod's group.
+pub const VOLCANO_GROUP_ANNOTATION: &str = "scheduling.k8s.io/group-name";
+/// The annotation that gives a gang's minimum member count without a PodGroup.
+pub const MIN_MEMBER_ANNOTATION: &str = "drover.dev/min-member";
+
+/// A gang's namespace and name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GangKey {
+    /// The namespace.
+    pub namespace: Arc<str>,
+    /// The group name.
+    pub name: Arc<str>,
+}
+
+impl GangKey {
+    /// A key from a namespace and a name.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        GangKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The gang `pod` belongs to, if it names one without a conflict.
+    pub fn of(pod: &PodInfo) -> Option<GangKey> {
+        let g = pod.gang.as_ref()?;
+        Some(GangKey {
+            namespace: pod.key.namespace.clone(),
+            name: g.name.clone(),
+        })
+    }
+}
+
+impl fmt::Display for GangKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A `PodGroup` object, as read from the API.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodGroupInfo {
+    /// Namespace and name.
+    pub key: GangKey,
+    /// The object's UID (Events name it).
+    pub uid: Arc<str>,
+    /// `spec.minMember` as written (validated by [`GangTracker::min_member`]).
+    pub min_member: i64,
+    /// `spec.minResources`: the cluster must have this much free before the gang is
+    /// attempted.
+    pub min_resources: Resources,
+    /// `spec.scheduleTimeoutSeconds`, in milliseconds.
+    pub schedule_timeout_ms: Option<i64>,
+}
+
+/// Where a gang member stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// Not on a node yet.
+    Pending,
+    /// Bound or assumed; `running` once its phase is Running.
+    Assigned {
+        /// Phase Running.
+        running: bool,
+    },
+    /// Ended successfully.
+    Succeeded,
+    /// Ended in failure.
+    Failed,
+}
+
+/// Member counts of one gang.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GangCounts {
+    /// Members not on a node.
+    pub pending: usize,
+    /// Members on a node (bound or assumed), running or not.
+    pub scheduled: usize,
+    /// Members running.
+    pub running: usize,
+    /// Members that ended successfully.
+    pub succeeded: usize,
+    /// Members that failed.
+    pub failed: usize,
+}
+
+/// `status.phase` of a PodGroup, as scheduler-plugins names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GangPhase {
+    /// Fewer than minMember members exist, or none was attempted yet.
+    Pending,
+    /// drover is placing the gang (or its pods wait to start).
+    Scheduling,
+    /// At least minMember members run.
+    Running,
+    /// At least minMember members succeeded and none runs.
+    Finished,
+    /// Members failed and too few are left to make up the gang.
+    Failed,
+}
+
+impl GangPhase {
+    /// The phase's name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GangPhase::Pending => "Pending",
+            GangPhase::Scheduling => "Scheduling",
+            GangPhase::Running => "Running",
+            GangPhase::Finished => "Finished",
+            GangPhase::Failed => "Failed",
+        }
+    }
+}
+
+impl GangCounts {
+    /// The phase these counts mean for a gang of `min` members that was (or was not)
+    /// attempted.
+    pub fn phase(&self, min: usize, attempted: bool) -> GangPhase {
+        let min = min.max(1);
+        if self.running >= min {
+            GangPhase::Running
+        } else if self.succeeded >= min && self.running == 0 {
+            GangPhase::Finished
+        } else if self.failed > 0 && self.pending + self.scheduled + self.succeeded < min {
+            GangPhase::Failed
+        } else if attempted || self.scheduled > 0 {
+            GangPhase::Scheduling
+        } else {
+            GangPhase::Pending
+        }
+    }
+}
+
+/// Why a gang cannot be attempted at all; each is reported on its members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GangProblem {
+    /// Neither a PodGroup nor a `drover.dev/min-member` annotation gives the size.
+    NoPodGroup,
+    /// The minimum member count is zero, negative or not a number.
+    BadMinMember {
+        /// Where the value comes from.
+        source: String,
+        /// The value as written.
+        value: String,
+    },
+    /// Members disagree on the annotation.
+    Disagree(Vec<(PodKey, Arc<str>)>),
+}
+
+impl GangProblem {
+    /// A message that names the gang and says what to fix.
+    pub fn message(&self, gang: &GangKey) -> String {
+        match self {
+            GangProblem::NoPodGroup => format!(
+                "gang {gang}: PodGroup {gang} not found; create it, or set the annotation \
+                 {MIN_MEMBER_ANNOTATION} on its pods"
+            ),
+            GangProblem::BadMinMember { source, value } => format!(
+                "gang {gang}: {source} is {value:?}; it must be a whole number of at least 1"
+            ),
+            GangProblem::Disagree(v) => {
+                let list: Vec<String> = v.iter().map(|(k, m)| format!("{k}={m}")).collect();
+                format!(
+                    "gang {gang}: members disagree on {MIN_MEMBER_ANNOTATION} ({}); make them equal",
+                    list.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// A gang's members: state and `drover.dev/min-member` annotation of each.
+type Members = BTreeMap<PodKey, (MemberState, Option<Arc<str>>)>;
+
+/// Follows gang members and PodGroups from watch events.
+#[derive(Debug, Default)]
+pub struct GangTracker {
+    groups: HashMap<GangKey, PodGroupInfo>,
+    members: HashMap<GangKey, Members>,
+    member_of: HashMap<PodKey, GangKey>,
+    /// When drover first attempted each gang (ms); cleared when it runs.
+    started: HashMap<GangKey, i64>,
+    /// Gangs whose counts or group changed since [`GangTracker::take_dirty`].
+    dirty: HashSet<GangKey>,
+}
+
+impl GangTracker {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A PodGroup was added or changed.
+    pub fn upsert_group(&mut self, g: PodGroupInfo) {
+        self.dirty.insert(g.key.clone());
+        self.groups.insert(g.key.clone(), g);
+    }
+
+    /// A PodGroup was deleted.
+    pub fn delete_group(&mut self, key: &GangKey) {
+        self.groups.remove(key);
+        self.dirty.insert(key.clone());
+    }
+
+    /// Every PodGroup's key (for reconciling after a relist).
+    pub fn group_keys(&self) -> Vec<GangKey> {
+        self.groups.keys().cloned().collect()
+    }
+
+    /// The PodGroup, if one exists.
+    pub fn group(&self, key: &GangKey) -> Option<&PodGroupInfo> {
+        self.groups.get(key)
+    }
+
+    /// Records `pod` (any phase) in `state`. Pods that name no gang, or left one, are
+    /// dropped from it. Returns the gang when its membership or a member's state
+    /// changed.
+    pub fn observe(&mut self, pod: &PodInfo, state: MemberState) -> Option<GangKey> {
+        let gang = GangKey::of(pod);
+        if let Some(old) = self.member_of.get(&pod.key).cloned()
+            && Some(&old) != gang.as_ref()
+        {
+            self.forget(&pod.key);
+        }
+        let gang = gang?;
+        let annotation = pod.gang.as_ref().and_then(|g| g.min_member.clone());
+        let entry = self.members.entry(gang.clone()).or_default();
+        let new = (state, annotation);
+        let changed = entry.get(&pod.key) != Some(&new);
+        if changed {
+            entry.insert(pod.key.clone(), new);
+            self.dirty.insert(gang.clone());
+        }
+        self.member_of.insert(pod.key.clone(), gang.clone());
+        changed.then_some(gang)
+    }
+
+    /// The pod is gone from the API.
+    pub fn forget(&mut self, key: &PodKey) {
+        if let Some(g) = self.member_of.remove(key) {
+            if let Some(m) = self.members.get_mut(&g) {
+                m.remove(key);
+                if m.is_empty() {
+                    self.members.remove(&g);
+                    self.started.remove(&g);
+                }
+            }
+            self.dirty.insert(g);
+        }
+    }
+
+    /// The gang a pod was recorded in.
+    pub fn gang_of(&self, key: &PodKey) -> Option<&GangKey> {
+        self.member_of.get(key)
+    }
+
+    /// Keys of the members of `gang` in `state` (any `Assigned` matches any).
+    pub fn members_in(&self, gang: &GangKey, pending: bool) -> Vec<PodKey> {
+        self.members
+            .get(gang)
+            .into_iter()
+            .flatten()
+            .filter(|(_, (s, _))| (*s == MemberState::Pending) == pending)
+            .filter(|(_, (s, _))| pending || matches!(s, MemberState::Assigned { .. }))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Member counts of `gang`.
+    pub fn counts(&self, gang: &GangKey) -> GangCounts {
+        let mut c = GangCounts::default();
+        for (s, _) in self.members.get(gang).into_iter().flatten().map(|(_, v)| v) {
+            match s {
+                MemberState::Pending => c.pending += 1,
+                MemberState::Assigned { running } => {
+                    c.scheduled += 1;
+                    if *running {
+                        c.running += 1;
+                    }
+                }
+                MemberState::Succeeded => c.succeeded += 1,
+                MemberState::Failed => c.failed += 1,
+            }
+        }
+        c
+    }
+
+    /// The gang's minimum member count: from its PodGroup if there is one, else from
+    /// its members' `drover.dev/min-member` annotation.
+    pub fn min_member(&self, gang: &GangKey) -> Result<usize, GangProblem> {
+        if let Some(g) = self.groups.get(gang) {
+            return usize::try_from(g.min_member)
+                .ok()
+                .filter(|m| *m >= 1)
+                .ok_or_else(|| GangProblem::BadMinMember {
+                    source: format!("PodGroup {gang} spec.minMember"),
+                    value: g.min_member.to_string(),
+                });
+        }
+        let mut seen: BTreeMap<Arc<str>, PodKey> = BTreeMap::new();
+        for (k, (_, a)) in self.members.get(gang).into_iter().flatten() {
+            if let Some(a) = a {
+                seen.entry(a.clone()).or_insert_with(|| k.clone());
+            }
+        }
+        match seen.len() {
+            0 => Err(GangProblem::NoPodGroup),
+            1 => {
+                let raw = seen.keys().next().expect("one");
+                raw.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|m| *m >= 1)
+                    .ok_or_else(|| GangProblem::BadMinMember {
+                        source: format!("annotation {MIN_MEMBER_ANNOTATION}"),
+                        value: raw.to_string(),
+                    })
+            }
+            _ => Err(GangProblem::Disagree(
+                seen.into_iter().map(|(a, k)| (k, a)).collect(),
+            )),
+        }
+    }
+
+    /// Notes the first attempt at `gang`; returns when that was.
+    pub fn attempted(&mut self, gang: &GangKey, now_ms: i64) -> i64 {
+        let t = *self.started.entry(gang.clone()).or_insert(now_ms);
+        if t == now_ms {
+            self.dirty.insert(gang.clone());
+        }
+        t
+    }
+
+    /// When drover first attempted the gang, if it did.
+    pub fn started(&self, gang: &GangKey) -> Option<i64> {
+        self.started.get(gang).copied()
+    }
+
+    /// Every gang that has a PodGroup or members.
+    pub fn gangs(&self) -> impl Iterator<Item = &GangKey> {
+        self.members.keys().chain(
+            self.groups
+                .keys()
+                .filter(|k| !self.members.contains_key(*k)),
+        )
+    }
+
+    /// Marks a gang's status as needing to be written again.
+    pub fn touch(&mut self, gang: &GangKey) {
+        self.dirty.insert(gang.clone());
+    }
+
+    /// Gangs whose counts or group changed since the last call.
+    pub fn take_dirty(&mut self) -> Vec<GangKey> {
+        let mut v: Vec<GangKey> = self.dirty.drain().collect();
+        v.sort();
+        v
+    }
+}
+
+/// What to do with a gang now.
+#[derive(Clone, Debug)]
+pub enum GangDecision {
+    /// At least minMember members are on nodes: further members go one by one.
+    Running,
+    /// The gang cannot be attempted: every pending member waits with this message.
+    Wait(String),
+    /// Every listed member has a node (in the order given); bind them all.
+    Placed(Vec<(Arc<PodInfo>, usize, Arc<str>)>),
+    /// Not enough fit at once; nothing is placed.
+    NoFit {
+        /// The message for the members.
+        message: String,
+        /// The members that were tried (for a reservation).
+        tried: Vec<Arc<PodInfo>>,
+    },
+}
+
+/// Sums what is free on every usable node (known, not cordoned).
+fn free_total(snapshot: &Snapshot) -> Resources {
+    let mut total = Resources::default();
+    for (_, n) in snapshot.nodes() {
+        if !n.known || n.unschedulable {
+            continue;
+        }
+        let mut f = n.free();
+        for (k, v) in f.clone().iter() {
+            if v < 0 {
+                f.set(&k, 0);
+            }
+        }
+        total.add(&f);
+    }
+    total
+}
+
+/// Decides a gang: `min` is its minimum member count, `pending` its members without
+/// a node (current versions, oldest first), `scheduled` how many are on nodes.
+///
+/// When at least `min` members are scheduled the gang runs and members go one by one.
+/// Otherwise, once enough members exist, all pending members are placed together
+/// over `snapshot`; if they do not all fit but more are pending than the gang still
+/// needs, exactly the needed number is tried. `min_resources` must be free in the
+/// cluster before anything is tried.
+pub fn decide(
+    profile: &Profile,
+    gang: &GangKey,
+    min: usize,
+    min_resources: Option<&Resources>,
+    pending: &[Arc<PodInfo>],
+    scheduled: usize,
+    snapshot: &Snapshot,
+) -> GangDecision {
+    if scheduled >= min {
+        return GangDecision::Running;
+    }
+    let needed = min - scheduled;
+    if pending.len() < needed {
+        let have = pending.len() + scheduled;
+        return GangDecision::Wait(format!(
+            "gang {gang}: {have} of minMember {min} pods exist; waiting for {} more",
+            min - have
+        ));
+    }
+    if let Some(want) = min_resources.filter(|r| !r.is_zero()) {
+        let free = free_total(snapshot);
+        let short: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| free.get(k) < *v)
+            .map(|(k, v)| {
+                let mut w = Resources::default();
+                w.set(&k, v);
+                let mut f = Resources::default();
+                f.set(&k, free.get(&k));
+                format!("{w} wanted, {f} free")
+            })
+            .collect();
+        if !short.is_empty() {
+            return GangDecision::Wait(format!(
+                "gang {gang}: minResources not free in the cluster: {}",
+                short.join("; ")
+            ));
+        }
+    }
+    let mut tries: Vec<&[Arc<PodInfo>]> = vec![pending];
+    if pending.len() > needed {
+        tries.push(&pending[..needed]);
+    }
+    let mut last = None;
+    for members in tries {
+        match place_all(profile, members, snapshot) {
+            GangOutcome::Placed(p) => {
+                let placed = p
+                    .into_iter()
+                    .map(|(k, slot, node)| {
+                        let pod = members
+                            .iter()
+                            .find(|m| m.key == k)
+                            .expect("placed member")
+                            .clone();
+                        (pod, slot, node)
+                    })
+                    .collect();
+                return GangDecision::Placed(placed);
+            }
+            GangOutcome::Waiting {
+                placeable,
+                blocked,
+                diagnosis,
+            } => last = Some((members, placeable, blocked, diagnosis)),
+        }
+    }
+    let (members, placeable, blocked, diagnosis) = last.expect("at least one try");
+    let blocked_req = members
+        .iter()
+        .find(|m| m.key == blocked)
+        .map(|m| m.requests.to_string())
+        .unwrap_or_default();
+    GangDecision::NoFit {
+        message: format!(
+            "gang {gang}: {placeable}/{} members placeable at once; the next ({blocked_req}) fits nowhere: {}",
+            members.len(),
+            diagnosis.message()
+        ),
+        tried: members.to_vec(),
+    }
+}
+
+/// Capacity to hold on nodes for a blocked gang: node slot → (amount, member count).
+pub type ReservationPlan = BTreeMap<usize, (Resources, i64)>;
+
+/// Picks where a blocked gang will go once enough drains, or `None` if it could not
+/// fit even then. A pod that will not go away (a DaemonSet pod, or one of higher
+/// priority than the gang) stays counted; every other pod is assumed to end in time.
+/// Each member (largest first) takes the node that passes every other filter and
+/// needs the least to drain before it fits, so the wait is as short as possible.
+pub fn plan_reservation(
+    profile: &Profile,
+    members: &[Arc<PodInfo>],
+    snapshot: &Snapshot,
+) -> Option<ReservationPlan> {
+    let priority = members.iter().map(|m| m.priority).max().unwrap_or(0);
+    let mut order: Vec<&Arc<PodInfo>> = members.iter().collect();
+    order.sort_by(|a, b| {
+        let (ra, rb) = (&a.requests, &b.requests);
+        (rb.gpu, rb.memory, rb.cpu)
+            .cmp(&(ra.gpu, ra.memory, ra.cpu))
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    // The drained view of a node: only the pods that stay, plus what is planned.
+    let mut drained: HashMap<usize, NodeInfo> = HashMap::new();
+    let mut plan = ReservationPlan::new();
+    for pod in order {
+        let mut best: Option<((i64, i64, i64, i64), usize)> = None;
+        for (slot, node) in snapshot.nodes() {
+            if !node.known {
+                continue;
+            }
+            let view = drained.entry(slot).or_insert_with(|| {
+                let mut v = (**node).clone();
+                v.reservation = None;
+                let leaving: Vec<PodKey> = v
+                    .pods
+                    .iter()
+                    .filter(|p| !p.daemonset && p.priority <= priority)
+                    .map(|p| p.key.clone())
+                    .collect();
+                for k in leaving {
+                    v.remove_pod(&k);
+                }
+                v
+            });
+            if !feasible(profile, pod, view) {
+                continue;
+            }
+            // What must still drain on the real node before the member fits there.
+            let mut need = node.requested.clone();
+            if let Some((planned, _)) = plan.get(&slot) {
+                need.add(planned);
+            }
+            need.add(&pod.requests);
+            need.sub(&node.allocatable);
+            let short = (
+                need.gpu.max(0),
+                need.memory.max(0),
+                need.cpu.max(0),
+                node.pod_count(),
+            );
+            let better = match &best {
+                None => true,
+                Some((b, bs)) => {
+                    short < *b
+                        || (short == *b
+                            && snapshot.slot(slot).map(|n| &n.name)
+                                < snapshot.slot(*bs).map(|n| &n.name))
+                }
+            };
+            if better {
+                best = Some((short, slot));
+            }
+        }
+        let (_, slot) = best?;
+        drained
+            .get_mut(&slot)
+            .expect("viewed above")
+            .add_pod((*pod).clone());
+        let e = plan.entry(slot).or_insert((Resources::default(), 0));
+        e.0.add(&pod.requests);
+        e.1 += 1;
+    }
+    Some(plan)
+}
 
 /// The result of trying to place a gang.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +644,7 @@ pub fn place_all(profile: &Profile, members: &[Arc<PodInfo>], snapshot: &Snapsho
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::GangRef;
     use crate::model::*;
 
     fn pod(name: &str, cpu: i64) -> Arc<PodInfo> {
@@ -119,5 +704,267 @@ mod tests {
                 "case {i}: the snapshot is never changed"
             );
         }
+    }
+
+    fn member(name: &str, gang: &str, cpu: i64, min: Option<&str>) -> Arc<PodInfo> {
+        Arc::new(PodInfo {
+            key: PodKey::new("ns", name),
+            uid: name.into(),
+            requests: Resources::cpu_mem(cpu, 0),
+            gang: Some(GangRef {
+                name: gang.into(),
+                min_member: min.map(Into::into),
+                conflict: None,
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn group(name: &str, min: i64) -> PodGroupInfo {
+        PodGroupInfo {
+            key: GangKey::new("ns", name),
+            min_member: min,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn min_member_sources_and_bad_input() {
+        let g = GangKey::new("ns", "g");
+        // (PodGroup minMember, member annotations, expected min or message fragment)
+        type Case<'a> = (Option<i64>, Vec<Option<&'a str>>, Result<usize, &'a str>);
+        let cases: Vec<Case> = vec![
+            (Some(4), vec![None, None], Ok(4)),
+            (Some(4), vec![Some("2")], Ok(4)),
+            (None, vec![Some("3"), Some("3"), None], Ok(3)),
+            (None, vec![Some(" 5 ")], Ok(5)),
+            (None, vec![None], Err("PodGroup ns/g not found")),
+            (Some(0), vec![None], Err("spec.minMember is \"0\"")),
+            (Some(-2), vec![None], Err("spec.minMember is \"-2\"")),
+            (
+                None,
+                vec![Some("0")],
+                Err("annotation drover.dev/min-member is \"0\""),
+            ),
+            (None, vec![Some("many")], Err("is \"many\"")),
+            (None, vec![Some("2"), Some("3")], Err("members disagree")),
+        ];
+        for (i, (pg, annotations, want)) in cases.into_iter().enumerate() {
+            let mut t = GangTracker::new();
+            if let Some(m) = pg {
+                t.upsert_group(group("g", m));
+            }
+            for (j, a) in annotations.iter().enumerate() {
+                t.observe(&member(&format!("p{j}"), "g", 1, *a), MemberState::Pending);
+            }
+            match (t.min_member(&g), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, w, "case {i}"),
+                (Err(p), Err(w)) => {
+                    let m = p.message(&g);
+                    assert!(m.contains(w) && m.contains("ns/g"), "case {i}: {m}");
+                }
+                (got, w) => panic!("case {i}: got {got:?}, want {w:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tracker_counts_and_phases() {
+        let g = GangKey::new("ns", "g");
+        let mut t = GangTracker::new();
+        t.upsert_group(group("g", 3));
+        let states = [
+            MemberState::Pending,
+            MemberState::Assigned { running: false },
+            MemberState::Assigned { running: true },
+            MemberState::Succeeded,
+            MemberState::Failed,
+        ];
+        for (i, st) in states.iter().enumerate() {
+            t.observe(&member(&format!("p{i}"), "g", 1, None), *st);
+        }
+        assert_eq!(
+            t.counts(&g),
+            GangCounts {
+                pending: 1,
+                scheduled: 2,
+                running: 1,
+                succeeded: 1,
+                failed: 1
+            }
+        );
+        // A pod that moves to another gang leaves this one.
+        t.observe(&member("p0", "other", 1, None), MemberState::Pending);
+        assert_eq!(t.counts(&g).pending, 0);
+        t.forget(&PodKey::new("ns", "p1"));
+        assert_eq!(t.counts(&g).scheduled, 1);
+        assert!(t.take_dirty().contains(&g));
+        assert!(t.take_dirty().is_empty());
+
+        // (counts, min, attempted, phase)
+        let c = |pending, scheduled, running, succeeded, failed| GangCounts {
+            pending,
+            scheduled,
+            running,
+            succeeded,
+            failed,
+        };
+        let table = [
+            (c(2, 0, 0, 0, 0), 4, false, GangPhase::Pending),
+            (c(4, 0, 0, 0, 0), 4, true, GangPhase::Scheduling),
+            (c(0, 4, 0, 0, 0), 4, true, GangPhase::Scheduling),
+            (c(0, 4, 4, 0, 0), 4, true, GangPhase::Running),
+            (c(0, 5, 5, 0, 0), 4, true, GangPhase::Running),
+            (c(0, 0, 0, 4, 0), 4, true, GangPhase::Finished),
+            (c(0, 2, 2, 0, 2), 4, true, GangPhase::Failed),
+            (c(2, 0, 0, 0, 2), 4, true, GangPhase::Failed),
+            (c(4, 0, 0, 0, 1), 4, true, GangPhase::Scheduling),
+        ];
+        for (i, (counts, min, attempted, want)) in table.iter().enumerate() {
+            assert_eq!(counts.phase(*min, *attempted), *want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn decide_table() {
+        let g = GangKey::new("ns", "g");
+        let members = |n: usize, cpu: i64| -> Vec<Arc<PodInfo>> {
+            (0..n)
+                .map(|i| member(&format!("m{i}"), "g", cpu, None))
+                .collect()
+        };
+        // (node cpus, min, pending members (count, cpu), scheduled, minResources cpu, expect)
+        // expect: "run", "wait:<fragment>", "placed:<n>", "nofit:<fragment>"
+        type Case<'a> = (&'a [i64], usize, (usize, i64), usize, i64, &'a str);
+        let cases: Vec<Case> = vec![
+            (&[4000, 4000], 4, (4, 2000), 0, 0, "placed:4"),
+            (
+                &[4000, 4000],
+                4,
+                (3, 2000),
+                0,
+                0,
+                "wait:3 of minMember 4 pods exist; waiting for 1 more",
+            ),
+            (&[4000, 4000], 4, (2, 2000), 2, 0, "placed:2"),
+            (&[4000, 4000], 2, (3, 1000), 2, 0, "run"),
+            (&[4000, 4000], 4, (5, 2000), 0, 0, "placed:4"),
+            (
+                &[4000, 4000],
+                4,
+                (4, 3000),
+                0,
+                0,
+                "nofit:2/4 members placeable",
+            ),
+            (
+                &[4000, 4000],
+                2,
+                (2, 1000),
+                0,
+                16000,
+                "wait:minResources not free",
+            ),
+            (&[4000, 4000], 2, (2, 1000), 0, 8000, "placed:2"),
+            (&[], 1, (1, 1), 0, 0, "nofit:no nodes available"),
+        ];
+        for (i, (caps, min, (n, cpu), scheduled, min_cpu, expect)) in cases.iter().enumerate() {
+            let snap = nodes(caps);
+            let pending = members(*n, *cpu);
+            let mr = Resources::cpu_mem(*min_cpu, 0);
+            let d = decide(
+                &Profile::default(),
+                &g,
+                *min,
+                Some(&mr),
+                &pending,
+                *scheduled,
+                &snap,
+            );
+            let (kind, frag) = expect.split_once(':').unwrap_or((expect, ""));
+            match (kind, d) {
+                ("run", GangDecision::Running) => {}
+                ("wait", GangDecision::Wait(m)) => {
+                    assert!(m.contains(frag) && m.contains("ns/g"), "case {i}: {m}")
+                }
+                ("placed", GangDecision::Placed(p)) => {
+                    assert_eq!(p.len().to_string(), frag, "case {i}");
+                }
+                ("nofit", GangDecision::NoFit { message, .. }) => {
+                    assert!(message.contains(frag), "case {i}: {message}")
+                }
+                (k, d) => panic!("case {i}: expected {k}, got {d:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reservation_plan_prefers_nodes_closest_to_draining_and_respects_stayers() {
+        // Three 8-cpu nodes: n0 holds 6 cpu of short pods, n1 2 cpu, n2 a DaemonSet
+        // pod of 6 cpu that never leaves. A gang of two 6-cpu members must wait for
+        // n0 and n1 (n1 first: it needs the least to drain); n2 can never take one.
+        let mut ns = Vec::new();
+        for (i, (cpu, daemon)) in [(6000, false), (2000, false), (6000, true)]
+            .iter()
+            .enumerate()
+        {
+            let mut n = NodeInfo::new(&format!("n{i}"), Resources::cpu_mem(8000, 1 << 30), 110);
+            n.add_pod(Arc::new(PodInfo {
+                key: PodKey::new("ns", &format!("run{i}")),
+                requests: Resources::cpu_mem(*cpu, 0),
+                daemonset: *daemon,
+                ..Default::default()
+            }));
+            ns.push(n);
+        }
+        let snap = Snapshot::from_nodes(ns);
+        let gang = vec![member("a", "g", 6000, None), member("b", "g", 6000, None)];
+        let plan = plan_reservation(&Profile::default(), &gang, &snap).expect("fits once drained");
+        let names: Vec<&str> = plan.keys().map(|s| &*snap.slot(*s).unwrap().name).collect();
+        assert_eq!(names, vec!["n0", "n1"]);
+        assert!(plan.values().all(|(r, pods)| r.cpu == 6000 && *pods == 1));
+        // A gang that could never fit gets no plan.
+        let huge = vec![member("a", "g", 9000, None)];
+        assert_eq!(plan_reservation(&Profile::default(), &huge, &snap), None);
+    }
+
+    #[test]
+    fn backfill_uses_only_what_the_reservation_leaves() {
+        let mut n = NodeInfo::new("n", Resources::cpu_mem(8000, 1 << 30), 110);
+        n.add_pod(pod("running", 2000));
+        let mut cache = crate::cache::ClusterCache::new();
+        cache.add_node_with_pods(n);
+        let plan = ReservationPlan::from([(0, (Resources::cpu_mem(5000, 0), 1))]);
+        cache.reserve("ns", "g", 0, &plan);
+        let snap = cache.snapshot();
+        let profile = Profile::default();
+        let fits = |p: &PodInfo| crate::framework::feasible(&profile, p, snap.slot(0).unwrap());
+        // (pod, fits?)
+        let mut high = (*pod("high", 3000)).clone();
+        high.priority = 10;
+        let cases: Vec<(PodInfo, bool)> = vec![
+            ((*pod("small", 1000)).clone(), true),
+            ((*pod("too-big", 2000)).clone(), false),
+            ((*member("mine", "g", 6000, None)).clone(), true),
+            ((*member("other-gang", "h", 2000, None)).clone(), false),
+            (high, true),
+        ];
+        for (p, want) in cases {
+            assert_eq!(fits(&p), want, "{}", p.key);
+        }
+        let d = crate::framework::diagnose(&profile, &pod("too-big", 2000), &snap);
+        assert!(
+            d.message().contains("held for a waiting gang"),
+            "{}",
+            d.message()
+        );
+        // Releasing the reservation frees the node for everyone.
+        cache.clear_reservation();
+        let snap = cache.snapshot();
+        assert!(crate::framework::feasible(
+            &profile,
+            &pod("too-big", 2000),
+            snap.slot(0).unwrap()
+        ));
     }
 }

@@ -26,6 +26,14 @@ pub struct Metrics {
     pub snapshot_generation: IntGauge,
     /// Objects skipped because they could not be converted.
     pub malformed_objects: IntCounter,
+    /// Gangs with pending members that are not yet placed.
+    pub gangs_waiting: IntGauge,
+    /// Gangs placed all together.
+    pub gangs_placed: IntCounter,
+    /// Time from a gang's first attempt to its placement.
+    pub gang_wait_seconds: Histogram,
+    /// Gang members placed again after their bind failed.
+    pub gang_repairs: IntCounter,
 }
 
 impl Metrics {
@@ -86,6 +94,29 @@ impl Metrics {
                 "Pods and nodes skipped because they could not be read.",
             )
             .expect("metric"),
+            gangs_waiting: IntGauge::new(
+                "drover_gangs_waiting",
+                "Gangs whose members are not yet placed.",
+            )
+            .expect("metric"),
+            gangs_placed: IntCounter::new(
+                "drover_gangs_placed_total",
+                "Gangs placed all together.",
+            )
+            .expect("metric"),
+            gang_wait_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "drover_gang_wait_duration_seconds",
+                    "Time from a gang's first scheduling attempt to its placement.",
+                )
+                .buckets(prometheus::exponential_buckets(0.01, 2.0, 20).expect("valid buckets")),
+            )
+            .expect("metric"),
+            gang_repairs: IntCounter::new(
+                "drover_gang_repairs_total",
+                "Gang members placed again after their bind failed.",
+            )
+            .expect("metric"),
             registry,
         };
         for c in [
@@ -97,6 +128,10 @@ impl Metrics {
             Box::new(m.nodes.clone()),
             Box::new(m.snapshot_generation.clone()),
             Box::new(m.malformed_objects.clone()),
+            Box::new(m.gangs_waiting.clone()),
+            Box::new(m.gangs_placed.clone()),
+            Box::new(m.gang_wait_seconds.clone()),
+            Box::new(m.gang_repairs.clone()),
         ] {
             m.registry.register(c).expect("unique metric names");
         }

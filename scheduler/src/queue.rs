@@ -62,6 +62,8 @@ struct Queued {
 
 #[derive(Debug, PartialEq, Eq)]
 struct HeapEntry {
+    /// Goes ahead of everything else (repairing a gang after a failed bind).
+    urgent: bool,
     priority: i32,
     created_ms: i64,
     seq: u64,
@@ -70,8 +72,9 @@ struct HeapEntry {
 
 impl Ord for HeapEntry {
     fn cmp(&self, o: &Self) -> Ordering {
-        self.priority
-            .cmp(&o.priority)
+        self.urgent
+            .cmp(&o.urgent)
+            .then_with(|| self.priority.cmp(&o.priority))
             .then_with(|| o.created_ms.cmp(&self.created_ms))
             .then_with(|| o.seq.cmp(&self.seq))
     }
@@ -91,6 +94,9 @@ pub struct SchedulingQueue {
     active: BinaryHeap<HeapEntry>,
     backoff: BTreeSet<(i64, u64, PodKey)>,
     next_seq: u64,
+    /// No parked pod is due for the periodic flush before this instant, so `flush`
+    /// (called by every `pop`) skips the scan of every pod until then.
+    next_stale_ms: i64,
 }
 
 impl SchedulingQueue {
@@ -103,12 +109,17 @@ impl SchedulingQueue {
     }
 
     fn push_active(&mut self, key: &PodKey) {
+        self.push_active_as(key, false);
+    }
+
+    fn push_active_as(&mut self, key: &PodKey, urgent: bool) {
         self.next_seq += 1;
         let seq = self.next_seq;
         let q = self.pods.get_mut(key).expect("queued");
         q.at = Where::Active;
         q.seq = seq;
         self.active.push(HeapEntry {
+            urgent,
             priority: q.pod.priority,
             created_ms: q.pod.created_ms,
             seq,
@@ -198,17 +209,40 @@ impl SchedulingQueue {
             if *t > now_ms {
                 break;
             }
-            let (_, _, key) = self.backoff.pop_first().expect("non-empty");
-            self.push_active(&key);
+            let (_, seq, key) = self.backoff.pop_first().expect("non-empty");
+            if self.pods.get(&key).is_some_and(|q| q.seq == seq) {
+                self.push_active(&key);
+            }
         }
-        let stale: Vec<PodKey> = self
-            .pods
-            .iter()
-            .filter(|(_, q)| matches!(q.at, Where::Unschedulable(since) if now_ms - since >= self.cfg.max_unschedulable_ms))
-            .map(|(k, _)| k.clone())
-            .collect();
+        if now_ms < self.next_stale_ms {
+            return;
+        }
+        let max = self.cfg.max_unschedulable_ms;
+        let mut next = i64::MAX;
+        let mut stale: Vec<PodKey> = Vec::new();
+        for (k, q) in &self.pods {
+            if let Where::Unschedulable(since) = q.at {
+                if now_ms - since >= max {
+                    stale.push(k.clone());
+                } else {
+                    next = next.min(since + max);
+                }
+            }
+        }
+        self.next_stale_ms = next;
         for k in stale {
             self.push_active(&k);
+        }
+    }
+
+    /// Parks a pod as unschedulable since `now_ms`.
+    fn park(&mut self, key: &PodKey, now_ms: i64) {
+        self.take_out(key);
+        if let Some(q) = self.pods.get_mut(key) {
+            q.at = Where::Unschedulable(now_ms);
+            self.next_stale_ms = self
+                .next_stale_ms
+                .min(now_ms.saturating_add(self.cfg.max_unschedulable_ms));
         }
     }
 
@@ -238,7 +272,7 @@ impl SchedulingQueue {
         if q.dirty {
             self.requeue_after_backoff(key, now_ms);
         } else {
-            q.at = Where::Unschedulable(now_ms);
+            self.park(key, now_ms);
         }
     }
 
@@ -249,12 +283,32 @@ impl SchedulingQueue {
         }
     }
 
+    /// Takes a pod out of waiting without popping it (a gang member placed together
+    /// with the pod that was popped): it counts an attempt and is in flight until
+    /// removed or sent back.
+    pub fn take(&mut self, key: &PodKey) {
+        if self.pods.get(key).is_some_and(|q| q.at != Where::InFlight) {
+            self.take_out(key);
+            let q = self.pods.get_mut(key).expect("checked");
+            q.at = Where::InFlight;
+            q.attempts += 1;
+            q.dirty = false;
+        }
+    }
+
+    /// Puts a pod at the head of the queue, ahead of every other pod, now (a gang
+    /// member whose bind failed while the rest of its gang is bound).
+    pub fn urgent(&mut self, key: &PodKey) {
+        if self.pods.contains_key(key) {
+            self.take_out(key);
+            self.push_active_as(key, true);
+        }
+    }
+
     /// Returns a popped pod to the queue unchanged (it was not really attempted: for
     /// example a gang member waiting for its gang).
     pub fn hold(&mut self, key: &PodKey, now_ms: i64) {
-        if let Some(q) = self.pods.get_mut(key) {
-            q.at = Where::Unschedulable(now_ms);
-        }
+        self.park(key, now_ms);
     }
 
     /// Something changed that may let unschedulable pods fit (a node was added or
@@ -411,5 +465,41 @@ mod tests {
         q.unschedulable(&c.key, 0);
         assert_eq!(q.counts(), (0, 1, 0, 1));
         assert_eq!(q.pop(1_000).unwrap().priority, 5);
+    }
+
+    #[test]
+    fn urgent_goes_ahead_of_everything_and_take_marks_in_flight() {
+        let mut q = SchedulingQueue::new(QueueConfig::default());
+        q.add_or_update(pod("high", 100, 0), 0);
+        q.add_or_update(pod("repair", 0, 50), 0);
+        q.add_or_update(pod("member", 0, 60), 0);
+        // A gang member placed with the popped pod is taken without a pop.
+        q.take(&PodKey::new("ns", "member"));
+        assert_eq!(q.counts(), (2, 0, 0, 1));
+        assert_eq!(q.attempts(&PodKey::new("ns", "member")), 1);
+        // A pod parked after a failed bind is put at the head, above higher priority.
+        let p = q.pop(0).unwrap();
+        assert_eq!(&*p.key.name, "high");
+        q.unschedulable(&p.key, 0);
+        q.urgent(&PodKey::new("ns", "repair"));
+        assert_eq!(&*q.pop(0).unwrap().key.name, "repair");
+        q.urgent(&PodKey::new("ns", "absent"));
+        assert!(q.pop(0).is_none());
+    }
+
+    #[test]
+    fn parking_a_backing_off_pod_takes_it_out_of_backoff() {
+        let mut q = SchedulingQueue::new(QueueConfig::default());
+        q.add_or_update(pod("a", 0, 0), 0);
+        let p = q.pop(0).unwrap();
+        q.backoff(&p.key, 0);
+        assert_eq!(q.counts(), (0, 1, 0, 0));
+        // A gang parks all its waiting members, whatever state they are in.
+        q.hold(&p.key, 0);
+        assert_eq!(q.counts(), (0, 0, 1, 0));
+        q.remove(&p.key);
+        // No stale backoff entry is left to resurrect the removed pod.
+        assert!(q.pop(60_000).is_none());
+        assert!(q.is_empty());
     }
 }

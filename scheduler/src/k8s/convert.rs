@@ -8,9 +8,10 @@ use k8s_openapi::api::core::v1::{Container, Node, NodeSelectorTerm, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use thiserror::Error;
 
+use crate::gang::{self, GangKey, PodGroupInfo};
 use crate::model::{
-    HostPort, Labels, NodeInfo, Phase, PodInfo, PodKey, Protocol, Requirement, ResourceKind,
-    Resources, SelectorOp, SelectorTerm, Taint, TaintEffect, Toleration,
+    GangRef, HostPort, Labels, NodeInfo, Phase, PodInfo, PodKey, Protocol, Requirement,
+    ResourceKind, Resources, SelectorOp, SelectorTerm, Taint, TaintEffect, Toleration,
 };
 use crate::quantity::{QuantityError, parse_resource};
 
@@ -34,6 +35,14 @@ pub enum ConvertError {
         resource: String,
         /// The parse error.
         source: QuantityError,
+    },
+    /// A field is malformed.
+    #[error("{object}: {problem}")]
+    Field {
+        /// The object.
+        object: String,
+        /// What is wrong.
+        problem: String,
     },
     /// A selector requirement is malformed.
     #[error("{object}: {problem}")]
@@ -340,6 +349,72 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
             .iter()
             .flatten()
             .any(|o| o.kind == "DaemonSet" && o.controller == Some(true)),
+        gang: gang_ref(pod),
+    })
+}
+
+/// The gang a pod names: the `scheduling.x-k8s.io/pod-group` label or Volcano's
+/// `scheduling.k8s.io/group-name` annotation, with `drover.dev/min-member`.
+fn gang_ref(pod: &Pod) -> Option<GangRef> {
+    let meta = &pod.metadata;
+    let label = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(gang::GROUP_LABEL))
+        .filter(|v| !v.is_empty());
+    let annotations = meta.annotations.as_ref();
+    let volcano = annotations
+        .and_then(|a| a.get(gang::VOLCANO_GROUP_ANNOTATION))
+        .filter(|v| !v.is_empty());
+    let min_member = annotations
+        .and_then(|a| a.get(gang::MIN_MEMBER_ANNOTATION))
+        .map(|v| Arc::from(v.as_str()));
+    let name = label.or(volcano)?;
+    let conflict = match (label, volcano) {
+        (Some(l), Some(v)) if l != v => Some(Arc::from(format!(
+            "label {}={l} and annotation {}={v} name different gangs; remove one or make them equal",
+            gang::GROUP_LABEL,
+            gang::VOLCANO_GROUP_ANNOTATION
+        ))),
+        _ => None,
+    };
+    Some(GangRef {
+        name: name.as_str().into(),
+        min_member,
+        conflict,
+    })
+}
+
+/// Converts a `PodGroup` (`scheduling.x-k8s.io/v1alpha1`), read as an untyped object.
+pub fn pod_group(obj: &kube::api::DynamicObject) -> Result<PodGroupInfo, ConvertError> {
+    let name = obj
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(ConvertError::NoName { kind: "PodGroup" })?;
+    let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
+    let key = GangKey::new(ns, name);
+    let object = format!("PodGroup {key}");
+    let spec = obj.data.get("spec");
+    let int = |field: &str| spec.and_then(|s| s.get(field)).and_then(|v| v.as_i64());
+    let min_resources: Option<BTreeMap<String, Quantity>> = spec
+        .and_then(|s| s.get("minResources"))
+        .map(|v| {
+            serde_json::from_value(v.clone()).map_err(|e| ConvertError::Field {
+                object: object.clone(),
+                problem: format!("spec.minResources: {e}"),
+            })
+        })
+        .transpose()?;
+    Ok(PodGroupInfo {
+        min_resources: resources(&object, "spec.minResources", min_resources.as_ref())?,
+        key,
+        uid: obj.metadata.uid.as_deref().unwrap_or("").into(),
+        // An absent minMember is 0 in the API's Go types: reported, never guessed.
+        min_member: int("minMember").unwrap_or(0),
+        schedule_timeout_ms: int("scheduleTimeoutSeconds")
+            .filter(|s| *s > 0)
+            .map(|s| s * 1000),
     })
 }
 

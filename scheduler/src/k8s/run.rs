@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::DynamicObject;
 use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -26,15 +27,16 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{ClusterCache, PodChange};
 use crate::config::{Config, FileConfig};
 use crate::framework::{Outcome, schedule_one};
+use crate::gang::{self, GangDecision, GangKey, GangTracker, MemberState};
 use crate::metrics::Metrics;
-use crate::model::{NodeInfo, PodInfo, PodKey};
+use crate::model::{NodeInfo, Phase, PodInfo, PodKey};
 use crate::queue::SchedulingQueue;
 use crate::snapshot::Snapshot;
 
 use super::binder::{BindResult, bind};
-use super::convert::{node_info, pod_info};
+use super::convert::{node_info, pod_group, pod_info};
 use super::serve;
-use super::status::StatusWriter;
+use super::status::{StatusWriter, pod_group_resource};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -193,12 +195,18 @@ async fn client_from(args: &RunArgs) -> anyhow::Result<Client> {
 enum Msg {
     Pod(Box<watcher::Event<Pod>>),
     Node(Box<watcher::Event<Node>>),
+    Group(Box<watcher::Event<DynamicObject>>),
+    /// The PodGroup CRD is not installed: gangs come from annotations only.
+    GroupsAbsent,
     Bound {
         pod: Arc<PodInfo>,
         node: Arc<str>,
         result: BindResult,
     },
 }
+
+/// How long a stopping scheduler waits for binds it has already sent.
+const SHUTDOWN_BIND_WAIT: Duration = Duration::from_secs(5);
 
 /// State shared with the HTTP server and other readers.
 #[derive(Clone)]
@@ -221,6 +229,7 @@ fn spawn_watch<K, F>(
     tx: mpsc::UnboundedSender<Msg>,
     wrap: F,
     shutdown: CancellationToken,
+    not_found: Option<fn() -> Msg>,
 ) where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     F: Fn(watcher::Event<K>) -> Msg + Send + 'static,
@@ -235,12 +244,26 @@ fn spawn_watch<K, F>(
                 _ = shutdown.cancelled() => return,
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => if tx.send(wrap(ev)).is_err() { return },
-                    Some(Err(e)) => tracing::warn!(error = %e, what, "watch failed; retrying"),
+                    Some(Err(e)) => match not_found {
+                        Some(msg) if is_not_found(&e) => {
+                            tracing::debug!(what, "resource not served; retrying later");
+                            if tx.send(msg()).is_err() { return }
+                        }
+                        _ => tracing::warn!(error = %e, what, "watch failed; retrying"),
+                    },
                     None => return,
                 }
             }
         }
     });
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
 }
 
 /// The scheduling task's state.
@@ -253,12 +276,29 @@ struct Scheduler {
     status: StatusWriter,
     tx: mpsc::UnboundedSender<Msg>,
     binds: Arc<Semaphore>,
+    /// Binds handed to a task whose result has not come back yet.
+    binds_in_flight: usize,
     pods_synced: bool,
     nodes_synced: bool,
+    /// PodGroups listed (or their CRD is not installed).
+    groups_synced: bool,
     pod_relist: Option<HashSet<PodKey>>,
     node_relist: Option<HashSet<Arc<str>>>,
+    group_relist: Option<HashSet<GangKey>>,
     /// The last unschedulable message written per pod, so it is not written again.
     last_message: HashMap<PodKey, String>,
+    /// Gang members and PodGroups.
+    gangs: GangTracker,
+    /// Cache generation at a gang's last failed attempt: not retried until it changes.
+    gang_tried: HashMap<GangKey, u64>,
+    /// The gang that holds a reservation, and until when.
+    reservation: Option<(GangKey, i64)>,
+    /// The last PodGroup status written per gang.
+    group_status: HashMap<GangKey, serde_json::Value>,
+    /// Gangs whose scheduleTimeoutSeconds passed (reported once).
+    timed_out: HashSet<GangKey>,
+    /// Failed binds per gang member, so a member that keeps failing backs off.
+    bind_failures: HashMap<PodKey, u32>,
 }
 
 impl Scheduler {
@@ -282,12 +322,37 @@ impl Scheduler {
         let was_placed = self.cache.pod(&key).is_some_and(|p| p.node_name.is_some());
         let ours = self.ours(&info);
         let info = Arc::new(info);
-        match self.cache.upsert_pod((*info).clone()) {
+        let change = self.cache.upsert_pod((*info).clone());
+        if ours && info.gang.as_ref().is_some_and(|g| g.conflict.is_none()) {
+            let state = match (&change, info.phase) {
+                (_, Phase::Succeeded) => Some(MemberState::Succeeded),
+                (_, Phase::Failed) => Some(MemberState::Failed),
+                (PodChange::Pending, _) => Some(MemberState::Pending),
+                (PodChange::Assigned, p) => Some(MemberState::Assigned {
+                    running: p == Phase::Running,
+                }),
+                (PodChange::Terminal, _) => None,
+            };
+            match state {
+                Some(st) => {
+                    // A member arrived, left or moved: the gang is worth deciding again.
+                    if let Some(g) = self.gangs.observe(&info, st) {
+                        self.gang_tried.remove(&g);
+                    }
+                }
+                None => self.gangs.forget(&key),
+            }
+        } else {
+            self.gangs.forget(&key);
+        }
+        match change {
             PodChange::Pending if ours => self.queue.add_or_update(info, now),
             PodChange::Terminal if was_placed => {
                 self.forget_pod(&key);
                 self.queue.cluster_changed(now);
             }
+            // Our bind is in flight: the pod stays in the queue until it answers.
+            PodChange::Assigned if self.cache.is_assumed(&key) && info.node_name.is_none() => {}
             _ => self.forget_pod(&key),
         }
     }
@@ -295,12 +360,14 @@ impl Scheduler {
     fn forget_pod(&mut self, key: &PodKey) {
         self.queue.remove(key);
         self.last_message.remove(key);
+        self.bind_failures.remove(key);
     }
 
     fn delete_pod(&mut self, key: &PodKey, now: i64) {
         let was_placed = self.cache.pod(key).is_some_and(|p| p.node_name.is_some());
         tracing::debug!(pod = %key, was_placed, "pod deleted");
         self.cache.delete_pod(key);
+        self.gangs.forget(key);
         self.forget_pod(key);
         if was_placed {
             self.queue.cluster_changed(now);
@@ -367,11 +434,64 @@ impl Scheduler {
                     self.nodes_synced = true;
                 }
             },
+            Msg::Group(ev) => match *ev {
+                watcher::Event::Init => self.group_relist = Some(HashSet::new()),
+                watcher::Event::InitApply(g) | watcher::Event::Apply(g) => match pod_group(&g) {
+                    Ok(info) => {
+                        if let Some(seen) = self.group_relist.as_mut() {
+                            seen.insert(info.key.clone());
+                        }
+                        self.gang_changed(&info.key, now);
+                        self.gangs.upsert_group(info);
+                    }
+                    Err(e) => {
+                        self.shared.metrics.malformed_objects.inc();
+                        tracing::warn!(error = %e, "skipping a PodGroup drover cannot read");
+                    }
+                },
+                watcher::Event::Delete(g) => {
+                    if let (Some(ns), Some(name)) =
+                        (g.metadata.namespace.as_deref(), g.metadata.name.as_deref())
+                    {
+                        let key = GangKey::new(ns, name);
+                        self.gangs.delete_group(&key);
+                        self.gang_changed(&key, now);
+                    }
+                }
+                watcher::Event::InitDone => {
+                    if let Some(seen) = self.group_relist.take() {
+                        for k in self.gangs.group_keys() {
+                            if !seen.contains(&k) {
+                                self.gangs.delete_group(&k);
+                                self.gang_changed(&k, now);
+                            }
+                        }
+                    }
+                    self.groups_synced = true;
+                }
+            },
+            Msg::GroupsAbsent => {
+                if !self.groups_synced {
+                    tracing::info!(
+                        "the PodGroup CRD (scheduling.x-k8s.io/v1alpha1) is not installed; gangs come from the drover.dev/min-member annotation only"
+                    );
+                }
+                self.groups_synced = true;
+            }
             Msg::Bound { pod, node, result } => self.bound(pod, node, result, now),
         }
     }
 
+    /// A gang's definition changed: its waiting members get another try now.
+    fn gang_changed(&mut self, gang: &GangKey, now: i64) {
+        self.gang_tried.remove(gang);
+        for k in self.gangs.members_in(gang, true) {
+            self.queue.backoff(&k, now);
+        }
+    }
+
     fn bound(&mut self, pod: Arc<PodInfo>, node: Arc<str>, result: BindResult, now: i64) {
+        self.binds_in_flight = self.binds_in_flight.saturating_sub(1);
         let m = self.shared.metrics.clone();
         match result {
             BindResult::Bound => {
@@ -403,7 +523,19 @@ impl Scheduler {
                 m.bind_errors.with_label_values(&["other"]).inc();
                 m.attempts.with_label_values(&["error"]).inc();
                 self.cache.forget(&pod.key);
-                self.queue.backoff(&pod.key, now);
+                // A watch update during the bind may have taken the pod out of the
+                // queue: put it back, or it would wait for its next update.
+                if !self.queue.contains(&pod.key)
+                    && let Some(current) = self.cache.pod(&pod.key).cloned()
+                    && current.node_name.is_none()
+                {
+                    self.queue.add_or_update(current, now);
+                }
+                if let Some(gang) = self.gangs.gang_of(&pod.key).cloned() {
+                    self.repair_gang(&gang, &pod, &node, &why, now);
+                } else {
+                    self.queue.backoff(&pod.key, now);
+                }
                 let status = self.status.clone();
                 tokio::spawn(async move {
                     status
@@ -434,6 +566,16 @@ impl Scheduler {
             self.queue.remove(&pod.key);
             return true;
         }
+        if let Some(g) = &pod.gang {
+            if let Some(conflict) = g.conflict.clone() {
+                self.wait(&pod, &format!("pod {}: {conflict}", pod.key), now);
+                return true;
+            }
+            let gang = GangKey::of(&pod).expect("names a gang");
+            if !self.schedule_gang(&gang, &pod, now) {
+                return true;
+            }
+        }
         let snap = self.cache.snapshot();
         let start = Instant::now();
         let outcome = schedule_one(&self.opts.config.profile, &pod, &snap);
@@ -445,35 +587,329 @@ impl Scheduler {
             Outcome::Placed(p) => {
                 self.cache.assume(&pod, &p.node);
                 tracing::debug!(pod = %pod.key, node = %p.node, score = p.score, feasible = p.feasible, "placed");
-                let (client, tx, binds, node) = (
-                    self.client.clone(),
-                    self.tx.clone(),
-                    self.binds.clone(),
-                    p.node.clone(),
-                );
-                tokio::spawn(async move {
-                    let _permit = binds.acquire_owned().await;
-                    let result = bind(client, &pod.key, &pod.uid, &node).await;
-                    let _ = tx.send(Msg::Bound { pod, node, result });
-                });
+                if pod.gang.is_some() {
+                    self.gangs
+                        .observe(&pod, MemberState::Assigned { running: false });
+                }
+                self.spawn_bind(pod, p.node);
             }
             Outcome::Unschedulable(d) => {
-                let message = d.message();
-                self.queue.unschedulable(&pod.key, now);
                 self.shared
                     .metrics
                     .attempts
                     .with_label_values(&["unschedulable"])
                     .inc();
-                if self.last_message.get(&pod.key) != Some(&message) {
-                    tracing::info!(pod = %pod.key, %message, "unschedulable");
-                    self.last_message.insert(pod.key.clone(), message.clone());
-                    let status = self.status.clone();
-                    tokio::spawn(async move { status.unschedulable(&pod, &message).await });
-                }
+                self.wait(&pod, &d.message(), now);
             }
         }
         true
+    }
+
+    /// Parks a pending pod as unschedulable with `message`, writing the condition and
+    /// an Event when the message is new for it.
+    fn wait(&mut self, pod: &Arc<PodInfo>, message: &str, now: i64) {
+        self.queue.unschedulable(&pod.key, now);
+        if self.last_message.get(&pod.key).map(String::as_str) != Some(message) {
+            tracing::info!(pod = %pod.key, %message, "unschedulable");
+            self.last_message
+                .insert(pod.key.clone(), message.to_string());
+            let status = self.status.clone();
+            let (pod, message) = (pod.clone(), message.to_string());
+            tokio::spawn(async move { status.unschedulable(&pod, &message).await });
+        }
+    }
+
+    /// The gang's pending members that drover can place: current, unbound, its own.
+    fn pending_members(&self, gang: &GangKey) -> Vec<Arc<PodInfo>> {
+        let mut v: Vec<Arc<PodInfo>> = self
+            .gangs
+            .members_in(gang, true)
+            .iter()
+            .filter_map(|k| self.cache.pod(k))
+            .filter(|p| p.node_name.is_none() && !p.deleting && self.ours(p))
+            .filter(|p| !self.cache.is_assumed(&p.key))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_ms, &a.key).cmp(&(b.created_ms, &b.key)));
+        v
+    }
+
+    /// Decides `pod`'s gang. Returns true when `pod` is to be scheduled on its own
+    /// (the gang already runs); false when the gang was handled here.
+    fn schedule_gang(&mut self, gang: &GangKey, pod: &Arc<PodInfo>, now: i64) -> bool {
+        let min = match self.gangs.min_member(gang) {
+            Ok(m) => m,
+            Err(problem) => {
+                let message = problem.message(gang);
+                for p in self.pending_members(gang) {
+                    self.wait(&p, &message, now);
+                }
+                self.wait(pod, &message, now);
+                return false;
+            }
+        };
+        let counts = self.gangs.counts(gang);
+        if counts.scheduled >= min {
+            return true;
+        }
+        if self.gang_tried.get(gang) == Some(&self.cache.generation()) {
+            // Nothing changed since this gang last failed: do not decide it again.
+            self.queue.hold(&pod.key, now);
+            return false;
+        }
+        let pending = self.pending_members(gang);
+        let min_resources = self.gangs.group(gang).map(|g| g.min_resources.clone());
+        let snap = self.cache.snapshot();
+        let start = Instant::now();
+        let decision = gang::decide(
+            &self.opts.config.profile,
+            gang,
+            min,
+            min_resources.as_ref(),
+            &pending,
+            counts.scheduled,
+            &snap,
+        );
+        self.shared
+            .metrics
+            .decision_seconds
+            .observe(start.elapsed().as_secs_f64());
+        match decision {
+            GangDecision::Running => true,
+            GangDecision::Wait(message) => {
+                for p in &pending {
+                    self.wait(p, &message, now);
+                }
+                self.wait(pod, &message, now);
+                self.gang_tried
+                    .insert(gang.clone(), self.cache.generation());
+                false
+            }
+            GangDecision::NoFit { message, tried } => {
+                self.gangs.attempted(gang, now);
+                self.shared
+                    .metrics
+                    .attempts
+                    .with_label_values(&["unschedulable"])
+                    .inc();
+                for p in &pending {
+                    self.wait(p, &message, now);
+                }
+                self.reserve_for(gang, &tried, now);
+                self.gang_tried
+                    .insert(gang.clone(), self.cache.generation());
+                false
+            }
+            GangDecision::Placed(placed) => {
+                tracing::info!(gang = %gang, members = placed.len(), "gang placed");
+                self.shared.metrics.gangs_placed.inc();
+                let first = self.gangs.attempted(gang, now);
+                self.shared
+                    .metrics
+                    .gang_wait_seconds
+                    .observe((now - first).max(0) as f64 / 1000.0);
+                if self.reservation.as_ref().is_some_and(|(g, _)| g == gang) {
+                    self.reservation = None;
+                    self.cache.clear_reservation();
+                    self.queue.cluster_changed(now);
+                }
+                self.gang_tried.remove(gang);
+                for (member, _, node) in placed {
+                    self.queue.take(&member.key);
+                    self.cache.assume(&member, &node);
+                    self.gangs
+                        .observe(&member, MemberState::Assigned { running: false });
+                    self.spawn_bind(member, node);
+                }
+                false
+            }
+        }
+    }
+
+    /// Holds capacity for a blocked gang if no other gang holds some (or the hold ran
+    /// out), so that small pods cannot starve it.
+    fn reserve_for(&mut self, gang: &GangKey, members: &[Arc<PodInfo>], now: i64) {
+        let Some(hold_ms) = self.opts.config.gang_reservation_ms else {
+            return;
+        };
+        if let Some((g, until)) = &self.reservation
+            && (g != gang || *until > now)
+        {
+            return;
+        }
+        let snap = self.cache.snapshot();
+        let Some(plan) = gang::plan_reservation(&self.opts.config.profile, members, &snap) else {
+            tracing::info!(gang = %gang, "gang does not fit even on drained nodes; nothing reserved");
+            return;
+        };
+        let priority = members.iter().map(|m| m.priority).max().unwrap_or(0);
+        self.cache
+            .reserve(&gang.namespace, &gang.name, priority, &plan);
+        self.reservation = Some((gang.clone(), now + hold_ms));
+        let nodes: Vec<String> = plan
+            .keys()
+            .filter_map(|s| snap.slot(*s).map(|n| n.name.to_string()))
+            .collect();
+        let note = format!(
+            "holding capacity on {} node(s) for gang {gang} for up to {}s while they drain; smaller pods use only what the gang does not need: {}",
+            nodes.len(),
+            hold_ms / 1000,
+            nodes.join(", ")
+        );
+        tracing::info!(gang = %gang, %note, "reserved");
+        if let Some(group) = self.gangs.group(gang).cloned() {
+            let status = self.status.clone();
+            tokio::spawn(async move {
+                status
+                    .pod_group_event(&group, EventType::Normal, "Reserved", &note)
+                    .await;
+            });
+        }
+    }
+
+    /// A gang member's bind failed after its gang was placed: place it again ahead
+    /// of other work (after a short backoff once it has failed a few times).
+    fn repair_gang(&mut self, gang: &GangKey, pod: &Arc<PodInfo>, node: &str, why: &str, now: i64) {
+        if let Some(current) = self.cache.pod(&pod.key).cloned() {
+            self.gangs.observe(&current, MemberState::Pending);
+        }
+        let failures = self.bind_failures.entry(pod.key.clone()).or_default();
+        *failures += 1;
+        if *failures <= 3 {
+            self.queue.urgent(&pod.key);
+        } else {
+            self.queue.backoff(&pod.key, now);
+        }
+        let counts = self.gangs.counts(gang);
+        let note = format!(
+            "gang {gang}: binding {} to {node} failed ({why}); {} member(s) bound, placing it again ahead of other work",
+            pod.key, counts.scheduled
+        );
+        tracing::warn!(%note, "gang repair");
+        self.shared.metrics.gang_repairs.inc();
+        let status = self.status.clone();
+        let group = self.gangs.group(gang).cloned();
+        let pod = pod.clone();
+        tokio::spawn(async move {
+            status
+                .event(&pod, EventType::Warning, "GangRepair", &note)
+                .await;
+            if let Some(g) = group {
+                status
+                    .pod_group_event(&g, EventType::Warning, "GangRepair", &note)
+                    .await;
+            }
+        });
+    }
+
+    /// Hands a placed pod to a bind task.
+    fn spawn_bind(&mut self, pod: Arc<PodInfo>, node: Arc<str>) {
+        let (client, tx, binds) = (self.client.clone(), self.tx.clone(), self.binds.clone());
+        self.binds_in_flight += 1;
+        tokio::spawn(async move {
+            let _permit = binds.acquire_owned().await;
+            let result = bind(client, &pod.key, &pod.uid, &node).await;
+            let _ = tx.send(Msg::Bound { pod, node, result });
+        });
+    }
+
+    /// Once a second: drop a reservation that is no longer needed or ran out, and
+    /// report gangs past their scheduleTimeoutSeconds.
+    fn gang_housekeeping(&mut self, now: i64) {
+        if let Some((g, until)) = self.reservation.clone() {
+            let done = self
+                .gangs
+                .min_member(&g)
+                .map_or(true, |min| self.gangs.counts(&g).scheduled >= min)
+                || self.gangs.counts(&g).pending == 0;
+            if done || until <= now {
+                tracing::info!(gang = %g, expired = !done, "reservation released");
+                self.reservation = None;
+                self.cache.clear_reservation();
+                self.gang_tried.remove(&g);
+                self.queue.cluster_changed(now);
+            }
+        }
+        let gangs: Vec<GangKey> = self.gangs.gangs().cloned().collect();
+        let mut waiting = 0;
+        for g in gangs {
+            let Ok(min) = self.gangs.min_member(&g) else {
+                continue;
+            };
+            let c = self.gangs.counts(&g);
+            if c.scheduled >= min || c.pending == 0 {
+                continue;
+            }
+            waiting += 1;
+            let (Some(start), Some(group)) =
+                (self.gangs.started(&g), self.gangs.group(&g).cloned())
+            else {
+                continue;
+            };
+            let Some(timeout) = group.schedule_timeout_ms else {
+                continue;
+            };
+            if now - start >= timeout && self.timed_out.insert(g.clone()) {
+                let note = format!(
+                    "gang {g}: not placed within scheduleTimeoutSeconds ({}s); its pods keep waiting and are retried",
+                    timeout / 1000
+                );
+                tracing::warn!(%note, "gang timed out");
+                self.gangs.touch(&g);
+                let status = self.status.clone();
+                tokio::spawn(async move {
+                    status
+                        .pod_group_event(&group, EventType::Warning, "ScheduleTimeout", &note)
+                        .await;
+                });
+            }
+        }
+        self.shared.metrics.gangs_waiting.set(waiting);
+    }
+
+    /// Writes the status of every PodGroup whose members changed.
+    fn sync_group_status(&mut self) {
+        for g in self.gangs.take_dirty() {
+            let Some(group) = self.gangs.group(&g) else {
+                self.group_status.remove(&g);
+                continue;
+            };
+            let c = self.gangs.counts(&g);
+            let started = self.gangs.started(&g);
+            let min = usize::try_from(group.min_member).unwrap_or(0);
+            let phase = c.phase(min, started.is_some());
+            let mut status = serde_json::json!({
+                "phase": phase.as_str(),
+                "scheduled": c.scheduled,
+                "running": c.running,
+                "succeeded": c.succeeded,
+                "failed": c.failed,
+            });
+            if let Some(t) =
+                started.and_then(|ms| k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok())
+            {
+                status["scheduleStartTime"] = t
+                    .round(k8s_openapi::jiff::Unit::Second)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+                    .into();
+            }
+            if self.timed_out.contains(&g) && phase != gang::GangPhase::Running {
+                status["conditions"] = serde_json::json!([{
+                    "type": "ScheduleTimedOut",
+                    "status": "True",
+                    "reason": "ScheduleTimeout",
+                    "message": format!("not placed within scheduleTimeoutSeconds; members keep waiting"),
+                    "lastTransitionTime": status.get("scheduleStartTime").cloned().unwrap_or_default(),
+                }]);
+            }
+            if self.group_status.get(&g) == Some(&status) {
+                continue;
+            }
+            self.group_status.insert(g.clone(), status.clone());
+            let writer = self.status.clone();
+            tokio::spawn(async move { writer.pod_group_status(&g, status).await });
+        }
     }
 
     fn publish(&mut self) {
@@ -543,6 +979,7 @@ pub async fn run_with(
         tx.clone(),
         |e| Msg::Pod(Box::new(e)),
         shutdown.clone(),
+        None,
     );
     spawn_watch(
         Api::<Node>::all(client.clone()),
@@ -550,6 +987,15 @@ pub async fn run_with(
         tx.clone(),
         |e| Msg::Node(Box::new(e)),
         shutdown.clone(),
+        None,
+    );
+    spawn_watch(
+        Api::<DynamicObject>::all_with(client.clone(), &pod_group_resource()),
+        "podgroups",
+        tx.clone(),
+        |e| Msg::Group(Box::new(e)),
+        shutdown.clone(),
+        Some(|| Msg::GroupsAbsent),
     );
     let status = StatusWriter::new(client.clone(), &opts.scheduler_name, &opts.identity);
     let binds = Arc::new(Semaphore::new(opts.config.bind_concurrency));
@@ -564,14 +1010,23 @@ pub async fn run_with(
         status,
         tx,
         binds,
+        binds_in_flight: 0,
         pods_synced: false,
         nodes_synced: false,
+        groups_synced: false,
         pod_relist: None,
         node_relist: None,
+        group_relist: None,
         last_message: HashMap::new(),
+        gangs: GangTracker::new(),
+        gang_tried: HashMap::new(),
+        reservation: None,
+        group_status: HashMap::new(),
+        timed_out: HashSet::new(),
+        bind_failures: HashMap::new(),
     };
     let mut next_expire = 0;
-    loop {
+    while !shutdown.is_cancelled() {
         // Take in everything that has arrived, then decide one pod.
         let now = now_ms();
         let mut drained = 0;
@@ -586,9 +1041,13 @@ pub async fn run_with(
             for k in s.cache.expire(now) {
                 tracing::warn!(pod = %k, "binding was never confirmed by the watch; dropping the assumption");
             }
+            s.gang_housekeeping(now);
             next_expire = now + 1_000;
         }
-        let synced = s.pods_synced && s.nodes_synced;
+        let synced = s.pods_synced && s.nodes_synced && s.groups_synced;
+        if synced {
+            s.sync_group_status();
+        }
         if synced && !s.shared.synced.swap(true, Ordering::SeqCst) {
             tracing::info!(
                 nodes = s.cache.snapshot().node_count(),
@@ -614,6 +1073,22 @@ pub async fn run_with(
                 None => break,
             },
             _ = tokio::time::sleep(Duration::from_millis(wake as u64)) => {}
+        }
+    }
+    // Binds already sent to the API server finish and are accounted for, so that a
+    // restarted instance sees them bound and the metrics count each bind once.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_BIND_WAIT;
+    while s.binds_in_flight > 0 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(m @ Msg::Bound { .. })) => s.handle(m, now_ms()),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                tracing::warn!(
+                    in_flight = s.binds_in_flight,
+                    "stopping with binds still unanswered"
+                );
+                break;
+            }
         }
     }
     tracing::info!("drover stopped");

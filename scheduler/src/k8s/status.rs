@@ -2,11 +2,25 @@
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::json;
 
+use crate::gang::{GangKey, PodGroupInfo};
 use crate::model::PodInfo;
+
+/// The API group of `PodGroup`.
+pub const POD_GROUP_GROUP: &str = "scheduling.x-k8s.io";
+/// The version of `PodGroup` drover reads.
+pub const POD_GROUP_VERSION: &str = "v1alpha1";
+
+/// `PodGroup` as an untyped API resource.
+pub fn pod_group_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(POD_GROUP_GROUP, POD_GROUP_VERSION, "PodGroup"),
+        "podgroups",
+    )
+}
 
 /// Writes conditions and Events for pods.
 #[derive(Clone)]
@@ -61,6 +75,47 @@ impl StatusWriter {
         }
         self.event(pod, EventType::Warning, "FailedScheduling", message)
             .await;
+    }
+
+    /// Merges `status` into the PodGroup's status subresource.
+    pub async fn pod_group_status(&self, group: &GangKey, status: serde_json::Value) {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &group.namespace, &pod_group_resource());
+        let patch = json!({ "status": status });
+        if let Err(e) = api
+            .patch_status(&group.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(podgroup = %group, error = %e, "could not update the PodGroup status");
+        }
+    }
+
+    /// Records an Event on a PodGroup.
+    pub async fn pod_group_event(
+        &self,
+        group: &PodGroupInfo,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        let r = ObjectReference {
+            api_version: Some(format!("{POD_GROUP_GROUP}/{POD_GROUP_VERSION}")),
+            kind: Some("PodGroup".into()),
+            name: Some(group.key.name.to_string()),
+            namespace: Some(group.key.namespace.to_string()),
+            uid: Some(group.uid.to_string()).filter(|u| !u.is_empty()),
+            ..Default::default()
+        };
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.into()),
+            action: "Scheduling".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &r).await {
+            tracing::warn!(podgroup = %group.key, error = %e, reason, "could not record an Event");
+        }
     }
 
     /// Records an Event on the pod.

@@ -9,5 +9,6 @@ pub mod resources;
 
 pub use labels::{Labels, Requirement, SelectorOp, SelectorTerm, Taint, TaintEffect, Toleration};
 pub use node::NodeInfo;
-pub use pod::{HostPort, Phase, PodInfo, PodKey, Protocol};
+pub use node::Reservation;
+pub use pod::{GangRef, HostPort, Phase, PodInfo, PodKey, Protocol};
 pub use resources::{GPU, ResourceKind, Resources};

@@ -32,6 +32,37 @@ pub struct NodeInfo {
     pub used_ports: Vec<HostPort>,
     /// Bumped on every change; lets readers tell two versions apart.
     pub generation: u64,
+    /// Capacity held for a waiting gang, if any (see [`Reservation`]).
+    pub reservation: Option<Arc<Reservation>>,
+}
+
+/// Capacity on a node held for a gang that waits for the node to drain: other pods of
+/// the same or lower priority may use only what is left beyond it (backfill), so the
+/// gang is not starved by a stream of small pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// The gang's namespace.
+    pub namespace: Arc<str>,
+    /// The gang's name.
+    pub gang: Arc<str>,
+    /// The gang's priority; pods above it ignore the reservation.
+    pub priority: i32,
+    /// What the gang's members planned on this node need.
+    pub amount: Resources,
+    /// How many of its members are planned on this node.
+    pub pods: i64,
+}
+
+impl Reservation {
+    /// True when `pod` may ignore this reservation: it is a member of the gang, or
+    /// has a higher priority.
+    pub fn admits(&self, pod: &PodInfo) -> bool {
+        pod.priority > self.priority
+            || pod
+                .gang
+                .as_ref()
+                .is_some_and(|g| g.name == self.gang && pod.key.namespace == self.namespace)
+    }
 }
 
 impl NodeInfo {

@@ -125,6 +125,21 @@ pub struct PodInfo {
     pub host_ports: Vec<HostPort>,
     /// True for pods owned by a DaemonSet.
     pub daemonset: bool,
+    /// The gang the pod says it belongs to, if any.
+    pub gang: Option<GangRef>,
+}
+
+/// How a pod names its gang: the `scheduling.x-k8s.io/pod-group` label or Volcano's
+/// `scheduling.k8s.io/group-name` annotation, plus an optional minimum member count
+/// (`drover.dev/min-member`) for gangs without a PodGroup object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GangRef {
+    /// The group's name (in the pod's namespace).
+    pub name: Arc<str>,
+    /// The raw `drover.dev/min-member` annotation, when set.
+    pub min_member: Option<Arc<str>>,
+    /// Set when the pod's labels and annotations name different groups.
+    pub conflict: Option<Arc<str>>,
 }
 
 impl PodInfo {

@@ -38,7 +38,50 @@ pub fn filter(pod: &PodInfo, node: &NodeInfo, why: &mut dyn FnMut(Reason)) -> bo
             ok = false;
         }
     }
+    if ok && let Some(res) = node.reservation.as_deref() {
+        ok = backfill_fits(pod, node, res);
+        if !ok {
+            why(Reason::ReservedForGang);
+        }
+    }
     ok
+}
+
+/// Backfill: on a node that holds capacity for a waiting gang, a pod the reservation
+/// does not admit fits only in what is left beyond the reservation, so placing it
+/// never delays the gang.
+fn backfill_fits(pod: &PodInfo, node: &NodeInfo, res: &crate::model::Reservation) -> bool {
+    if res.admits(pod) {
+        return true;
+    }
+    if node.pod_count() + res.pods + 1 > node.max_pods {
+        return false;
+    }
+    let (r, a, u, h) = (
+        &pod.requests,
+        &node.allocatable,
+        &node.requested,
+        &res.amount,
+    );
+    let room =
+        |want: i64, alloc: i64, used: i64, held: i64| want <= 0 || want <= alloc - used - held;
+    room(r.cpu, a.cpu, u.cpu, h.cpu)
+        && room(r.memory, a.memory, u.memory, h.memory)
+        && room(
+            r.ephemeral_storage,
+            a.ephemeral_storage,
+            u.ephemeral_storage,
+            h.ephemeral_storage,
+        )
+        && room(r.gpu, a.gpu, u.gpu, h.gpu)
+        && r.extended.iter().all(|(name, want)| {
+            room(
+                *want,
+                a.extended_amount(name),
+                u.extended_amount(name),
+                h.extended_amount(name),
+            )
+        })
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub enum Reason {
     HostPorts,
     /// The pod names another node.
     NodeName,
+    /// What is free is held for a waiting gang (backfill would delay it).
+    ReservedForGang,
 }
 
 impl fmt::Display for Reason {
@@ -56,6 +58,9 @@ impl fmt::Display for Reason {
                 f.write_str("node(s) didn't have free ports for the requested pod ports")
             }
             Reason::NodeName => f.write_str("node(s) didn't match the requested node name"),
+            Reason::ReservedForGang => {
+                f.write_str("node(s) had free capacity held for a waiting gang")
+            }
         }
     }
 }

@@ -138,3 +138,87 @@ pub async fn overcommitted(client: &Client) -> anyhow::Result<Vec<String>> {
     }
     Ok(bad)
 }
+
+/// The PodGroup CRD drover ships, relative to the repository root.
+pub const POD_GROUP_CRD: &str = "manifests/crds/scheduling.x-k8s.io_podgroups.yaml";
+
+/// Events (events.k8s.io/v1) about the object named `name` in `namespace`:
+/// `(reason, note)` pairs, oldest first.
+pub async fn events_for(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut evs = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    evs.retain(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name));
+    evs.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+    Ok(evs
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect())
+}
+
+/// The message of a pod's `PodScheduled=False` condition, if it has one.
+pub fn unschedulable_message(p: &Pod) -> Option<String> {
+    p.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .and_then(|c| c.message.clone())
+}
+
+/// Bound and total pod counts per gang label value (`scheduling.x-k8s.io/pod-group`)
+/// in `namespace`.
+pub async fn gang_counts(
+    client: &Client,
+    namespace: &str,
+) -> anyhow::Result<BTreeMap<String, (usize, usize)>> {
+    let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for p in pods(client, namespace).await? {
+        let Some(g) = p
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(drover::gang::GROUP_LABEL))
+        else {
+            continue;
+        };
+        let e = out.entry(g.clone()).or_default();
+        e.1 += 1;
+        if node_of(&p).is_some() {
+            e.0 += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Creates a PodGroup (`scheduling.x-k8s.io/v1alpha1`) with `spec`.
+pub async fn create_pod_group(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<kube::api::DynamicObject> {
+    let ar = drover::k8s::status::pod_group_resource();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+    let mut obj = kube::api::DynamicObject::new(name, &ar).within(namespace);
+    obj.data = serde_json::json!({ "spec": spec });
+    Ok(api.create(&kube::api::PostParams::default(), &obj).await?)
+}
+
+/// Reads a PodGroup's `status` (null when it has none).
+pub async fn pod_group_status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let ar = drover::k8s::status::pod_group_resource();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+    let g = api.get(name).await?;
+    Ok(g.data.get("status").cloned().unwrap_or_default())
+}

@@ -562,6 +562,60 @@ impl ControlPlane {
         }
     }
 
+    /// Installs the CustomResourceDefinitions in `files` (YAML, one or more documents;
+    /// paths relative to the repository root) and waits until each is Established.
+    pub async fn install_crds(&self, files: &[&str]) -> anyhow::Result<()> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        use serde::Deserialize;
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let mut names = Vec::new();
+        for f in files {
+            let path = crate::binaries::repo_root().join(f);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+                let value = serde_yaml_ng::Value::deserialize(doc)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                if value.is_null() {
+                    continue;
+                }
+                let crd: CustomResourceDefinition =
+                    serde_yaml_ng::from_value(value).with_context(|| {
+                        format!("{} is not a CustomResourceDefinition", path.display())
+                    })?;
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                api.create(&PostParams::default(), &crd)
+                    .await
+                    .with_context(|| format!("creating CRD {name} from {}", path.display()))?;
+                names.push(name);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for name in names {
+            loop {
+                let crd = api
+                    .get(&name)
+                    .await
+                    .with_context(|| format!("reading CRD {name}"))?;
+                let established = crd
+                    .status
+                    .iter()
+                    .flat_map(|s| s.conditions.iter().flatten())
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("CRD {name} not Established after 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // Discovery of the new API can lag the Established condition a little.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(())
+    }
+
     /// Creates `nodes` (at most 32 requests at a time) and, when kwok runs, waits until
     /// each is Ready, checking that the capacity and allocatable given survived (they are
     /// written into the status if not).
