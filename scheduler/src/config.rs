@@ -8,6 +8,7 @@ use thiserror::Error;
 use crate::framework::Profile;
 use crate::model::ResourceKind;
 use crate::plugins::packing::{Packing, Strategy};
+use crate::plugins::waste::Waste;
 use crate::plugins::{Filter, Score};
 use crate::queue::QueueConfig;
 
@@ -58,13 +59,19 @@ pub struct ResourceWeight {
 }
 
 /// The packing score's settings in the file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct PackingConfig {
     /// `MostAllocated` (pack, default) or `LeastAllocated` (spread).
     pub strategy: Strategy,
     /// Resources the score looks at, with weights.
     pub resources: Vec<ResourceWeight>,
+    /// Weights of the least-waste score per resource, per GiB (memory, storage), per
+    /// core (cpu), or per unit (GPUs, other resources).
+    pub waste: Vec<ResourceWeight>,
+    /// Price per hour by `node.kubernetes.io/instance-type`; when set, the least-waste
+    /// score minimises the price of what stays unused.
+    pub prices: std::collections::BTreeMap<String, f64>,
 }
 
 impl Default for PackingConfig {
@@ -80,6 +87,15 @@ impl Default for PackingConfig {
                     weight: *w,
                 })
                 .collect(),
+            waste: Waste::default()
+                .weights
+                .iter()
+                .map(|(k, w)| ResourceWeight {
+                    name: k.name().to_string(),
+                    weight: *w,
+                })
+                .collect(),
+            prices: Default::default(),
         }
     }
 }
@@ -94,6 +110,9 @@ pub struct ScoreWeights {
     pub node_affinity: i64,
     /// Untolerated PreferNoSchedule taints.
     pub taint_toleration: i64,
+    /// Least absolute waste (the smallest node that fits). Default: 2 when packing
+    /// is MostAllocated, 0 when it spreads (LeastAllocated).
+    pub least_waste: Option<i64>,
 }
 
 impl Default for ScoreWeights {
@@ -102,6 +121,7 @@ impl Default for ScoreWeights {
             packing: 1,
             node_affinity: 2,
             taint_toleration: 3,
+            least_waste: None,
         }
     }
 }
@@ -148,6 +168,16 @@ impl Default for BindingConfig {
     }
 }
 
+/// Exclusive-node settings in the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ExclusiveConfig {
+    /// Every pod in these namespaces gets a node to itself.
+    pub namespaces: Vec<String>,
+    /// DaemonSet and static pods on a node keep exclusive pods off it too.
+    pub system_pods_count: bool,
+}
+
 /// Gang settings in the file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -183,6 +213,8 @@ pub struct FileConfig {
     pub binding: BindingConfig,
     /// Gangs.
     pub gangs: GangConfig,
+    /// Exclusive nodes.
+    pub exclusive: ExclusiveConfig,
 }
 
 /// The validated configuration the scheduler runs with.
@@ -198,6 +230,8 @@ pub struct Config {
     pub confirm_timeout_ms: i64,
     /// How long a gang reservation holds (ms); `None` turns reservations off.
     pub gang_reservation_ms: Option<i64>,
+    /// Namespaces whose pods are all exclusive.
+    pub exclusive_namespaces: Vec<String>,
 }
 
 impl Default for Config {
@@ -232,10 +266,15 @@ impl FileConfig {
     /// Checks every field and builds the typed configuration.
     pub fn validate(&self) -> Result<Config, ConfigError> {
         let w = &self.weights;
+        let least_waste = w.least_waste.unwrap_or(match self.packing.strategy {
+            Strategy::MostAllocated => 2,
+            Strategy::LeastAllocated => 0,
+        });
         for (name, v) in [
             ("weights.packing", w.packing),
             ("weights.nodeAffinity", w.node_affinity),
             ("weights.taintToleration", w.taint_toleration),
+            ("weights.leastWaste", least_waste),
         ] {
             if !(0..=100).contains(&v) {
                 return Err(invalid(name, format!("{v} is outside 0..=100")));
@@ -308,16 +347,65 @@ impl FileConfig {
                 ),
             ));
         }
+        let mut waste = Vec::new();
+        for (i, r) in self.packing.waste.iter().enumerate() {
+            let kind = ResourceKind::from_name(&r.name);
+            if r.name.trim().is_empty() || waste.iter().any(|(k, _)| *k == kind) {
+                return Err(invalid(
+                    format!("packing.waste[{i}].name"),
+                    format!("{:?} is empty or listed twice", r.name),
+                ));
+            }
+            if !(0..=100_000).contains(&r.weight) {
+                return Err(invalid(
+                    format!("packing.waste[{i}].weight"),
+                    format!("{} is outside 0..=100000", r.weight),
+                ));
+            }
+            waste.push((kind, r.weight));
+        }
+        for (t, p) in &self.packing.prices {
+            if !p.is_finite() || *p < 0.0 {
+                return Err(invalid(
+                    format!("packing.prices[{t}]"),
+                    format!("{p} must be a price per hour of at least 0"),
+                ));
+            }
+        }
+        for (i, ns) in self.exclusive.namespaces.iter().enumerate() {
+            if ns.trim().is_empty() {
+                return Err(invalid(
+                    format!("exclusive.namespaces[{i}]"),
+                    "is empty; name a namespace",
+                ));
+            }
+        }
         let packing = Packing {
             strategy: self.packing.strategy,
             resources,
         };
+        let filters = Filter::DEFAULT
+            .iter()
+            .map(|f| match f {
+                Filter::Exclusive { .. } => Filter::Exclusive {
+                    system_pods_count: self.exclusive.system_pods_count,
+                },
+                f => f.clone(),
+            })
+            .collect();
         let profile = Profile {
-            filters: Filter::DEFAULT.to_vec(),
+            filters,
             scores: vec![
                 (Score::Packing(packing), w.packing),
                 (Score::NodeAffinity, w.node_affinity),
                 (Score::Taints, w.taint_toleration),
+                (
+                    Score::LeastWaste(Waste {
+                        weights: waste,
+                        prices: std::sync::Arc::new(self.packing.prices.clone()),
+                    }),
+                    least_waste,
+                ),
             ],
         };
         let ms = |s: f64| (s * 1000.0).round() as i64;
@@ -331,6 +419,7 @@ impl FileConfig {
             bind_concurrency: self.binding.concurrency,
             confirm_timeout_ms: (self.binding.confirm_timeout_seconds * 1000) as i64,
             gang_reservation_ms: g.reserve.then(|| ms(g.reservation_seconds)),
+            exclusive_namespaces: self.exclusive.namespaces.clone(),
         })
     }
 }
@@ -396,6 +485,41 @@ mod tests {
                 err.contains(want),
                 "{yaml:?}: {err:?} should mention {want:?}"
             );
+        }
+    }
+
+    #[test]
+    fn packing_waste_exclusive_and_gang_fields() {
+        let c = check(
+            "packing:\n  waste:\n  - {name: memory, weight: 8}\n  prices:\n    m6i.large: 0.096\nexclusive:\n  namespaces: [notebooks]\n  systemPodsCount: true\ngangs:\n  reserve: false\n",
+        )
+        .unwrap();
+        let Score::LeastWaste(w) = &c.profile.scores[3].0 else {
+            panic!()
+        };
+        assert_eq!(w.weights, vec![(ResourceKind::Memory, 8)]);
+        assert_eq!(w.prices.get("m6i.large"), Some(&0.096));
+        assert_eq!(c.profile.scores[3].1, 2, "packs by default");
+        assert!(c.profile.filters.contains(&Filter::Exclusive {
+            system_pods_count: true
+        }));
+        assert_eq!(c.exclusive_namespaces, vec!["notebooks".to_string()]);
+        assert_eq!(c.gang_reservation_ms, None);
+        // Spreading leaves least waste out unless asked for.
+        let spread = check("packing: {strategy: LeastAllocated}\n").unwrap();
+        assert_eq!(spread.profile.scores[3].1, 0);
+        for (yaml, field) in [
+            ("packing: {prices: {x: -1}}", "packing.prices[x]"),
+            (
+                "packing: {waste: [{name: cpu, weight: 1}, {name: cpu, weight: 2}]}",
+                "packing.waste[1].name",
+            ),
+            ("exclusive: {namespaces: ['']}", "exclusive.namespaces[0]"),
+            ("gangs: {reservationSeconds: 0}", "gangs.reservationSeconds"),
+            ("weights: {leastWaste: 101}", "weights.leastWaste"),
+        ] {
+            let err = check(yaml).unwrap_err();
+            assert!(err.contains(field), "{yaml}: {err}");
         }
     }
 }

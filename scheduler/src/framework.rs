@@ -40,12 +40,22 @@ impl Default for Profile {
 impl Profile {
     /// The default filters and kube-scheduler's default weights, with `packing`.
     pub fn with_packing(packing: Packing) -> Self {
+        let packing_strategy = packing.strategy;
         Profile {
             filters: Filter::DEFAULT.to_vec(),
             scores: vec![
                 (Score::Packing(packing), 1),
                 (Score::NodeAffinity, 2),
                 (Score::Taints, 3),
+                // Least waste packs too; a spreading profile leaves it out.
+                (
+                    Score::LeastWaste(crate::plugins::waste::Waste::default()),
+                    if packing_strategy == crate::plugins::packing::Strategy::MostAllocated {
+                        2
+                    } else {
+                        0
+                    },
+                ),
             ],
         }
     }

@@ -2,8 +2,8 @@
 //! names as labels (bounded cardinality).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// The scheduler's metrics.
@@ -34,6 +34,11 @@ pub struct Metrics {
     pub gang_wait_seconds: Histogram,
     /// Gang members placed again after their bind failed.
     pub gang_repairs: IntCounter,
+    /// Memory left unused on nodes that run workload pods.
+    pub wasted_memory_bytes: IntGauge,
+    /// Price per hour of the unused share of nodes that run workload pods (with a
+    /// price table in the config).
+    pub wasted_cost: Gauge,
 }
 
 impl Metrics {
@@ -117,6 +122,16 @@ impl Metrics {
                 "Gang members placed again after their bind failed.",
             )
             .expect("metric"),
+            wasted_memory_bytes: IntGauge::new(
+                "drover_wasted_memory_bytes",
+                "Memory left unused on nodes that run workload pods.",
+            )
+            .expect("metric"),
+            wasted_cost: Gauge::new(
+                "drover_wasted_cost_per_hour",
+                "Price per hour of the unused share of nodes that run workload pods (needs packing.prices).",
+            )
+            .expect("metric"),
             registry,
         };
         for c in [
@@ -132,6 +147,8 @@ impl Metrics {
             Box::new(m.gangs_placed.clone()),
             Box::new(m.gang_wait_seconds.clone()),
             Box::new(m.gang_repairs.clone()),
+            Box::new(m.wasted_memory_bytes.clone()),
+            Box::new(m.wasted_cost.clone()),
         ] {
             m.registry.register(c).expect("unique metric names");
         }

@@ -348,10 +348,18 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
             .owner_references
             .iter()
             .flatten()
-            .any(|o| o.kind == "DaemonSet" && o.controller == Some(true)),
+            .any(|o| (o.kind == "DaemonSet" || o.kind == "Node") && o.controller == Some(true)),
+        exclusive: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EXCLUSIVE_ANNOTATION))
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
         gang: gang_ref(pod),
     })
 }
+
+/// The annotation by which a pod asks for a node to itself.
+pub const EXCLUSIVE_ANNOTATION: &str = "drover.dev/exclusive";
 
 /// The gang a pod names: the `scheduling.x-k8s.io/pod-group` label or Volcano's
 /// `scheduling.k8s.io/group-name` annotation, with `drover.dev/min-member`.

@@ -307,7 +307,7 @@ impl Scheduler {
     }
 
     fn apply_pod(&mut self, pod: &Pod, now: i64) {
-        let info = match pod_info(pod) {
+        let mut info = match pod_info(pod) {
             Ok(i) => i,
             Err(e) => {
                 self.shared.metrics.malformed_objects.inc();
@@ -317,6 +317,16 @@ impl Scheduler {
         };
         if let Some(seen) = self.pod_relist.as_mut() {
             seen.insert(info.key.clone());
+        }
+        if !info.exclusive
+            && self
+                .opts
+                .config
+                .exclusive_namespaces
+                .iter()
+                .any(|n| **n == *info.key.namespace)
+        {
+            info.exclusive = true;
         }
         let key = info.key.clone();
         let was_placed = self.cache.pod(&key).is_some_and(|p| p.node_name.is_some());
@@ -509,6 +519,15 @@ impl Scheduler {
                     status
                         .event(&pod, EventType::Normal, "Scheduled", &note)
                         .await;
+                    if !pod.declares_requests && !pod.daemonset {
+                        let note = format!(
+                            "pod {} declares no resource requests: drover placed it as the smallest footprint, on {node}, the smallest node that fit; set requests so it gets the room it needs",
+                            pod.key
+                        );
+                        status
+                            .event(&pod, EventType::Warning, "NoRequests", &note)
+                            .await;
+                    }
                 });
             }
             BindResult::Gone(why) => {
@@ -865,6 +884,38 @@ impl Scheduler {
             }
         }
         self.shared.metrics.gangs_waiting.set(waiting);
+        self.measure_waste();
+    }
+
+    /// What nodes that run workload pods leave unused: memory, and with a price
+    /// table, the price of the unused share.
+    fn measure_waste(&self) {
+        let waste = self
+            .opts
+            .config
+            .profile
+            .scores
+            .iter()
+            .find_map(|(s, _)| match s {
+                crate::plugins::Score::LeastWaste(w) => Some(w),
+                _ => None,
+            });
+        let snap = self.cache.snapshot();
+        let (mut memory, mut cost) = (0i64, 0f64);
+        for (_, n) in snap.nodes() {
+            if !n.known || n.pod_count() == n.system_pods {
+                continue;
+            }
+            let free = n.free();
+            memory += free.memory.max(0);
+            if let Some(w) = waste
+                && let Some(price) = w.price(n)
+            {
+                cost += price * w.weigh(&free) as f64 / w.weigh(&n.allocatable).max(1) as f64;
+            }
+        }
+        self.shared.metrics.wasted_memory_bytes.set(memory);
+        self.shared.metrics.wasted_cost.set(cost);
     }
 
     /// Writes the status of every PodGroup whose members changed.

@@ -30,6 +30,10 @@ pub struct NodeInfo {
     pub pods: Vec<Arc<PodInfo>>,
     /// Host ports in use.
     pub used_ports: Vec<HostPort>,
+    /// How many of the pods are system pods (DaemonSet, static).
+    pub system_pods: i64,
+    /// How many of the pods asked for the node to themselves.
+    pub exclusive_pods: i64,
     /// Bumped on every change; lets readers tell two versions apart.
     pub generation: u64,
     /// Capacity held for a waiting gang, if any (see [`Reservation`]).
@@ -85,6 +89,8 @@ impl NodeInfo {
     /// Adds `pod`'s requests and ports to the node.
     pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
         self.requested.add(&pod.requests);
+        self.system_pods += i64::from(pod.daemonset);
+        self.exclusive_pods += i64::from(pod.exclusive && !pod.daemonset);
         self.used_ports.extend(pod.host_ports.iter().cloned());
         self.pods.push(pod);
         self.generation += 1;
@@ -95,6 +101,8 @@ impl NodeInfo {
         let i = self.pods.iter().position(|p| &p.key == key)?;
         let pod = self.pods.swap_remove(i);
         self.requested.sub(&pod.requests);
+        self.system_pods -= i64::from(pod.daemonset);
+        self.exclusive_pods -= i64::from(pod.exclusive && !pod.daemonset);
         for hp in &pod.host_ports {
             if let Some(j) = self.used_ports.iter().position(|u| u == hp) {
                 self.used_ports.swap_remove(j);

@@ -123,8 +123,12 @@ pub struct PodInfo {
     pub tolerations: Vec<Toleration>,
     /// Host ports of all containers.
     pub host_ports: Vec<HostPort>,
-    /// True for pods owned by a DaemonSet.
+    /// True for system pods: owned by a DaemonSet, or static (mirror) pods. They go
+    /// anywhere and do not make a node "used" for exclusive pods.
     pub daemonset: bool,
+    /// The pod asks for a node to itself (`drover.dev/exclusive: "true"`, or its
+    /// namespace is configured so).
+    pub exclusive: bool,
     /// The gang the pod says it belongs to, if any.
     pub gang: Option<GangRef>,
 }

@@ -6,6 +6,7 @@
 //! call. Every mode (scheduler, extender, simulator, benchmarks) runs these same
 //! functions through `framework`.
 
+pub mod exclusive;
 pub mod fit;
 pub mod node_affinity;
 pub mod node_name;
@@ -13,6 +14,7 @@ pub mod packing;
 pub mod ports;
 pub mod taints;
 pub mod unschedulable;
+pub mod waste;
 
 use std::fmt;
 
@@ -38,6 +40,10 @@ pub enum Reason {
     NodeName,
     /// What is free is held for a waiting gang (backfill would delay it).
     ReservedForGang,
+    /// The node runs a pod that asked for it exclusively.
+    HeldExclusively,
+    /// The pod asks for a node to itself and this one runs other pods.
+    NotEmpty,
 }
 
 impl fmt::Display for Reason {
@@ -58,6 +64,10 @@ impl fmt::Display for Reason {
                 f.write_str("node(s) didn't have free ports for the requested pod ports")
             }
             Reason::NodeName => f.write_str("node(s) didn't match the requested node name"),
+            Reason::HeldExclusively => f.write_str("node(s) were held by an exclusive pod"),
+            Reason::NotEmpty => {
+                f.write_str("node(s) already ran other pods (the pod asks for a node to itself)")
+            }
             Reason::ReservedForGang => {
                 f.write_str("node(s) had free capacity held for a waiting gang")
             }
@@ -82,16 +92,24 @@ pub enum Filter {
     Ports,
     /// Resources and pod count (`NodeResourcesFit`).
     Fit,
+    /// Exclusive pods (`NodeExclusive`).
+    Exclusive {
+        /// DaemonSet and static pods keep exclusive pods off a node too.
+        system_pods_count: bool,
+    },
 }
 
 impl Filter {
     /// The filters of the default profile, cheapest first.
-    pub const DEFAULT: [Filter; 6] = [
+    pub const DEFAULT: [Filter; 7] = [
         Filter::Unschedulable,
         Filter::NodeName,
         Filter::Taints,
         Filter::NodeAffinity,
         Filter::Ports,
+        Filter::Exclusive {
+            system_pods_count: false,
+        },
         Filter::Fit,
     ];
 
@@ -104,6 +122,7 @@ impl Filter {
             Filter::NodeAffinity => "NodeAffinity",
             Filter::Ports => "NodePorts",
             Filter::Fit => "NodeResourcesFit",
+            Filter::Exclusive { .. } => "NodeExclusive",
         }
     }
 
@@ -117,6 +136,9 @@ impl Filter {
             Filter::NodeAffinity => node_affinity::filter(pod, node, why),
             Filter::Ports => ports::filter(pod, node, why),
             Filter::Fit => fit::filter(pod, node, why),
+            Filter::Exclusive { system_pods_count } => {
+                exclusive::filter(pod, node, *system_pods_count, why)
+            }
         }
     }
 }
@@ -131,6 +153,8 @@ pub enum Score {
     NodeAffinity,
     /// Fewer untolerated PreferNoSchedule taints (`TaintToleration` scoring).
     Taints,
+    /// Least absolute unused capacity (or its price) left on the node.
+    LeastWaste(waste::Waste),
 }
 
 /// The highest score a plugin gives a node, as in kube-scheduler.
@@ -143,6 +167,7 @@ impl Score {
             Score::Packing(_) => "Packing",
             Score::NodeAffinity => "NodeAffinity",
             Score::Taints => "TaintToleration",
+            Score::LeastWaste(_) => "LeastWaste",
         }
     }
 
@@ -153,6 +178,7 @@ impl Score {
             Score::Packing(p) => p.score(pod, node),
             Score::NodeAffinity => node_affinity::score(pod, node),
             Score::Taints => taints::score(pod, node),
+            Score::LeastWaste(w) => w.waste(pod, node),
         }
     }
 
@@ -163,6 +189,7 @@ impl Score {
             Score::Packing(_) => false,
             Score::NodeAffinity => pod.preferred_affinity.is_empty(),
             Score::Taints => false,
+            Score::LeastWaste(_) => false,
         }
     }
 
@@ -173,6 +200,7 @@ impl Score {
             Score::Packing(_) => {}
             Score::NodeAffinity => normalize_max(raw, false),
             Score::Taints => normalize_max(raw, true),
+            Score::LeastWaste(_) => waste::normalize(raw),
         }
     }
 }

@@ -62,13 +62,13 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// drover: bin packing (MostAllocated over cpu, memory and GPUs), gangs placed all
-    /// or nothing, units taken by priority then age.
+    /// drover: bin packing (MostAllocated over cpu, memory and GPUs, and least absolute
+    /// waste), gangs placed all or nothing, units taken by priority then age.
     pub fn drover() -> Self {
         Policy {
             name: "drover".into(),
             description:
-                "MostAllocated packing; gangs all-or-nothing (gang::place_all); priority, then age"
+                "MostAllocated + least-waste packing; gangs all-or-nothing (gang::place_all); priority, then age"
                     .into(),
             profile: Profile::default(),
             gangs: GangMode::AllOrNothing,
