@@ -34,6 +34,8 @@ pub struct Metrics {
     pub gang_wait_seconds: Histogram,
     /// Gang members placed again after their bind failed.
     pub gang_repairs: IntCounter,
+    /// 1 while this replica leads.
+    pub leader: IntGauge,
     /// Memory left unused on nodes that run workload pods.
     pub wasted_memory_bytes: IntGauge,
     /// Price per hour of the unused share of nodes that run workload pods (with a
@@ -122,6 +124,11 @@ impl Metrics {
                 "Gang members placed again after their bind failed.",
             )
             .expect("metric"),
+            leader: IntGauge::new(
+                "drover_leader",
+                "1 while this replica holds the leader Lease (or runs without leader election).",
+            )
+            .expect("metric"),
             wasted_memory_bytes: IntGauge::new(
                 "drover_wasted_memory_bytes",
                 "Memory left unused on nodes that run workload pods.",
@@ -147,6 +154,7 @@ impl Metrics {
             Box::new(m.gangs_placed.clone()),
             Box::new(m.gang_wait_seconds.clone()),
             Box::new(m.gang_repairs.clone()),
+            Box::new(m.leader.clone()),
             Box::new(m.wasted_memory_bytes.clone()),
             Box::new(m.wasted_cost.clone()),
         ] {

@@ -70,9 +70,34 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "DROVER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// This replica's identity in Events (defaults to the host name).
+    /// This replica's identity in Events and in the leader Lease (defaults to the
+    /// host name).
     #[arg(long, env = "DROVER_IDENTITY")]
     pub identity: Option<String>,
+    /// Run several replicas: only the holder of a coordination.k8s.io Lease binds and
+    /// writes status; the others keep their caches warm, ready to take over.
+    #[arg(long, env = "DROVER_LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (defaults to $POD_NAMESPACE, else `default`).
+    #[arg(long, env = "DROVER_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, env = "DROVER_LEASE_NAME", default_value = "drover")]
+    pub lease_name: String,
+    /// Seconds a Lease holds without renewal (the longest a dead leader blocks others).
+    #[arg(long = "lease-duration", env = "DROVER_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+}
+
+/// Leader election settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderElection {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub name: String,
+    /// Seconds the Lease holds without renewal.
+    pub duration_seconds: u64,
 }
 
 /// Everything `run` needs, validated.
@@ -86,6 +111,11 @@ pub struct RunOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// This replica's identity.
     pub identity: String,
+    /// Leader election; `None`: this replica always leads.
+    pub leader_election: Option<LeaderElection>,
+    /// Keep the cache and publish snapshots, but never schedule, bind or write status
+    /// (for the HTTP extender and tools that only read).
+    pub cache_only: bool,
 }
 
 impl RunOptions {
@@ -96,6 +126,8 @@ impl RunOptions {
             config: Config::default(),
             metrics_addr: None,
             identity: hostname(),
+            leader_election: None,
+            cache_only: false,
         }
     }
 }
@@ -127,11 +159,32 @@ impl RunArgs {
                 )
             })?),
         };
+        if self.leader_elect && self.lease_duration_seconds < 3 {
+            anyhow::bail!(
+                "--lease-duration {}: must be at least 3 seconds (15 is kube-scheduler's default)",
+                self.lease_duration_seconds
+            );
+        }
+        let leader_election = self.leader_elect.then(|| LeaderElection {
+            namespace: self
+                .lease_namespace
+                .clone()
+                .or_else(|| {
+                    std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .filter(|n| !n.is_empty())
+                })
+                .unwrap_or_else(|| "default".into()),
+            name: self.lease_name.clone(),
+            duration_seconds: self.lease_duration_seconds,
+        });
         Ok(RunOptions {
             scheduler_name: self.scheduler_name.clone(),
             config,
             metrics_addr,
             identity: self.identity.clone().unwrap_or_else(hostname),
+            leader_election,
+            cache_only: false,
         })
     }
 }
@@ -198,6 +251,8 @@ enum Msg {
     Group(Box<watcher::Event<DynamicObject>>),
     /// The PodGroup CRD is not installed: gangs come from annotations only.
     GroupsAbsent,
+    /// This replica became the leader (true) or lost the lease (false).
+    Leader(bool),
     Bound {
         pod: Arc<PodInfo>,
         node: Arc<str>,
@@ -217,6 +272,26 @@ pub struct Shared {
     pub synced: Arc<AtomicBool>,
     /// Metrics.
     pub metrics: Metrics,
+    /// True while this replica leads (always, without leader election).
+    pub leader: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// Fresh shared state: an empty snapshot, not synced, not leading.
+    pub fn new() -> Self {
+        Shared {
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            synced: Arc::new(AtomicBool::new(false)),
+            metrics: Metrics::new(),
+            leader: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn now_ms() -> i64 {
@@ -299,6 +374,8 @@ struct Scheduler {
     timed_out: HashSet<GangKey>,
     /// Failed binds per gang member, so a member that keeps failing backs off.
     bind_failures: HashMap<PodKey, u32>,
+    /// This replica leads: it schedules, binds and writes status.
+    leading: bool,
 }
 
 impl Scheduler {
@@ -488,7 +565,34 @@ impl Scheduler {
                 }
                 self.groups_synced = true;
             }
+            Msg::Leader(leading) => self.set_leading(leading, now),
             Msg::Bound { pod, node, result } => self.bound(pod, node, result, now),
+        }
+    }
+
+    /// Starts or stops the writing half: scheduling, binding, status.
+    fn set_leading(&mut self, leading: bool, now: i64) {
+        if leading == self.leading {
+            return;
+        }
+        self.leading = leading;
+        self.shared.leader.store(leading, Ordering::SeqCst);
+        self.shared.metrics.leader.set(i64::from(leading));
+        if leading {
+            tracing::info!(identity = %self.opts.identity, "leading: scheduling starts");
+            // Another replica may have written since: write everything afresh.
+            self.last_message.clear();
+            self.group_status.clear();
+            self.gang_tried.clear();
+            for g in self.gangs.gangs().cloned().collect::<Vec<_>>() {
+                self.gangs.touch(&g);
+            }
+            self.queue.cluster_changed(now);
+        } else {
+            tracing::warn!(identity = %self.opts.identity, "lost the leader Lease: scheduling stops");
+            if self.reservation.take().is_some() {
+                self.cache.clear_reservation();
+            }
         }
     }
 
@@ -868,7 +972,7 @@ impl Scheduler {
             let Some(timeout) = group.schedule_timeout_ms else {
                 continue;
             };
-            if now - start >= timeout && self.timed_out.insert(g.clone()) {
+            if self.leading && now - start >= timeout && self.timed_out.insert(g.clone()) {
                 let note = format!(
                     "gang {g}: not placed within scheduleTimeoutSeconds ({}s); its pods keep waiting and are retried",
                     timeout / 1000
@@ -1005,12 +1109,7 @@ pub async fn run(
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let shared = Shared {
-        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
-        synced: Arc::new(AtomicBool::new(false)),
-        metrics: Metrics::new(),
-    };
-    run_with(client, opts, shared, shutdown).await
+    run_with(client, opts, Shared::new(), shutdown).await
 }
 
 /// [`run`] with caller-provided shared state (to read the snapshot or metrics).
@@ -1024,6 +1123,20 @@ pub async fn run_with(
         serve::spawn(addr, shared.clone(), shutdown.clone()).await?;
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let lease = match opts.leader_election.clone() {
+        _ if opts.cache_only => None,
+        None => {
+            let _ = tx.send(Msg::Leader(true));
+            None
+        }
+        Some(le) => Some(tokio::spawn(lead(
+            client.clone(),
+            le,
+            opts.identity.clone(),
+            tx.clone(),
+            shutdown.clone(),
+        ))),
+    };
     spawn_watch(
         Api::<Pod>::all(client.clone()),
         "pods",
@@ -1075,6 +1188,7 @@ pub async fn run_with(
         group_status: HashMap::new(),
         timed_out: HashSet::new(),
         bind_failures: HashMap::new(),
+        leading: false,
     };
     let mut next_expire = 0;
     while !shutdown.is_cancelled() {
@@ -1096,7 +1210,7 @@ pub async fn run_with(
             next_expire = now + 1_000;
         }
         let synced = s.pods_synced && s.nodes_synced && s.groups_synced;
-        if synced {
+        if synced && s.leading {
             s.sync_group_status();
         }
         if synced && !s.shared.synced.swap(true, Ordering::SeqCst) {
@@ -1106,7 +1220,7 @@ pub async fn run_with(
                 "caches synced; scheduling"
             );
         }
-        let worked = synced && s.schedule_next(now);
+        let worked = synced && s.leading && s.schedule_next(now);
         s.publish();
         if worked {
             // Let bind tasks and watchers run between decisions.
@@ -1142,6 +1256,65 @@ pub async fn run_with(
             }
         }
     }
+    if let Some(task) = lease {
+        // The lease task releases the Lease on shutdown so a follower takes over at once.
+        let _ = tokio::time::timeout(SHUTDOWN_BIND_WAIT, task).await;
+    }
+    s.shared.leader.store(false, Ordering::SeqCst);
     tracing::info!("drover stopped");
     Ok(())
+}
+
+/// Holds the leader Lease while it can, reporting each change to the scheduling task;
+/// releases it on shutdown.
+async fn lead(
+    client: Client,
+    le: LeaderElection,
+    identity: String,
+    tx: mpsc::UnboundedSender<Msg>,
+    shutdown: CancellationToken,
+) {
+    use kube_lease_manager::LeaseManagerBuilder;
+    let grace = (le.duration_seconds / 3).max(1);
+    let manager = loop {
+        let built = LeaseManagerBuilder::new(client.clone(), &le.name)
+            .with_namespace(&le.namespace)
+            .with_identity(&identity)
+            .with_duration(le.duration_seconds)
+            .with_grace(grace)
+            .build()
+            .await;
+        match built {
+            Ok(m) => break m,
+            Err(e) => {
+                tracing::warn!(error = %e, lease = %format!("{}/{}", le.namespace, le.name), "cannot use the leader Lease; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    let (mut changes, task) = manager.watch().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let leading = *changes.borrow_and_update();
+                if tx.send(Msg::Leader(leading)).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // Dropping the last receiver makes the manager release the Lease and end.
+    drop(changes);
+    match task.await {
+        Ok(Ok(_)) => tracing::info!("leader Lease released"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "releasing the leader Lease failed"),
+        Err(e) => tracing::warn!(error = %e, "the leader Lease task failed"),
+    }
 }

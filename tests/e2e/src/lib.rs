@@ -33,11 +33,7 @@ impl Drover {
             .with_test_writer()
             .try_init();
         let shutdown = CancellationToken::new();
-        let shared = Shared {
-            snapshot: Default::default(),
-            synced: Default::default(),
-            metrics: drover::metrics::Metrics::new(),
-        };
+        let shared = Shared::new();
         let handle = tokio::spawn(drover::k8s::run_with(
             client,
             opts,

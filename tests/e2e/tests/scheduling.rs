@@ -667,3 +667,121 @@ async fn restart_mid_run_loses_nothing_and_binds_nothing_twice() -> anyhow::Resu
     watch.abort();
     second.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_binds_and_a_follower_takes_over() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    let nodes: Vec<Node> = (0..4)
+        .map(|i| {
+            FakeNode::new(format!("n-{i}"))
+                .cpu("8")
+                .memory("32Gi")
+                .build()
+        })
+        .collect();
+    cp.create_nodes(&nodes).await?;
+    let replica = |id: &str| {
+        let mut o = drover::k8s::RunOptions::new("drover");
+        o.identity = id.into();
+        o.leader_election = Some(drover::k8s::run::LeaderElection {
+            namespace: "default".into(),
+            name: "drover".into(),
+            duration_seconds: 6,
+        });
+        Drover::start_with(client.clone(), o)
+    };
+    let a = replica("replica-a");
+    let b = replica("replica-b");
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "one replica leads",
+        || {
+            let (la, lb) = (a.shared.leader.clone(), b.shared.leader.clone());
+            async move {
+                Ok(la.load(std::sync::atomic::Ordering::SeqCst)
+                    || lb.load(std::sync::atomic::Ordering::SeqCst))
+            }
+        },
+    )
+    .await?;
+    let a_leads = a.shared.leader.load(std::sync::atomic::Ordering::SeqCst);
+    let (leader, follower) = if a_leads { (a, b) } else { (b, a) };
+    assert!(
+        !follower
+            .shared
+            .leader
+            .load(std::sync::atomic::Ordering::SeqCst),
+        "never two leaders"
+    );
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for i in 0..20 {
+        api.create(
+            &PostParams::default(),
+            &TestPod::new(format!("first-{i}"))
+                .scheduler("drover")
+                .cpu("500m")
+                .build(),
+        )
+        .await?;
+    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "20 pods bound by the leader",
+        || {
+            let c = client.clone();
+            async move { Ok(bound_count(&c, NS).await? == 20) }
+        },
+    )
+    .await?;
+    let scheduled =
+        |m: &drover::metrics::Metrics| m.attempts.with_label_values(&["scheduled"]).get();
+    assert_eq!(scheduled(&leader.shared.metrics), 20);
+    assert_eq!(
+        scheduled(&follower.shared.metrics),
+        0,
+        "the follower binds nothing"
+    );
+    // The follower's cache is warm: it sees every pod on its node.
+    let snap = follower.shared.snapshot.load();
+    let placed: usize = snap.nodes().map(|(_, n)| n.pods.len()).sum();
+    assert_eq!(placed, 20, "the follower keeps its cache warm");
+
+    // The leader stops (and releases the Lease): the follower takes over.
+    leader.stop().await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "the follower leads",
+        || {
+            let l = follower.shared.leader.clone();
+            async move { Ok(l.load(std::sync::atomic::Ordering::SeqCst)) }
+        },
+    )
+    .await?;
+    for i in 0..10 {
+        api.create(
+            &PostParams::default(),
+            &TestPod::new(format!("second-{i}"))
+                .scheduler("drover")
+                .cpu("500m")
+                .build(),
+        )
+        .await?;
+    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "the rest bound by the new leader",
+        || {
+            let c = client.clone();
+            async move { Ok(bound_count(&c, NS).await? == 30) }
+        },
+    )
+    .await?;
+    assert_eq!(scheduled(&follower.shared.metrics), 10);
+    assert!(overcommitted(&client).await?.is_empty());
+    follower.stop().await
+}
