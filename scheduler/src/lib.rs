@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod explain;
 pub mod framework;
 pub mod gang;
 pub mod k8s;

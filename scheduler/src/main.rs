@@ -1,5 +1,6 @@
-//! The `drover` command: `drover run` schedules pods on a cluster, `drover simulate`
-//! runs the same core on a simulated cluster with no API server.
+//! The `drover` command: `drover run` schedules pods on a cluster, `drover explain`
+//! says why a pod waits, `drover simulate` runs the same core on a simulated cluster
+//! with no API server.
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +16,9 @@ struct Cli {
 enum Command {
     /// Schedule pods whose schedulerName is drover's, on the cluster in the kubeconfig.
     Run(drover::k8s::RunArgs),
+    /// Explain why a pod waits (or where else it could go): its gang, and every
+    /// node's verdict grouped by reason.
+    Explain(drover::k8s::explain::ExplainArgs),
     /// Replay a cluster and a workload in virtual time and compare drover with a
     /// kube-scheduler-like baseline. With no arguments, runs the built-in scenario.
     Simulate(drover::sim::SimulateArgs),
@@ -29,6 +33,12 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(drover::k8s::run_from_args(args))
+        }
+        Command::Explain(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(drover::k8s::explain::explain_from_args(args))
         }
         Command::Simulate(args) => drover::sim::run_cli(&args),
     }

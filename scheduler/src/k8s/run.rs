@@ -85,7 +85,11 @@ pub struct RunArgs {
     #[arg(long, env = "DROVER_LEASE_NAME", default_value = "drover")]
     pub lease_name: String,
     /// Seconds a Lease holds without renewal (the longest a dead leader blocks others).
-    #[arg(long = "lease-duration", env = "DROVER_LEASE_DURATION", default_value_t = 15)]
+    #[arg(
+        long = "lease-duration",
+        env = "DROVER_LEASE_DURATION",
+        default_value_t = 15
+    )]
     pub lease_duration_seconds: u64,
 }
 
@@ -222,11 +226,19 @@ pub async fn run_from_args(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn client_from(args: &RunArgs) -> anyhow::Result<Client> {
+    client_for(args.kubeconfig.as_ref(), args.context.as_ref()).await
+}
+
+/// A client from a kubeconfig file and context, or the usual places.
+pub async fn client_for(
+    kubeconfig: Option<&PathBuf>,
+    context: Option<&String>,
+) -> anyhow::Result<Client> {
     let options = kube::config::KubeConfigOptions {
-        context: args.context.clone(),
+        context: context.cloned(),
         ..Default::default()
     };
-    let config = match &args.kubeconfig {
+    let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
@@ -234,7 +246,7 @@ async fn client_from(args: &RunArgs) -> anyhow::Result<Client> {
                 .await
                 .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?
         }
-        None if args.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None if context.is_some() => kube::Config::from_kubeconfig(&options).await?,
         None => kube::Config::infer().await.map_err(|e| {
             anyhow::anyhow!(
                 "no cluster to talk to ({e}); pass --kubeconfig or run inside a cluster"

@@ -80,9 +80,15 @@ impl Waste {
     /// prices, micro-dollars per hour of the unused share of the node. Lower is better.
     #[inline]
     pub fn waste(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
-        let mut left = node.free();
-        left.sub(&pod.requests);
-        let leftover = self.weigh(&left);
+        // Per resource, without building a Resources: this runs for every node.
+        let leftover: i64 = self
+            .weights
+            .iter()
+            .map(|(k, w)| {
+                let left = node.allocatable.get(k) - node.requested.get(k) - pod.requests.get(k);
+                milli_units(k, left.max(0)) * w
+            })
+            .sum();
         match self.price(node) {
             None => leftover,
             Some(p) => {

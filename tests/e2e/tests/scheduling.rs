@@ -785,3 +785,81 @@ async fn only_the_leader_binds_and_a_follower_takes_over() -> anyhow::Result<()>
     assert!(overcommitted(&client).await?.is_empty());
     follower.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_says_why_a_pod_waits() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            FakeNode::new(format!("small-{i}"))
+                .cpu("2")
+                .memory("8Gi")
+                .build()
+        })
+        .collect();
+    nodes.push(
+        FakeNode::new("gpu-0")
+            .cpu("32")
+            .memory("128Gi")
+            .gpus(8)
+            .taint("nvidia.com/gpu", "present", "NoSchedule")
+            .build(),
+    );
+    cp.create_nodes(&nodes).await?;
+    let drover = Drover::start(client.clone());
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    api.create(
+        &PostParams::default(),
+        &TestPod::new("too-big")
+            .scheduler("drover")
+            .cpu("4")
+            .memory("16Gi")
+            .build(),
+    )
+    .await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "too-big marked Unschedulable",
+        || {
+            let c = client.clone();
+            async move {
+                let p = Api::<Pod>::namespaced(c, NS).get("too-big").await?;
+                Ok(drover_e2e::unschedulable_message(&p).is_some())
+            }
+        },
+    )
+    .await?;
+    let out = drover::k8s::explain::explain_pod(
+        &client,
+        &drover::config::Config::default(),
+        NS,
+        "too-big",
+    )
+    .await?;
+    for want in [
+        "pod default/too-big",
+        "requests: cpu=4,memory=16Gi",
+        "the scheduler said: 0/4 nodes are available",
+        "4 evaluated, 0 would take it now, 4 would not",
+        "3  Insufficient cpu: small-0, small-1, small-2",
+        "1  node(s) had untolerated taint {nvidia.com/gpu: present}: gpu-0",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let missing = drover::k8s::explain::explain_pod(
+        &client,
+        &drover::config::Config::default(),
+        NS,
+        "nobody",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        missing.contains("pod default/nobody not found"),
+        "{missing}"
+    );
+    drover.stop().await
+}
