@@ -225,28 +225,27 @@ fn feasible_nodes<N: NodeSource + ?Sized>(profile: &Profile, pod: &PodInfo, node
         evaluate_range(profile, &active, pod, nodes, 0..slots, &mut out);
         return out;
     }
-    (0..slots.div_ceil(CHUNK))
+    // Chunks in parallel, each into its own vector, joined once in slot order.
+    let parts: Vec<Vec<Raw>> = (0..slots.div_ceil(CHUNK))
         .into_par_iter()
-        .fold(Vec::new, |mut acc, c| {
+        .map(|c| {
+            let mut part = Vec::with_capacity(CHUNK);
             evaluate_range(
                 profile,
                 &active,
                 pod,
                 nodes,
                 c * CHUNK..((c + 1) * CHUNK).min(slots),
-                &mut acc,
+                &mut part,
             );
-            acc
+            part
         })
-        .reduce(Vec::new, |mut a, mut b| {
-            if a.len() < b.len() {
-                std::mem::swap(&mut a, &mut b);
-                a.splice(0..0, b);
-            } else {
-                a.append(&mut b);
-            }
-            a
-        })
+        .collect();
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for p in parts {
+        out.extend(p);
+    }
+    out
 }
 
 /// Normalizes and weighs the raw scores; returns the total per feasible node.
@@ -287,12 +286,13 @@ pub fn schedule_one<N: NodeSource + ?Sized>(
     nodes: &N,
 ) -> Outcome {
     let scored = score_nodes(profile, pod, nodes);
-    let best = scored.iter().max_by(|(sa, a), (sb, b)| {
-        a.cmp(b).then_with(|| {
-            let name = |s: &usize| nodes.get(*s).map(|n| n.name.clone()).unwrap_or_default();
-            name(sb).cmp(&name(sa))
-        })
-    });
+    // The highest score; among equals, the first name (names compared only for ties).
+    let top = scored.iter().map(|(_, t)| *t).max();
+    let name = |s: usize| nodes.get(s).map_or("", |n| &*n.name);
+    let best = scored
+        .iter()
+        .filter(|(_, t)| Some(*t) == top)
+        .min_by(|(a, _), (b, _)| name(*a).cmp(name(*b)));
     match best {
         Some(&(slot, score)) => Outcome::Placed(Placement {
             slot,

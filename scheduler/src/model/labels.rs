@@ -28,7 +28,13 @@ impl Labels {
     }
 
     /// The value of `key`.
+    #[inline]
     pub fn get(&self, key: &str) -> Option<&str> {
+        // A few labels: a linear scan with `==` compares lengths first, so most keys
+        // are passed over without touching their bytes. Many: binary search.
+        if self.0.len() <= 16 {
+            return self.0.iter().find(|(k, _)| **k == *key).map(|(_, v)| &**v);
+        }
         self.0
             .binary_search_by(|(k, _)| (**k).cmp(key))
             .ok()

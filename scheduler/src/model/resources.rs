@@ -78,6 +78,7 @@ impl Resources {
     }
 
     /// The amount of `kind`.
+    #[inline]
     pub fn get(&self, kind: &ResourceKind) -> i64 {
         match kind {
             ResourceKind::Cpu => self.cpu,
@@ -89,6 +90,7 @@ impl Resources {
     }
 
     /// The amount of the extended resource `name` (0 when absent).
+    #[inline]
     pub fn extended_amount(&self, name: &str) -> i64 {
         self.extended
             .iter()
