@@ -36,6 +36,12 @@ pub struct Metrics {
     pub gang_repairs: IntCounter,
     /// 1 while this replica leads.
     pub leader: IntGauge,
+    /// Seconds since the scheduler last published a snapshot.
+    pub snapshot_age_seconds: Gauge,
+    /// Gangs with at least minMember members placed.
+    pub gangs_running: IntGauge,
+    /// How long the longest-waiting gang has waited since its first attempt.
+    pub gang_oldest_wait_seconds: Gauge,
     /// Memory left unused on nodes that run workload pods.
     pub wasted_memory_bytes: IntGauge,
     /// Price per hour of the unused share of nodes that run workload pods (with a
@@ -124,6 +130,21 @@ impl Metrics {
                 "Gang members placed again after their bind failed.",
             )
             .expect("metric"),
+            snapshot_age_seconds: Gauge::new(
+                "drover_snapshot_age_seconds",
+                "Seconds since the scheduler last published a snapshot of the cluster.",
+            )
+            .expect("metric"),
+            gangs_running: IntGauge::new(
+                "drover_gangs_running",
+                "Gangs with at least minMember members placed.",
+            )
+            .expect("metric"),
+            gang_oldest_wait_seconds: Gauge::new(
+                "drover_gang_oldest_wait_seconds",
+                "How long the longest-waiting gang has waited since its first attempt.",
+            )
+            .expect("metric"),
             leader: IntGauge::new(
                 "drover_leader",
                 "1 while this replica holds the leader Lease (or runs without leader election).",
@@ -155,12 +176,47 @@ impl Metrics {
             Box::new(m.gang_wait_seconds.clone()),
             Box::new(m.gang_repairs.clone()),
             Box::new(m.leader.clone()),
+            Box::new(m.snapshot_age_seconds.clone()),
+            Box::new(m.gangs_running.clone()),
+            Box::new(m.gang_oldest_wait_seconds.clone()),
             Box::new(m.wasted_memory_bytes.clone()),
             Box::new(m.wasted_cost.clone()),
         ] {
             m.registry.register(c).expect("unique metric names");
         }
         m
+    }
+
+    /// The name of every metric family drover exports (whether or not it has a
+    /// sample yet).
+    pub fn names(&self) -> Vec<String> {
+        let collectors: Vec<&dyn prometheus::core::Collector> = vec![
+            &self.attempts,
+            &self.decision_seconds,
+            &self.e2e_seconds,
+            &self.bind_errors,
+            &self.pending,
+            &self.nodes,
+            &self.snapshot_generation,
+            &self.malformed_objects,
+            &self.gangs_waiting,
+            &self.gangs_placed,
+            &self.gang_wait_seconds,
+            &self.gang_repairs,
+            &self.leader,
+            &self.snapshot_age_seconds,
+            &self.gangs_running,
+            &self.gang_oldest_wait_seconds,
+            &self.wasted_memory_bytes,
+            &self.wasted_cost,
+        ];
+        let mut v: Vec<String> = collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect();
+        v.sort();
+        v
     }
 
     /// The registry, for adding more collectors.

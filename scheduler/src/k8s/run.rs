@@ -388,6 +388,8 @@ struct Scheduler {
     bind_failures: HashMap<PodKey, u32>,
     /// This replica leads: it schedules, binds and writes status.
     leading: bool,
+    /// When the last snapshot was published.
+    published_at: Instant,
 }
 
 impl Scheduler {
@@ -966,16 +968,23 @@ impl Scheduler {
             }
         }
         let gangs: Vec<GangKey> = self.gangs.gangs().cloned().collect();
-        let mut waiting = 0;
+        let (mut waiting, mut running, mut oldest) = (0, 0, 0i64);
         for g in gangs {
             let Ok(min) = self.gangs.min_member(&g) else {
                 continue;
             };
             let c = self.gangs.counts(&g);
-            if c.scheduled >= min || c.pending == 0 {
+            if c.scheduled >= min {
+                running += 1;
+                continue;
+            }
+            if c.pending == 0 {
                 continue;
             }
             waiting += 1;
+            if let Some(t) = self.gangs.started(&g) {
+                oldest = oldest.max(now - t);
+            }
             let (Some(start), Some(group)) =
                 (self.gangs.started(&g), self.gangs.group(&g).cloned())
             else {
@@ -1000,6 +1009,15 @@ impl Scheduler {
             }
         }
         self.shared.metrics.gangs_waiting.set(waiting);
+        self.shared.metrics.gangs_running.set(running);
+        self.shared
+            .metrics
+            .gang_oldest_wait_seconds
+            .set(oldest as f64 / 1000.0);
+        self.shared
+            .metrics
+            .snapshot_age_seconds
+            .set(self.published_at.elapsed().as_secs_f64());
         self.measure_waste();
     }
 
@@ -1089,6 +1107,7 @@ impl Scheduler {
                 .snapshot_generation
                 .set(generation as i64);
             self.shared.snapshot.store(Arc::new(snap));
+            self.published_at = Instant::now();
         }
         let (a, b, u, f) = self.queue.counts();
         for (state, v) in [
@@ -1201,6 +1220,7 @@ pub async fn run_with(
         timed_out: HashSet::new(),
         bind_failures: HashMap::new(),
         leading: false,
+        published_at: Instant::now(),
     };
     let mut next_expire = 0;
     while !shutdown.is_cancelled() {
