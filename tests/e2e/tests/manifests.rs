@@ -1,0 +1,168 @@
+//! The manifests in manifests/ against a real API server: every object is accepted,
+//! the shipped config is drover's default, and drover running as the ServiceAccount
+//! with exactly the shipped RBAC can do its whole job (schedule, bind, write
+//! conditions, Events and PodGroup status, hold the leader Lease).
+
+use std::time::Duration;
+
+use drover::gang::GROUP_LABEL;
+use drover_e2e::{Drover, create_pod_group, events_for, node_of, pod_group_status};
+use drover_testenv::{ControlPlane, FakeNode, TestPod, repo_root, wait_until};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{DynamicObject, PostParams};
+use kube::discovery::{Discovery, Scope};
+use kube::{Api, Client};
+use serde::Deserialize;
+use serde_json::json;
+
+const BASE: &[&str] = &[
+    "namespace.yaml",
+    "serviceaccount.yaml",
+    "rbac.yaml",
+    "configmap.yaml",
+    "deployment.yaml",
+    "service.yaml",
+];
+
+fn docs(path: &std::path::Path) -> anyhow::Result<Vec<DynamicObject>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut out = Vec::new();
+    for d in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v = serde_yaml_ng::Value::deserialize(d)?;
+        if !v.is_null() {
+            out.push(serde_yaml_ng::from_value(v)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Creates `obj` through discovery; `dry_run` asks the server to validate only.
+async fn apply(
+    client: &Client,
+    discovery: &Discovery,
+    obj: &DynamicObject,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let tm = obj.types.as_ref().expect("typed");
+    let (group, version) = tm
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", &tm.api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, &tm.kind);
+    let (ar, caps) = discovery
+        .resolve_gvk(&gvk)
+        .ok_or_else(|| anyhow::anyhow!("the API server does not serve {gvk:?}"))?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Namespaced => Api::namespaced_with(
+            client.clone(),
+            obj.metadata.namespace.as_deref().unwrap_or("drover-system"),
+            &ar,
+        ),
+        Scope::Cluster => Api::all_with(client.clone(), &ar),
+    };
+    let pp = PostParams {
+        dry_run,
+        ..Default::default()
+    };
+    api.create(&pp, obj).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{} {}: {e}",
+            tm.kind,
+            obj.metadata.name.as_deref().unwrap_or("?")
+        )
+    })?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let admin = cp.client();
+    cp.install_crds(&[drover_e2e::POD_GROUP_CRD]).await?;
+    let discovery = Discovery::new(admin.clone()).run().await?;
+    let base = repo_root().join("manifests/base");
+    // Everything but the Deployment for real (no image runs here); the Deployment is
+    // validated by the server only.
+    for f in BASE {
+        for obj in docs(&base.join(f))? {
+            let kind = obj
+                .types
+                .as_ref()
+                .map(|t| t.kind.clone())
+                .unwrap_or_default();
+            apply(&admin, &discovery, &obj, kind == "Deployment").await?;
+        }
+    }
+    // The shipped config file is valid and is exactly the defaults.
+    let cm = Api::<ConfigMap>::namespaced(admin.clone(), "drover-system")
+        .get("drover-config")
+        .await?;
+    let text = &cm.data.unwrap()["config.yaml"];
+    let config = drover::config::FileConfig::parse(text, "configmap drover-config")?.validate()?;
+    assert_eq!(config, drover::config::Config::default());
+
+    // drover as the ServiceAccount, with only that RBAC.
+    let token = cp.service_account_token("drover-system", "drover").await?;
+    let sa = cp.client_with_token(&token);
+    cp.create_nodes(&[FakeNode::new("n-0").cpu("8").memory("32Gi").build()])
+        .await?;
+    let mut opts = drover::k8s::RunOptions::new("drover");
+    opts.config = config;
+    opts.leader_election = Some(drover::k8s::run::LeaderElection {
+        namespace: "drover-system".into(),
+        name: "drover".into(),
+        duration_seconds: 15,
+    });
+    let drover = Drover::start_with(sa, opts);
+    create_pod_group(&admin, "default", "pair", json!({"minMember": 2})).await?;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    for i in 0..2 {
+        pods.create(
+            &PostParams::default(),
+            &TestPod::new(format!("pair-{i}"))
+                .scheduler("drover")
+                .cpu("1")
+                .label(GROUP_LABEL, "pair")
+                .build(),
+        )
+        .await?;
+    }
+    pods.create(
+        &PostParams::default(),
+        &TestPod::new("too-big")
+            .scheduler("drover")
+            .cpu("64")
+            .build(),
+    )
+    .await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "bound, PodGroup status written, Unschedulable condition and Events written",
+        || {
+            let c = admin.clone();
+            async move {
+                let api: Api<Pod> = Api::namespaced(c.clone(), "default");
+                let bound = node_of(&api.get("pair-0").await?).is_some()
+                    && node_of(&api.get("pair-1").await?).is_some();
+                let status = pod_group_status(&c, "default", "pair").await?;
+                let cond = drover_e2e::unschedulable_message(&api.get("too-big").await?).is_some();
+                let events = events_for(&c, "default", "too-big").await?;
+                Ok(bound
+                    && status["scheduled"] == 2
+                    && cond
+                    && events.iter().any(|(r, _)| r == "FailedScheduling"))
+            }
+        },
+    )
+    .await?;
+    assert!(
+        drover
+            .shared
+            .leader
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
+    let malformed = drover.shared.metrics.malformed_objects.get();
+    assert_eq!(malformed, 0);
+    drover.stop().await
+}
