@@ -38,8 +38,7 @@ fn one_pod_decision_with_affinity(b: Bencher, nodes: usize) {
     b.bench_local(|| schedule_one(&profile, divan::black_box(&pod), &snap));
 }
 
-/// A 256-rank GPU gang placed all-or-nothing at 5 000 nodes. (No topology level yet:
-/// the topology issue adds the required-level variant.)
+/// A 256-rank GPU gang placed all-or-nothing at 5 000 nodes, no topology level.
 #[divan::bench(args = [256], sample_count = 20)]
 fn gang_placement(b: Bencher, size: usize) {
     let snap = cluster(5_000, 50_000).snapshot();
@@ -48,6 +47,27 @@ fn gang_placement(b: Bencher, size: usize) {
     b.bench_local(|| {
         let out = place_all(&profile, &gang, &snap);
         assert!(matches!(out, GangOutcome::Placed(_)));
+        out
+    });
+}
+
+/// The same 256-rank gang with a required topology level (one NVLink block of 64
+/// GPU nodes): domains are grouped, tried tightest first, the gang placed in one.
+#[divan::bench(args = [256], sample_count = 20)]
+fn gang_placement_required_block(b: Bencher, size: usize) {
+    let snap = cluster(5_000, 50_000).snapshot();
+    let profile = Profile::default();
+    let gang = gpu_gang(size);
+    let c = drover::topology::Constraint {
+        level: "network.topology.nvidia.com/block".into(),
+        required: true,
+    };
+    b.bench_local(|| {
+        let out = drover::topology::place(&profile, &gang, &snap, &c);
+        assert!(matches!(
+            out,
+            drover::topology::TopologyOutcome::Placed { .. }
+        ));
         out
     });
 }

@@ -178,6 +178,25 @@ pub struct ExclusiveConfig {
     pub system_pods_count: bool,
 }
 
+/// Topology settings in the file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct TopologyConfig {
+    /// Node label keys that name topology levels, widest first.
+    pub levels: Vec<String>,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        TopologyConfig {
+            levels: crate::topology::DEFAULT_LEVELS
+                .iter()
+                .map(|l| l.to_string())
+                .collect(),
+        }
+    }
+}
+
 /// Gang settings in the file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -215,6 +234,8 @@ pub struct FileConfig {
     pub gangs: GangConfig,
     /// Exclusive nodes.
     pub exclusive: ExclusiveConfig,
+    /// Topology levels.
+    pub topology: TopologyConfig,
 }
 
 /// The validated configuration the scheduler runs with.
@@ -232,6 +253,8 @@ pub struct Config {
     pub gang_reservation_ms: Option<i64>,
     /// Namespaces whose pods are all exclusive.
     pub exclusive_namespaces: Vec<String>,
+    /// Topology levels (node label keys), widest first.
+    pub topology_levels: Vec<std::sync::Arc<str>>,
 }
 
 impl Default for Config {
@@ -372,6 +395,16 @@ impl FileConfig {
                 ));
             }
         }
+        for (i, l) in self.topology.levels.iter().enumerate() {
+            if l.trim().is_empty() || self.topology.levels[..i].contains(l) {
+                return Err(invalid(
+                    format!("topology.levels[{i}]"),
+                    format!(
+                        "{l:?} is empty or listed twice; name a node label key such as topology.kubernetes.io/zone"
+                    ),
+                ));
+            }
+        }
         for (i, ns) in self.exclusive.namespaces.iter().enumerate() {
             if ns.trim().is_empty() {
                 return Err(invalid(
@@ -420,6 +453,12 @@ impl FileConfig {
             confirm_timeout_ms: (self.binding.confirm_timeout_seconds * 1000) as i64,
             gang_reservation_ms: g.reserve.then(|| ms(g.reservation_seconds)),
             exclusive_namespaces: self.exclusive.namespaces.clone(),
+            topology_levels: self
+                .topology
+                .levels
+                .iter()
+                .map(|l| l.trim().into())
+                .collect(),
         })
     }
 }

@@ -36,8 +36,10 @@ fn names(list: &[Arc<str>]) -> String {
 
 /// Explains `pod` over `snapshot`. `gangs` holds every gang member and PodGroup the
 /// caller knows of; `pending` returns the current pending members of a gang.
+#[allow(clippy::too_many_arguments)]
 pub fn explain(
     profile: &Profile,
+    levels: &[Arc<str>],
     pod: &PodInfo,
     status: &PodStatus,
     snapshot: &Snapshot,
@@ -106,11 +108,27 @@ pub fn explain(
                     if status.bound_to.is_none() {
                         let min_resources = gangs.group(&key).map(|g| g.min_resources.clone());
                         let members = pending(&key);
+                        let topology = gang::topology_request(gangs.group(&key), &members, levels);
+                        if let Some(t) = &topology {
+                            let _ = writeln!(
+                                o,
+                                "  topology: {}",
+                                match t {
+                                    Ok(c) => format!(
+                                        "{} level {}",
+                                        if c.required { "required" } else { "preferred" },
+                                        c.level
+                                    ),
+                                    Err(e) => e.clone(),
+                                }
+                            );
+                        }
                         let verdict = match gang::decide(
                             profile,
                             &key,
                             min,
                             min_resources.as_ref(),
+                            topology.and_then(Result::ok).as_ref(),
                             &members,
                             counts.scheduled,
                             snapshot,
@@ -119,13 +137,14 @@ pub fn explain(
                                 "the gang runs; this pod is placed on its own".to_string()
                             }
                             GangDecision::Wait(m) | GangDecision::NoFit { message: m, .. } => m,
-                            GangDecision::Placed(p) => format!(
-                                "all {} pending members fit now, on {} node(s)",
+                            GangDecision::Placed { placed: p, where_ } => format!(
+                                "all {} pending members fit now, on {} node(s){}",
                                 p.len(),
                                 p.iter()
                                     .map(|(_, _, n)| n.clone())
                                     .collect::<std::collections::BTreeSet<_>>()
-                                    .len()
+                                    .len(),
+                                where_.map(|w| format!(" in {w}")).unwrap_or_default()
                             ),
                         };
                         let _ = writeln!(o, "  now: {verdict}");
@@ -190,6 +209,7 @@ mod tests {
                 name: g.into(),
                 min_member: Some(m.into()),
                 conflict: None,
+                ..Default::default()
             }),
             ..Default::default()
         }
@@ -222,6 +242,7 @@ mod tests {
         let p = pod("solo", 4000, None);
         let out = explain(
             &Profile::default(),
+            &[],
             &p,
             &PodStatus::default(),
             &snap,
@@ -256,6 +277,7 @@ mod tests {
         }
         let out = explain(
             &Profile::default(),
+            &[],
             &members[0],
             &PodStatus {
                 unschedulable_message: Some("gang ml/train: waiting".into()),

@@ -72,6 +72,10 @@ pub struct PodGroupInfo {
     pub min_resources: Resources,
     /// `spec.scheduleTimeoutSeconds`, in milliseconds.
     pub schedule_timeout_ms: Option<i64>,
+    /// `drover.dev/topology-required` on the PodGroup, as written.
+    pub topology_required: Option<Arc<str>>,
+    /// `drover.dev/topology-preferred` on the PodGroup, as written.
+    pub topology_preferred: Option<Arc<str>>,
 }
 
 /// Where a gang member stands.
@@ -386,8 +390,14 @@ pub enum GangDecision {
     Running,
     /// The gang cannot be attempted: every pending member waits with this message.
     Wait(String),
-    /// Every listed member has a node (in the order given); bind them all.
-    Placed(Vec<(Arc<PodInfo>, usize, Arc<str>)>),
+    /// Every listed member has a node (in the order given); bind them all. With a
+    /// topology constraint, `where_` names the domain(s).
+    Placed {
+        /// `(pod, slot, node)`.
+        placed: Vec<(Arc<PodInfo>, usize, Arc<str>)>,
+        /// The domain(s) used, under a topology constraint.
+        where_: Option<String>,
+    },
     /// Not enough fit at once; nothing is placed.
     NoFit {
         /// The message for the members.
@@ -423,11 +433,13 @@ fn free_total(snapshot: &Snapshot) -> Resources {
 /// over `snapshot`; if they do not all fit but more are pending than the gang still
 /// needs, exactly the needed number is tried. `min_resources` must be free in the
 /// cluster before anything is tried.
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     profile: &Profile,
     gang: &GangKey,
     min: usize,
     min_resources: Option<&Resources>,
+    topology: Option<&crate::topology::Constraint>,
     pending: &[Arc<PodInfo>],
     scheduled: usize,
     snapshot: &Snapshot,
@@ -467,22 +479,32 @@ pub fn decide(
     if pending.len() > needed {
         tries.push(&pending[..needed]);
     }
+    if let Some(c) = topology {
+        let mut why = String::new();
+        for members in tries {
+            match crate::topology::place(profile, members, snapshot, c) {
+                crate::topology::TopologyOutcome::Placed { placed, where_ } => {
+                    return GangDecision::Placed {
+                        placed: with_pods(members, placed),
+                        where_: Some(where_),
+                    };
+                }
+                crate::topology::TopologyOutcome::NoFit(m) => why = m,
+            }
+        }
+        return GangDecision::NoFit {
+            message: format!("gang {gang}: {why}"),
+            tried: pending.to_vec(),
+        };
+    }
     let mut last = None;
     for members in tries {
         match place_all(profile, members, snapshot) {
             GangOutcome::Placed(p) => {
-                let placed = p
-                    .into_iter()
-                    .map(|(k, slot, node)| {
-                        let pod = members
-                            .iter()
-                            .find(|m| m.key == k)
-                            .expect("placed member")
-                            .clone();
-                        (pod, slot, node)
-                    })
-                    .collect();
-                return GangDecision::Placed(placed);
+                return GangDecision::Placed {
+                    placed: with_pods(members, p),
+                    where_: None,
+                };
             }
             GangOutcome::Waiting {
                 placeable,
@@ -505,6 +527,50 @@ pub fn decide(
         ),
         tried: members.to_vec(),
     }
+}
+
+/// The gang's topology request: from its PodGroup's annotations, else from the first
+/// pending member that has one; checked against the configured `levels`.
+pub fn topology_request(
+    group: Option<&PodGroupInfo>,
+    pending: &[Arc<PodInfo>],
+    levels: &[Arc<str>],
+) -> Option<Result<crate::topology::Constraint, String>> {
+    let from_group = group.and_then(|g| {
+        crate::topology::Constraint::from_annotations(
+            g.topology_required.as_deref(),
+            g.topology_preferred.as_deref(),
+            levels,
+        )
+    });
+    from_group.or_else(|| {
+        pending.iter().find_map(|p| {
+            let g = p.gang.as_ref()?;
+            crate::topology::Constraint::from_annotations(
+                g.topology_required.as_deref(),
+                g.topology_preferred.as_deref(),
+                levels,
+            )
+        })
+    })
+}
+
+/// Pairs placements `(key, slot, node)` with the members' pods.
+fn with_pods(
+    members: &[Arc<PodInfo>],
+    placed: Vec<(PodKey, usize, Arc<str>)>,
+) -> Vec<(Arc<PodInfo>, usize, Arc<str>)> {
+    placed
+        .into_iter()
+        .map(|(k, slot, node)| {
+            let pod = members
+                .iter()
+                .find(|m| m.key == k)
+                .expect("placed member")
+                .clone();
+            (pod, slot, node)
+        })
+        .collect()
 }
 
 /// Capacity to hold on nodes for a blocked gang: node slot → (amount, member count).
@@ -715,6 +781,7 @@ mod tests {
                 name: gang.into(),
                 min_member: min.map(Into::into),
                 conflict: None,
+                ..Default::default()
             }),
             ..Default::default()
         })
@@ -877,6 +944,7 @@ mod tests {
                 &g,
                 *min,
                 Some(&mr),
+                None,
                 &pending,
                 *scheduled,
                 &snap,
@@ -887,7 +955,7 @@ mod tests {
                 ("wait", GangDecision::Wait(m)) => {
                     assert!(m.contains(frag) && m.contains("ns/g"), "case {i}: {m}")
                 }
-                ("placed", GangDecision::Placed(p)) => {
+                ("placed", GangDecision::Placed { placed: p, .. }) => {
                     assert_eq!(p.len().to_string(), frag, "case {i}");
                 }
                 ("nofit", GangDecision::NoFit { message, .. }) => {

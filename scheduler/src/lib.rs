@@ -17,3 +17,4 @@ pub mod quantity;
 pub mod queue;
 pub mod sim;
 pub mod snapshot;
+pub mod topology;

@@ -44,6 +44,10 @@ pub struct Metrics {
     pub gang_oldest_wait_seconds: Gauge,
     /// Memory left unused on nodes that run workload pods.
     pub wasted_memory_bytes: IntGauge,
+    /// Free GPUs by where they are: on GPU nodes with no GPU in use (`whole_node`), or
+    /// on nodes already partly used (`partly_used_node`: fragmented, unusable by
+    /// whole-node jobs).
+    pub gpus_free: IntGaugeVec,
     /// Price per hour of the unused share of nodes that run workload pods (with a
     /// price table in the config).
     pub wasted_cost: Gauge,
@@ -150,6 +154,14 @@ impl Metrics {
                 "1 while this replica holds the leader Lease (or runs without leader election).",
             )
             .expect("metric"),
+            gpus_free: IntGaugeVec::new(
+                Opts::new(
+                    "drover_gpus_free",
+                    "Free GPUs on GPU nodes with none in use (whole_node) or on partly used nodes (partly_used_node).",
+                ),
+                &["where"],
+            )
+            .expect("metric"),
             wasted_memory_bytes: IntGauge::new(
                 "drover_wasted_memory_bytes",
                 "Memory left unused on nodes that run workload pods.",
@@ -181,6 +193,7 @@ impl Metrics {
             Box::new(m.gang_oldest_wait_seconds.clone()),
             Box::new(m.wasted_memory_bytes.clone()),
             Box::new(m.wasted_cost.clone()),
+            Box::new(m.gpus_free.clone()),
         ] {
             m.registry.register(c).expect("unique metric names");
         }
@@ -209,6 +222,7 @@ impl Metrics {
             &self.gang_oldest_wait_seconds,
             &self.wasted_memory_bytes,
             &self.wasted_cost,
+            &self.gpus_free,
         ];
         let mut v: Vec<String> = collectors
             .iter()

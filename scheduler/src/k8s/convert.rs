@@ -386,10 +386,17 @@ fn gang_ref(pod: &Pod) -> Option<GangRef> {
         ))),
         _ => None,
     };
+    let annotation = |k: &str| {
+        annotations
+            .and_then(|a| a.get(k))
+            .map(|v| Arc::from(v.as_str()))
+    };
     Some(GangRef {
         name: name.as_str().into(),
         min_member,
         conflict,
+        topology_required: annotation(crate::topology::REQUIRED_ANNOTATION),
+        topology_preferred: annotation(crate::topology::PREFERRED_ANNOTATION),
     })
 }
 
@@ -420,6 +427,18 @@ pub fn pod_group(obj: &kube::api::DynamicObject) -> Result<PodGroupInfo, Convert
         uid: obj.metadata.uid.as_deref().unwrap_or("").into(),
         // An absent minMember is 0 in the API's Go types: reported, never guessed.
         min_member: int("minMember").unwrap_or(0),
+        topology_required: obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::topology::REQUIRED_ANNOTATION))
+            .map(|v| v.as_str().into()),
+        topology_preferred: obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::topology::PREFERRED_ANNOTATION))
+            .map(|v| v.as_str().into()),
         schedule_timeout_ms: int("scheduleTimeoutSeconds")
             .filter(|s| *s > 0)
             .map(|s| s * 1000),

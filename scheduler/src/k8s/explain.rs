@@ -161,6 +161,7 @@ pub async fn explain_pod(
     };
     Ok(explain(
         &config.profile,
+        &config.topology_levels,
         &me,
         &status,
         &snapshot,

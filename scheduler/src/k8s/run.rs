@@ -796,6 +796,22 @@ impl Scheduler {
         }
         let pending = self.pending_members(gang);
         let min_resources = self.gangs.group(gang).map(|g| g.min_resources.clone());
+        let topology = match gang::topology_request(
+            self.gangs.group(gang),
+            &pending,
+            &self.opts.config.topology_levels,
+        ) {
+            Some(Err(problem)) => {
+                let message = format!("gang {gang}: {problem}");
+                for p in &pending {
+                    self.wait(p, &message, now);
+                }
+                self.wait(pod, &message, now);
+                return false;
+            }
+            Some(Ok(c)) => Some(c),
+            None => None,
+        };
         let snap = self.cache.snapshot();
         let start = Instant::now();
         let decision = gang::decide(
@@ -803,6 +819,7 @@ impl Scheduler {
             gang,
             min,
             min_resources.as_ref(),
+            topology.as_ref(),
             &pending,
             counts.scheduled,
             &snap,
@@ -832,13 +849,42 @@ impl Scheduler {
                 for p in &pending {
                     self.wait(p, &message, now);
                 }
-                self.reserve_for(gang, &tried, now);
+                // A reservation does not yet follow topology: a gang that requires a
+                // level would hold capacity it may not be able to use.
+                if !topology.as_ref().is_some_and(|c| c.required) {
+                    self.reserve_for(gang, &tried, now);
+                }
                 self.gang_tried
                     .insert(gang.clone(), self.cache.generation());
                 false
             }
-            GangDecision::Placed(placed) => {
+            GangDecision::Placed { placed, where_ } => {
                 tracing::info!(gang = %gang, members = placed.len(), "gang placed");
+                if let (Some(where_), Some(c)) = (where_, &topology) {
+                    let mut total = crate::model::Resources::default();
+                    for (m, _, _) in &placed {
+                        total.add(&m.requests);
+                    }
+                    let note = format!(
+                        "gang {gang}: {} members ({total}) in {where_}, {} level {}",
+                        placed.len(),
+                        if c.required { "required" } else { "preferred" },
+                        c.level
+                    );
+                    let status = self.status.clone();
+                    let group = self.gangs.group(gang).cloned();
+                    let first = placed[0].0.clone();
+                    tokio::spawn(async move {
+                        status
+                            .event(&first, EventType::Normal, "GangPlaced", &note)
+                            .await;
+                        if let Some(g) = group {
+                            status
+                                .pod_group_event(&g, EventType::Normal, "GangPlaced", &note)
+                                .await;
+                        }
+                    });
+                }
                 self.shared.metrics.gangs_placed.inc();
                 let first = self.gangs.attempted(gang, now);
                 self.shared
@@ -1036,7 +1082,16 @@ impl Scheduler {
             });
         let snap = self.cache.snapshot();
         let (mut memory, mut cost) = (0i64, 0f64);
+        let (mut whole, mut partly) = (0i64, 0i64);
         for (_, n) in snap.nodes() {
+            if n.known && n.allocatable.gpu > 0 {
+                let free = (n.allocatable.gpu - n.requested.gpu).max(0);
+                if n.requested.gpu == 0 {
+                    whole += free;
+                } else {
+                    partly += free;
+                }
+            }
             if !n.known || n.pod_count() == n.system_pods {
                 continue;
             }
@@ -1049,6 +1104,9 @@ impl Scheduler {
             }
         }
         self.shared.metrics.wasted_memory_bytes.set(memory);
+        let g = &self.shared.metrics.gpus_free;
+        g.with_label_values(&["whole_node"]).set(whole);
+        g.with_label_values(&["partly_used_node"]).set(partly);
         self.shared.metrics.wasted_cost.set(cost);
     }
 

@@ -144,6 +144,10 @@ pub struct GangRef {
     pub min_member: Option<Arc<str>>,
     /// Set when the pod's labels and annotations name different groups.
     pub conflict: Option<Arc<str>>,
+    /// `drover.dev/topology-required` on the pod, as written.
+    pub topology_required: Option<Arc<str>>,
+    /// `drover.dev/topology-preferred` on the pod, as written.
+    pub topology_preferred: Option<Arc<str>>,
 }
 
 impl PodInfo {
