@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::model::{NodeInfo, PodInfo, PodKey, Reservation, Resources};
+use crate::model::{NodeInfo, Numa, PodInfo, PodKey, Reservation, Resources};
 use crate::snapshot::{CHUNK, Chunk, Snapshot};
 
 /// Where a pod stands in the cache.
@@ -55,6 +55,8 @@ pub struct ClusterCache {
     generation: u64,
     /// Slots that carry a gang reservation.
     reserved: Vec<usize>,
+    /// NUMA zones by node name (kept for nodes that are not here yet).
+    numa: HashMap<Arc<str>, Arc<Numa>>,
 }
 
 impl ClusterCache {
@@ -131,13 +133,16 @@ impl ClusterCache {
     pub fn upsert_node_info(&mut self, info: NodeInfo) {
         let name = info.name.clone();
         let slot = self.slot_for_node(&name);
+        let numa = self.numa.get(&name).cloned();
         self.with_node(slot, |n| {
+            n.numa = numa;
             n.known = true;
             n.labels = info.labels;
             n.taints = info.taints;
             n.unschedulable = info.unschedulable;
             n.allocatable = info.allocatable;
             n.max_pods = info.max_pods;
+            n.gpu_memory_mib = info.gpu_memory_mib;
             n.generation += 1;
         });
     }
@@ -394,6 +399,31 @@ impl ClusterCache {
     /// Keys of every pod the cache holds (for reconciling after a relist).
     pub fn pod_keys(&self) -> Vec<PodKey> {
         self.pods.keys().cloned().collect()
+    }
+
+    /// Sets (or, with `None`, clears) a node's NUMA zones.
+    pub fn set_numa(&mut self, node: &str, numa: Option<Arc<Numa>>) {
+        match &numa {
+            Some(z) => {
+                self.numa.insert(node.into(), z.clone());
+            }
+            None => {
+                self.numa.remove(node);
+            }
+        }
+        if let Some(&slot) = self.index.get(node)
+            && self.slot(slot).is_some_and(|n| n.numa != numa)
+        {
+            self.with_node(slot, |n| {
+                n.numa = numa;
+                n.generation += 1;
+            });
+        }
+    }
+
+    /// Names of the nodes with NUMA zones set.
+    pub fn numa_nodes(&self) -> Vec<Arc<str>> {
+        self.numa.keys().cloned().collect()
     }
 
     /// Holds capacity for a waiting gang on the planned nodes (slot → amount, pods),

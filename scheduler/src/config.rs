@@ -113,6 +113,8 @@ pub struct ScoreWeights {
     /// Least absolute waste (the smallest node that fits). Default: 2 when packing
     /// is MostAllocated, 0 when it spreads (LeastAllocated).
     pub least_waste: Option<i64>,
+    /// Fewest NUMA zones spanned (nodes with a NodeResourceTopology).
+    pub numa: i64,
 }
 
 impl Default for ScoreWeights {
@@ -122,6 +124,7 @@ impl Default for ScoreWeights {
             node_affinity: 2,
             taint_toleration: 3,
             least_waste: None,
+            numa: 1,
         }
     }
 }
@@ -298,6 +301,7 @@ impl FileConfig {
             ("weights.nodeAffinity", w.node_affinity),
             ("weights.taintToleration", w.taint_toleration),
             ("weights.leastWaste", least_waste),
+            ("weights.numa", w.numa),
         ] {
             if !(0..=100).contains(&v) {
                 return Err(invalid(name, format!("{v} is outside 0..=100")));
@@ -439,6 +443,7 @@ impl FileConfig {
                     }),
                     least_waste,
                 ),
+                (Score::Numa, w.numa),
             ],
         };
         let ms = |s: f64| (s * 1000.0).round() as i64;

@@ -20,7 +20,7 @@ use crate::snapshot::{CHUNK, Snapshot};
 const PARALLEL_MIN_SLOTS: usize = 512;
 
 /// Most score plugins a profile may have.
-pub const MAX_SCORE_PLUGINS: usize = 4;
+pub const MAX_SCORE_PLUGINS: usize = 5;
 
 /// The filters and weighted scores one scheduling profile runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,6 +56,7 @@ impl Profile {
                         0
                     },
                 ),
+                (Score::Numa, 1),
             ],
         }
     }

@@ -355,8 +355,27 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
             .and_then(|a| a.get(EXCLUSIVE_ANNOTATION))
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
         gang: gang_ref(pod),
+        gpu_memory_min_mib: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(GPU_MEMORY_MIN_ANNOTATION))
+            .map(|v| {
+                parse_resource("memory", v.trim())
+                    .map(|b| (b + (1 << 20) - 1) >> 20)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(pod = %object, annotation = GPU_MEMORY_MIN_ANNOTATION, value = %v, error = %e, "not a quantity; no node will satisfy it");
+                        i64::MAX
+                    })
+            }),
     })
 }
+
+/// The annotation by which a pod asks for GPUs with at least this much memory each
+/// (a quantity: `40Gi`).
+pub const GPU_MEMORY_MIN_ANNOTATION: &str = "drover.dev/gpu-memory-min";
+
+/// GPU Feature Discovery's label with each GPU's memory in MiB.
+pub const GPU_MEMORY_LABEL: &str = "nvidia.com/gpu.memory";
 
 /// The annotation by which a pod asks for a node to itself.
 pub const EXCLUSIVE_ANNOTATION: &str = "drover.dev/exclusive";
@@ -398,6 +417,97 @@ fn gang_ref(pod: &Pod) -> Option<GangRef> {
         topology_required: annotation(crate::topology::REQUIRED_ANNOTATION),
         topology_preferred: annotation(crate::topology::PREFERRED_ANNOTATION),
     })
+}
+
+/// Converts a `NodeResourceTopology` (`topology.node.k8s.io/v1alpha2`, cluster-scoped,
+/// named after its node) into the node's name and its NUMA zones.
+pub fn node_resource_topology(
+    obj: &kube::api::DynamicObject,
+) -> Result<(String, crate::model::Numa), ConvertError> {
+    use crate::model::{Numa, NumaZone};
+    let name = obj.metadata.name.as_deref().ok_or(ConvertError::NoName {
+        kind: "NodeResourceTopology",
+    })?;
+    let object = format!("NodeResourceTopology {name}");
+    let bad = |problem: String| ConvertError::Field {
+        object: object.clone(),
+        problem,
+    };
+    let attr_policy = obj
+        .data
+        .get("attributes")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .any(|a| {
+            a.get("name").and_then(|n| n.as_str()) == Some("topologyManagerPolicy")
+                && a.get("value").and_then(|v| v.as_str()) == Some("single-numa-node")
+        });
+    let old_policy = obj
+        .data
+        .get("topologyPolicies")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str())
+        .any(|p| p.starts_with("SingleNUMANode"));
+    let zones = match obj.data.get("zones") {
+        None => Vec::new(),
+        Some(z) => z
+            .as_array()
+            .ok_or_else(|| bad("zones is not a list".into()))?
+            .clone(),
+    };
+    let mut out = Vec::new();
+    for (i, z) in zones.iter().enumerate() {
+        if z.get("type").and_then(|t| t.as_str()) != Some("Node") {
+            continue;
+        }
+        let zname = z
+            .get("name")
+            .and_then(|n| n.as_str())
+            .ok_or_else(|| bad(format!("zones[{i}] has no name")))?;
+        let mut available = Resources::default();
+        for (j, r) in z
+            .get("resources")
+            .and_then(|r| r.as_array())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let rname = r
+                .get("name")
+                .and_then(|n| n.as_str())
+                .ok_or_else(|| bad(format!("zones[{i}].resources[{j}] has no name")))?;
+            let q = match r.get("available") {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                _ => {
+                    return Err(bad(format!(
+                        "zones[{i}].resources[{j}].available is missing"
+                    )));
+                }
+            };
+            let v = parse_resource(rname, &q).map_err(|source| ConvertError::Quantity {
+                object: object.clone(),
+                field: format!("zones[{i}].resources[{j}].available"),
+                resource: rname.to_string(),
+                source,
+            })?;
+            available.set(&ResourceKind::from_name(rname), v);
+        }
+        out.push(NumaZone {
+            name: zname.into(),
+            available,
+        });
+    }
+    Ok((
+        name.to_string(),
+        Numa {
+            single_numa_node: attr_policy || old_policy,
+            zones: out,
+        },
+    ))
 }
 
 /// Converts a `PodGroup` (`scheduling.x-k8s.io/v1alpha1`), read as an untyped object.
@@ -494,6 +604,12 @@ pub fn node_info(node: &Node) -> Result<NodeInfo, ConvertError> {
         unschedulable: spec.unschedulable.unwrap_or(false),
         allocatable,
         max_pods,
+        gpu_memory_mib: node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(GPU_MEMORY_LABEL))
+            .and_then(|v| v.trim().parse::<i64>().ok()),
         ..Default::default()
     })
 }

@@ -34,9 +34,9 @@ use crate::queue::SchedulingQueue;
 use crate::snapshot::Snapshot;
 
 use super::binder::{BindResult, bind};
-use super::convert::{node_info, pod_group, pod_info};
+use super::convert::{node_info, node_resource_topology, pod_group, pod_info};
 use super::serve;
-use super::status::{StatusWriter, pod_group_resource};
+use super::status::{StatusWriter, node_resource_topology_resource, pod_group_resource};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -265,6 +265,9 @@ enum Msg {
     GroupsAbsent,
     /// This replica became the leader (true) or lost the lease (false).
     Leader(bool),
+    Numa(Box<watcher::Event<DynamicObject>>),
+    /// The NodeResourceTopology CRD is not installed.
+    NumaAbsent,
     Bound {
         pod: Arc<PodInfo>,
         node: Arc<str>,
@@ -372,6 +375,7 @@ struct Scheduler {
     pod_relist: Option<HashSet<PodKey>>,
     node_relist: Option<HashSet<Arc<str>>>,
     group_relist: Option<HashSet<GangKey>>,
+    numa_relist: Option<HashSet<String>>,
     /// The last unschedulable message written per pod, so it is not written again.
     last_message: HashMap<PodKey, String>,
     /// Gang members and PodGroups.
@@ -580,6 +584,40 @@ impl Scheduler {
                 self.groups_synced = true;
             }
             Msg::Leader(leading) => self.set_leading(leading, now),
+            Msg::Numa(ev) => match *ev {
+                watcher::Event::Init => self.numa_relist = Some(HashSet::new()),
+                watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                    match node_resource_topology(&o) {
+                        Ok((node, numa)) => {
+                            if let Some(seen) = self.numa_relist.as_mut() {
+                                seen.insert(node.clone());
+                            }
+                            self.cache.set_numa(&node, Some(Arc::new(numa)));
+                            self.queue.cluster_changed(now);
+                        }
+                        Err(e) => {
+                            self.shared.metrics.malformed_objects.inc();
+                            tracing::warn!(error = %e, "skipping a NodeResourceTopology drover cannot read");
+                        }
+                    }
+                }
+                watcher::Event::Delete(o) => {
+                    if let Some(n) = o.metadata.name.as_deref() {
+                        self.cache.set_numa(n, None);
+                        self.queue.cluster_changed(now);
+                    }
+                }
+                watcher::Event::InitDone => {
+                    if let Some(seen) = self.numa_relist.take() {
+                        for n in self.cache.numa_nodes() {
+                            if !seen.contains(&*n) {
+                                self.cache.set_numa(&n, None);
+                            }
+                        }
+                    }
+                }
+            },
+            Msg::NumaAbsent => {}
             Msg::Bound { pod, node, result } => self.bound(pod, node, result, now),
         }
     }
@@ -1190,6 +1228,7 @@ fn same_node(a: &NodeInfo, b: &NodeInfo) -> bool {
         && a.unschedulable == b.unschedulable
         && a.allocatable == b.allocatable
         && a.max_pods == b.max_pods
+        && a.gpu_memory_mib == b.gpu_memory_mib
 }
 
 /// Runs the scheduler until `shutdown` is cancelled.
@@ -1250,6 +1289,14 @@ pub async fn run_with(
         shutdown.clone(),
         Some(|| Msg::GroupsAbsent),
     );
+    spawn_watch(
+        Api::<DynamicObject>::all_with(client.clone(), &node_resource_topology_resource()),
+        "noderesourcetopologies",
+        tx.clone(),
+        |e| Msg::Numa(Box::new(e)),
+        shutdown.clone(),
+        Some(|| Msg::NumaAbsent),
+    );
     let status = StatusWriter::new(client.clone(), &opts.scheduler_name, &opts.identity);
     let binds = Arc::new(Semaphore::new(opts.config.bind_concurrency));
     let queue = SchedulingQueue::new(opts.config.queue);
@@ -1270,6 +1317,7 @@ pub async fn run_with(
         pod_relist: None,
         node_relist: None,
         group_relist: None,
+        numa_relist: None,
         last_message: HashMap::new(),
         gangs: GangTracker::new(),
         gang_tried: HashMap::new(),

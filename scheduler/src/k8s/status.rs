@@ -14,6 +14,14 @@ pub const POD_GROUP_GROUP: &str = "scheduling.x-k8s.io";
 /// The version of `PodGroup` drover reads.
 pub const POD_GROUP_VERSION: &str = "v1alpha1";
 
+/// `NodeResourceTopology` (node-feature-discovery) as an untyped API resource.
+pub fn node_resource_topology_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("topology.node.k8s.io", "v1alpha2", "NodeResourceTopology"),
+        "noderesourcetopologies",
+    )
+}
+
 /// `PodGroup` as an untyped API resource.
 pub fn pod_group_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(

@@ -24,6 +24,8 @@ pub struct NodeInfo {
     pub allocatable: Resources,
     /// Allocatable pod count.
     pub max_pods: i64,
+    /// Memory per GPU in MiB, from GPU Feature Discovery's `nvidia.com/gpu.memory`.
+    pub gpu_memory_mib: Option<i64>,
     /// Sum of the requests of the pods on the node.
     pub requested: Resources,
     /// The pods on the node: bound, assumed, or bound by another scheduler.
@@ -38,6 +40,27 @@ pub struct NodeInfo {
     pub generation: u64,
     /// Capacity held for a waiting gang, if any (see [`Reservation`]).
     pub reservation: Option<Arc<Reservation>>,
+    /// Per-NUMA-zone resources from the node's `NodeResourceTopology`, if published.
+    pub numa: Option<Arc<Numa>>,
+}
+
+/// A node's NUMA zones, as node-feature-discovery's topology updater publishes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Numa {
+    /// The kubelet's Topology Manager runs the `single-numa-node` policy: a pod's
+    /// CPUs and devices must come from one zone.
+    pub single_numa_node: bool,
+    /// The zones of type `Node`, with what is available in each.
+    pub zones: Vec<NumaZone>,
+}
+
+/// One NUMA zone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NumaZone {
+    /// The zone's name (`node-0`, ...).
+    pub name: Arc<str>,
+    /// What the zone has available for new pods.
+    pub available: Resources,
 }
 
 /// Capacity on a node held for a gang that waits for the node to drain: other pods of

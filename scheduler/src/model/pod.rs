@@ -131,6 +131,9 @@ pub struct PodInfo {
     pub exclusive: bool,
     /// The gang the pod says it belongs to, if any.
     pub gang: Option<GangRef>,
+    /// Least memory per GPU the pod accepts, in MiB (`drover.dev/gpu-memory-min`);
+    /// `i64::MAX` when the annotation does not parse (no node satisfies it).
+    pub gpu_memory_min_mib: Option<i64>,
 }
 
 /// How a pod names its gang: the `scheduling.x-k8s.io/pod-group` label or Volcano's

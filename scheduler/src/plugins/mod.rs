@@ -8,8 +8,10 @@
 
 pub mod exclusive;
 pub mod fit;
+pub mod gpu_memory;
 pub mod node_affinity;
 pub mod node_name;
+pub mod numa;
 pub mod packing;
 pub mod ports;
 pub mod taints;
@@ -44,6 +46,10 @@ pub enum Reason {
     HeldExclusively,
     /// The pod asks for a node to itself and this one runs other pods.
     NotEmpty,
+    /// single-numa-node policy and no zone holds the pod's CPUs and GPUs.
+    NumaZone,
+    /// The node's GPUs have less memory than the pod asks for (or none is known).
+    GpuMemory,
 }
 
 impl fmt::Display for Reason {
@@ -64,6 +70,12 @@ impl fmt::Display for Reason {
                 f.write_str("node(s) didn't have free ports for the requested pod ports")
             }
             Reason::NodeName => f.write_str("node(s) didn't match the requested node name"),
+            Reason::GpuMemory => f.write_str(
+                "node(s) had GPUs with less memory than drover.dev/gpu-memory-min (or no nvidia.com/gpu.memory label)",
+            ),
+            Reason::NumaZone => f.write_str(
+                "node(s) had no single NUMA zone with enough cpu and nvidia.com/gpu (single-numa-node policy)",
+            ),
             Reason::HeldExclusively => f.write_str("node(s) were held by an exclusive pod"),
             Reason::NotEmpty => {
                 f.write_str("node(s) already ran other pods (the pod asks for a node to itself)")
@@ -92,6 +104,10 @@ pub enum Filter {
     Ports,
     /// Resources and pod count (`NodeResourcesFit`).
     Fit,
+    /// Per-NUMA-zone fit under the single-numa-node policy (`NUMATopology`).
+    Numa,
+    /// Minimum GPU memory (`GPUMemory`).
+    GpuMemory,
     /// Exclusive pods (`NodeExclusive`).
     Exclusive {
         /// DaemonSet and static pods keep exclusive pods off a node too.
@@ -101,7 +117,7 @@ pub enum Filter {
 
 impl Filter {
     /// The filters of the default profile, cheapest first.
-    pub const DEFAULT: [Filter; 7] = [
+    pub const DEFAULT: [Filter; 9] = [
         Filter::Unschedulable,
         Filter::NodeName,
         Filter::Taints,
@@ -110,7 +126,9 @@ impl Filter {
         Filter::Exclusive {
             system_pods_count: false,
         },
+        Filter::GpuMemory,
         Filter::Fit,
+        Filter::Numa,
     ];
 
     /// The plugin's name, as in kube-scheduler.
@@ -123,6 +141,8 @@ impl Filter {
             Filter::Ports => "NodePorts",
             Filter::Fit => "NodeResourcesFit",
             Filter::Exclusive { .. } => "NodeExclusive",
+            Filter::Numa => "NUMATopology",
+            Filter::GpuMemory => "GPUMemory",
         }
     }
 
@@ -136,6 +156,8 @@ impl Filter {
             Filter::NodeAffinity => node_affinity::filter(pod, node, why),
             Filter::Ports => ports::filter(pod, node, why),
             Filter::Fit => fit::filter(pod, node, why),
+            Filter::Numa => numa::filter(pod, node, why),
+            Filter::GpuMemory => gpu_memory::filter(pod, node, why),
             Filter::Exclusive { system_pods_count } => {
                 exclusive::filter(pod, node, *system_pods_count, why)
             }
@@ -155,6 +177,8 @@ pub enum Score {
     Taints,
     /// Least absolute unused capacity (or its price) left on the node.
     LeastWaste(waste::Waste),
+    /// Fewest NUMA zones spanned (`NUMATopology` scoring).
+    Numa,
 }
 
 /// The highest score a plugin gives a node, as in kube-scheduler.
@@ -168,6 +192,7 @@ impl Score {
             Score::NodeAffinity => "NodeAffinity",
             Score::Taints => "TaintToleration",
             Score::LeastWaste(_) => "LeastWaste",
+            Score::Numa => "NUMATopology",
         }
     }
 
@@ -179,6 +204,7 @@ impl Score {
             Score::NodeAffinity => node_affinity::score(pod, node),
             Score::Taints => taints::score(pod, node),
             Score::LeastWaste(w) => w.waste(pod, node),
+            Score::Numa => numa::score(pod, node),
         }
     }
 
@@ -190,6 +216,7 @@ impl Score {
             Score::NodeAffinity => pod.preferred_affinity.is_empty(),
             Score::Taints => false,
             Score::LeastWaste(_) => false,
+            Score::Numa => pod.requests.cpu <= 0 && pod.requests.gpu <= 0,
         }
     }
 
@@ -201,6 +228,7 @@ impl Score {
             Score::NodeAffinity => normalize_max(raw, false),
             Score::Taints => normalize_max(raw, true),
             Score::LeastWaste(_) => waste::normalize(raw),
+            Score::Numa => numa::normalize(raw),
         }
     }
 }

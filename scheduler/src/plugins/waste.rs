@@ -75,6 +75,24 @@ impl Waste {
             .or_else(|| self.prices.values().copied().reduce(f64::max))
     }
 
+    /// GPU memory beyond what the pod asks for, on each GPU it takes (weighed as host
+    /// memory), so the smallest GPU type that satisfies `drover.dev/gpu-memory-min`
+    /// wins.
+    #[inline]
+    fn gpu_memory_waste(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
+        match (pod.gpu_memory_min_mib, node.gpu_memory_mib) {
+            (Some(min), Some(have)) if have >= min && pod.requests.gpu > 0 => {
+                let mem_weight = self
+                    .weights
+                    .iter()
+                    .find(|(k, _)| *k == ResourceKind::Memory)
+                    .map_or(1, |(_, w)| *w);
+                (have - min) * 1000 / 1024 * pod.requests.gpu * mem_weight
+            }
+            _ => 0,
+        }
+    }
+
     /// What would stay unused on `node` with `pod` on it: weighted leftover, or with
     /// prices, micro-dollars per hour of the unused share of the node. Lower is better.
     #[inline]
@@ -87,7 +105,8 @@ impl Waste {
                 let left = node.allocatable.get(k) - node.requested.get(k) - pod.requests.get(k);
                 milli_units(k, left.max(0)) * w
             })
-            .sum();
+            .sum::<i64>()
+            + self.gpu_memory_waste(pod, node);
         match self.price(node) {
             None => leftover,
             Some(p) => {
@@ -225,5 +244,26 @@ mod tests {
             normalize(&mut r);
             assert_eq!(r, want, "{raw:?}");
         }
+    }
+
+    #[test]
+    fn the_smallest_gpu_type_that_satisfies_the_minimum() {
+        let w = Waste::default();
+        let mut nodes = Vec::new();
+        for (name, mib) in [("a100-80", 81_920), ("a10-24", 24_576), ("l40-48", 49_152)] {
+            let mut n = node(name, 32_000, 256 * GIB);
+            n.allocatable.gpu = 8;
+            n.gpu_memory_mib = Some(mib);
+            nodes.push(n);
+        }
+        let mut p = pod(1000, 8 * GIB);
+        p.requests.gpu = 1;
+        p.gpu_memory_min_mib = Some(40 * 1024);
+        // The 24 GiB node is filtered out by GPUMemory; of the others, 48 GiB wins.
+        let fits: Vec<NodeInfo> = nodes
+            .into_iter()
+            .filter(|n| n.gpu_memory_mib >= p.gpu_memory_min_mib)
+            .collect();
+        assert_eq!(best(&w, &p, &fits), "l40-48");
     }
 }

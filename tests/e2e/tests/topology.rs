@@ -318,3 +318,177 @@ async fn gpu_jobs_leave_more_whole_nodes_free_than_kube_scheduler() -> anyhow::R
     assert!(free_gpus > 0, "the metric counts whole free GPU nodes");
     Ok(())
 }
+
+/// A NodeResourceTopology for `node`: two NUMA zones with `(cpu, gpus)` available.
+fn nrt(node: &str, single_numa: bool, zones: [(i64, i64); 2]) -> serde_json::Value {
+    let zone = |i: usize, (cpu, gpu): (i64, i64)| {
+        serde_json::json!({
+            "name": format!("node-{i}"), "type": "Node",
+            "resources": [
+                {"name": "cpu", "capacity": "48", "allocatable": "48", "available": cpu.to_string()},
+                {"name": "nvidia.com/gpu", "capacity": "4", "allocatable": "4", "available": gpu.to_string()}
+            ]
+        })
+    };
+    let policy = if single_numa {
+        "single-numa-node"
+    } else {
+        "none"
+    };
+    serde_json::json!({
+        "apiVersion": "topology.node.k8s.io/v1alpha2",
+        "kind": "NodeResourceTopology",
+        "metadata": {"name": node},
+        "attributes": [{"name": "topologyManagerPolicy", "value": policy}],
+        "zones": [zone(0, zones[0]), zone(1, zones[1])]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numa_zones_reject_and_score_nodes() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    cp.install_crds(&["tests/e2e/crds/topology.node.k8s.io_noderesourcetopologies.yaml"])
+        .await?;
+    let client = cp.client();
+    let gpu_node = |name: &str, group: &str| {
+        FakeNode::new(name)
+            .cpu("96")
+            .memory("512Gi")
+            .gpus(8)
+            .label("numa-test", group)
+            .build()
+    };
+    cp.create_nodes(&[
+        gpu_node("numa-a", "strict"),
+        gpu_node("numa-b", "strict"),
+        gpu_node("numa-c", "loose"),
+        gpu_node("numa-d", "loose"),
+        gpu_node("numa-e", "loose"),
+    ])
+    .await?;
+    let ar = drover::k8s::status::node_resource_topology_resource();
+    let nrts: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
+    for v in [
+        nrt("numa-a", true, [(16, 2), (16, 3)]),
+        nrt("numa-b", true, [(16, 4), (16, 0)]),
+        nrt("numa-c", false, [(16, 2), (16, 2)]),
+        nrt("numa-d", false, [(16, 4), (16, 0)]),
+    ] {
+        nrts.create(&PostParams::default(), &serde_json::from_value(v)?)
+            .await?;
+    }
+    // A malformed one (a quantity that does not parse) is skipped, and said so.
+    let mut bad = nrt("numa-e", false, [(16, 4), (16, 4)]);
+    bad["zones"][0]["resources"][1]["available"] = "lots".into();
+    nrts.create(&PostParams::default(), &serde_json::from_value(bad)?)
+        .await?;
+    let drover = Drover::start(client.clone());
+    let pod = |name: &str, gpus: i64, group: &str| {
+        TestPod::new(name)
+            .scheduler("drover")
+            .cpu("1")
+            .memory("8Gi")
+            .gpus(gpus)
+            .node_selector("numa-test", group)
+            .build()
+    };
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    // single-numa-node: numa-a has no zone with 4 GPUs; numa-b has.
+    api.create(&PostParams::default(), &pod("four", 4, "strict"))
+        .await?;
+    // Neither has a zone with 6: Unschedulable, saying why.
+    api.create(&PostParams::default(), &pod("six", 6, "strict"))
+        .await?;
+    // No policy: numa-d holds 3 GPUs in one zone, numa-c only across two (and numa-e
+    // has no usable NodeResourceTopology: one zone as far as drover knows... but its
+    // name sorts last, and it is equal otherwise, so it loses the tie).
+    api.create(&PostParams::default(), &pod("three", 3, "loose"))
+        .await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "four and three bound, six Unschedulable",
+        || {
+            let c = client.clone();
+            async move {
+                let api: Api<Pod> = Api::namespaced(c, NS);
+                let four = node_of(&api.get("four").await?).map(String::from);
+                let three = node_of(&api.get("three").await?).map(String::from);
+                let six = unschedulable_message(&api.get("six").await?);
+                Ok(four.is_some() && three.is_some() && six.is_some())
+            }
+        },
+    )
+    .await?;
+    assert_eq!(node_of(&api.get("four").await?), Some("numa-b"));
+    assert!(
+        matches!(
+            node_of(&api.get("three").await?),
+            Some("numa-d") | Some("numa-e")
+        ),
+        "one zone, not two"
+    );
+    assert_ne!(node_of(&api.get("three").await?), Some("numa-c"));
+    let six = unschedulable_message(&api.get("six").await?).unwrap_or_default();
+    assert!(
+        six.contains("node(s) had no single NUMA zone with enough cpu and nvidia.com/gpu"),
+        "{six}"
+    );
+    assert_eq!(drover.shared.metrics.malformed_objects.get(), 1);
+    drover.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minimum_gpu_memory_gets_the_smallest_gpu_type_that_has_it() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    let node = |name: &str, mib: &str| {
+        FakeNode::new(name)
+            .cpu("32")
+            .memory("256Gi")
+            .gpus(8)
+            .label("nvidia.com/gpu.memory", mib)
+            .build()
+    };
+    cp.create_nodes(&[
+        node("a10-24g", "24576"),
+        node("l40-48g", "49152"),
+        node("h100-80g", "81559"),
+    ])
+    .await?;
+    let drover = Drover::start(client.clone());
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for (name, min) in [("needs-40g", "40Gi"), ("needs-100g", "100Gi")] {
+        api.create(
+            &PostParams::default(),
+            &TestPod::new(name)
+                .scheduler("drover")
+                .cpu("1")
+                .gpus(1)
+                .annotation("drover.dev/gpu-memory-min", min)
+                .build(),
+        )
+        .await?;
+    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "needs-40g bound, needs-100g Unschedulable",
+        || {
+            let c = client.clone();
+            async move {
+                let api: Api<Pod> = Api::namespaced(c, NS);
+                Ok(node_of(&api.get("needs-40g").await?).is_some()
+                    && unschedulable_message(&api.get("needs-100g").await?).is_some())
+            }
+        },
+    )
+    .await?;
+    assert_eq!(node_of(&api.get("needs-40g").await?), Some("l40-48g"));
+    let msg = unschedulable_message(&api.get("needs-100g").await?).unwrap_or_default();
+    assert!(
+        msg.contains("3 node(s) had GPUs with less memory than drover.dev/gpu-memory-min"),
+        "{msg}"
+    );
+    drover.stop().await
+}
