@@ -210,8 +210,8 @@ fn evaluate_range<N: NodeSource + ?Sized>(
     }
 }
 
-/// Every feasible node with its raw scores per plugin, in slot order.
-fn feasible_nodes<N: NodeSource + ?Sized>(profile: &Profile, pod: &PodInfo, nodes: &N) -> Vec<Raw> {
+/// Which score plugins can tell nodes apart for `pod`.
+fn active_scores(profile: &Profile, pod: &PodInfo) -> [bool; MAX_SCORE_PLUGINS] {
     assert!(
         profile.scores.len() <= MAX_SCORE_PLUGINS,
         "too many score plugins in the profile"
@@ -220,6 +220,17 @@ fn feasible_nodes<N: NodeSource + ?Sized>(profile: &Profile, pod: &PodInfo, node
     for (k, (s, w)) in profile.scores.iter().enumerate() {
         active[k] = *w != 0 && !s.is_flat_for(pod);
     }
+    active
+}
+
+/// Every feasible node with its raw scores per plugin, in slot order.
+fn feasible_nodes<N: NodeSource + ?Sized>(
+    profile: &Profile,
+    active: &[bool; MAX_SCORE_PLUGINS],
+    pod: &PodInfo,
+    nodes: &N,
+) -> Vec<Raw> {
+    let active = *active;
     let slots = nodes.slots();
     if slots < PARALLEL_MIN_SLOTS {
         let mut out = Vec::with_capacity(slots);
@@ -274,9 +285,99 @@ pub fn score_nodes<N: NodeSource + ?Sized>(
     pod: &PodInfo,
     nodes: &N,
 ) -> Vec<(usize, i64)> {
-    let raws = feasible_nodes(profile, pod, nodes);
+    let raws = feasible_nodes(profile, &active_scores(profile, pod), pod, nodes);
     let t = totals(profile, &raws);
     raws.iter().map(|r| r.0).zip(t).collect()
+}
+
+/// The filter and raw score results of one pod over a node source. Kept between
+/// placements of identical pods (the members of a gang), so that each placement
+/// re-evaluates only the node it changed instead of every node.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    active: [bool; MAX_SCORE_PLUGINS],
+    raws: Vec<Raw>,
+}
+
+impl Evaluation {
+    /// Filters and scores every node for `pod`.
+    pub fn new<N: NodeSource + ?Sized>(profile: &Profile, pod: &PodInfo, nodes: &N) -> Self {
+        let active = active_scores(profile, pod);
+        let raws = feasible_nodes(profile, &active, pod, nodes);
+        Evaluation { active, raws }
+    }
+
+    /// Re-evaluates the node in `slot` (it changed) for `pod`.
+    pub fn refresh<N: NodeSource + ?Sized>(
+        &mut self,
+        profile: &Profile,
+        pod: &PodInfo,
+        nodes: &N,
+        slot: usize,
+    ) {
+        let at = self.raws.binary_search_by_key(&slot, |r| r.0);
+        let mut fresh = Vec::with_capacity(1);
+        evaluate_range(
+            profile,
+            &self.active,
+            pod,
+            nodes,
+            slot..slot + 1,
+            &mut fresh,
+        );
+        match (at, fresh.pop()) {
+            (Ok(i), Some(r)) => self.raws[i] = r,
+            (Ok(i), None) => {
+                self.raws.remove(i);
+            }
+            (Err(i), Some(r)) => self.raws.insert(i, r),
+            (Err(_), None) => {}
+        }
+    }
+
+    /// How many nodes pass every filter.
+    pub fn feasible(&self) -> usize {
+        self.raws.len()
+    }
+
+    /// The best node: the highest total; among equals, the first name.
+    pub fn best<N: NodeSource + ?Sized>(&self, profile: &Profile, nodes: &N) -> Option<Placement> {
+        let t = totals(profile, &self.raws);
+        let top = t.iter().copied().max()?;
+        let name = |s: usize| nodes.get(s).map_or("", |n| &*n.name);
+        let (slot, score) = self
+            .raws
+            .iter()
+            .zip(&t)
+            .filter(|(_, t)| **t == top)
+            .map(|(r, t)| (r.0, *t))
+            .min_by(|(a, _), (b, _)| name(*a).cmp(name(*b)))?;
+        Some(Placement {
+            slot,
+            node: nodes.get(slot).expect("scored node exists").name.clone(),
+            score,
+            feasible: self.raws.len(),
+        })
+    }
+}
+
+/// True when `a` and `b` ask the filters and scores the very same question, so one
+/// [`Evaluation`] serves both.
+pub fn same_shape(a: &PodInfo, b: &PodInfo) -> bool {
+    a.requests == b.requests
+        && a.declares_requests == b.declares_requests
+        && a.priority == b.priority
+        && a.key.namespace == b.key.namespace
+        && a.node_name == b.node_name
+        && a.node_selector == b.node_selector
+        && a.required_affinity == b.required_affinity
+        && a.preferred_affinity == b.preferred_affinity
+        && a.tolerations == b.tolerations
+        && a.host_ports == b.host_ports
+        && a.daemonset == b.daemonset
+        && a.exclusive == b.exclusive
+        && a.gang.as_ref().map(|g| &g.name) == b.gang.as_ref().map(|g| &g.name)
+        && a.gpu_memory_min_mib == b.gpu_memory_min_mib
 }
 
 /// Runs one scheduling cycle for `pod`. Ties go to the node whose name sorts first,
@@ -286,21 +387,8 @@ pub fn schedule_one<N: NodeSource + ?Sized>(
     pod: &PodInfo,
     nodes: &N,
 ) -> Outcome {
-    let scored = score_nodes(profile, pod, nodes);
-    // The highest score; among equals, the first name (names compared only for ties).
-    let top = scored.iter().map(|(_, t)| *t).max();
-    let name = |s: usize| nodes.get(s).map_or("", |n| &*n.name);
-    let best = scored
-        .iter()
-        .filter(|(_, t)| Some(*t) == top)
-        .min_by(|(a, _), (b, _)| name(*a).cmp(name(*b)));
-    match best {
-        Some(&(slot, score)) => Outcome::Placed(Placement {
-            slot,
-            node: nodes.get(slot).expect("scored node exists").name.clone(),
-            score,
-            feasible: scored.len(),
-        }),
+    match Evaluation::new(profile, pod, nodes).best(profile, nodes) {
+        Some(p) => Outcome::Placed(p),
         None => Outcome::Unschedulable(diagnose(profile, pod, nodes)),
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::framework::{Diagnosis, Outcome, Overlay, Profile, feasible, schedule_one};
+use crate::framework::{Diagnosis, Evaluation, Overlay, Profile, diagnose, feasible, same_shape};
 use crate::model::{NodeInfo, PodInfo, PodKey, Resources};
 use crate::snapshot::Snapshot;
 
@@ -687,17 +687,28 @@ pub fn place_all(profile: &Profile, members: &[Arc<PodInfo>], snapshot: &Snapsho
     });
     let mut overlay = Overlay::new(snapshot);
     let mut placed = Vec::with_capacity(members.len());
+    // Members of the same shape share one evaluation: after each placement only the
+    // node that changed is evaluated again.
+    let mut eval: Option<(usize, Evaluation)> = None;
     for (i, pod) in order.iter().enumerate() {
-        match schedule_one(profile, pod, &overlay) {
-            Outcome::Placed(p) => {
+        if !eval
+            .as_ref()
+            .is_some_and(|(j, _)| same_shape(order[*j], pod))
+        {
+            eval = Some((i, Evaluation::new(profile, pod, &overlay)));
+        }
+        let (_, e) = eval.as_mut().expect("set above");
+        match e.best(profile, &overlay) {
+            Some(p) => {
                 overlay.place(p.slot, (*pod).clone());
+                e.refresh(profile, pod, &overlay, p.slot);
                 placed.push((pod.key.clone(), p.slot, p.node));
             }
-            Outcome::Unschedulable(diagnosis) => {
+            None => {
                 return GangOutcome::Waiting {
                     placeable: i,
                     blocked: pod.key.clone(),
-                    diagnosis,
+                    diagnosis: diagnose(profile, pod, &overlay),
                 };
             }
         }
@@ -1034,5 +1045,66 @@ mod tests {
             &pod("too-big", 2000),
             snap.slot(0).unwrap()
         ));
+    }
+
+    /// The shared evaluation gives exactly what placing the members one by one with a
+    /// full cycle each gives.
+    #[test]
+    fn reusing_one_evaluation_matches_a_full_cycle_per_member() {
+        use rand::{Rng, SeedableRng};
+        for seed in 0..20u64 {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+            let snap = Snapshot::from_nodes((0..40).map(|i| {
+                let mut n = NodeInfo::new(
+                    &format!("n{i:02}"),
+                    Resources::cpu_mem(
+                        rng.random_range(2..16) * 1000,
+                        rng.random_range(4..64) << 30,
+                    ),
+                    rng.random_range(3..10),
+                );
+                n.allocatable.gpu = if rng.random_bool(0.3) { 8 } else { 0 };
+                n
+            }));
+            let size = rng.random_range(2..30);
+            let mut req =
+                Resources::cpu_mem(rng.random_range(1..4) * 500, rng.random_range(1..8) << 30);
+            req.gpu = rng.random_range(0..3);
+            let members: Vec<Arc<PodInfo>> = (0..size)
+                .map(|j| {
+                    Arc::new(PodInfo {
+                        key: PodKey::new("ns", &format!("m{j:02}")),
+                        uid: format!("m{j}").into(),
+                        requests: req.clone(),
+                        declares_requests: true,
+                        ..Default::default()
+                    })
+                })
+                .collect();
+            let fast = place_all(&Profile::default(), &members, &snap);
+            // The reference: a full cycle per member, in the same (key) order.
+            let mut overlay = Overlay::new(&snap);
+            let mut slow = Vec::new();
+            let mut blocked = None;
+            for (i, m) in members.iter().enumerate() {
+                match crate::framework::schedule_one(&Profile::default(), m, &overlay) {
+                    crate::framework::Outcome::Placed(p) => {
+                        overlay.place(p.slot, m.clone());
+                        slow.push((m.key.clone(), p.slot, p.node));
+                    }
+                    crate::framework::Outcome::Unschedulable(_) => {
+                        blocked = Some(i);
+                        break;
+                    }
+                }
+            }
+            match (fast, blocked) {
+                (GangOutcome::Placed(p), None) => assert_eq!(p, slow, "seed {seed}"),
+                (GangOutcome::Waiting { placeable, .. }, Some(b)) => {
+                    assert_eq!(placeable, b, "seed {seed}")
+                }
+                (f, b) => panic!("seed {seed}: {f:?} vs blocked at {b:?}"),
+            }
+        }
     }
 }

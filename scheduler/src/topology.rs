@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::framework::{NodeSource, Outcome, Overlay, Profile, schedule_one};
+use crate::framework::{Evaluation, NodeSource, Overlay, Profile, diagnose, same_shape};
 use crate::gang::GangOutcome;
 use crate::model::{NodeInfo, PodInfo, PodKey, Resources};
 use crate::snapshot::Snapshot;
@@ -149,26 +149,35 @@ pub fn place_within(
     });
     let mut overlay = Overlay::new(snapshot);
     let mut placed: Vec<(PodKey, usize, Arc<str>)> = Vec::with_capacity(members.len());
+    let mut eval: Option<(usize, Evaluation)> = None;
     for (i, pod) in order.iter().enumerate() {
-        let outcome = schedule_one(
-            profile,
-            pod,
-            &Within {
-                overlay: &overlay,
-                slots,
-            },
-        );
-        match outcome {
-            Outcome::Placed(p) => {
+        let within = Within {
+            overlay: &overlay,
+            slots,
+        };
+        if !eval
+            .as_ref()
+            .is_some_and(|(j, _)| same_shape(order[*j], pod))
+        {
+            eval = Some((i, Evaluation::new(profile, pod, &within)));
+        }
+        let (_, e) = eval.as_mut().expect("set above");
+        match e.best(profile, &within) {
+            Some(p) => {
                 let slot = slots[p.slot];
                 overlay.place(slot, (*pod).clone());
+                let within = Within {
+                    overlay: &overlay,
+                    slots,
+                };
+                e.refresh(profile, pod, &within, p.slot);
                 placed.push((pod.key.clone(), slot, p.node));
             }
-            Outcome::Unschedulable(diagnosis) => {
+            None => {
                 return GangOutcome::Waiting {
                     placeable: i,
                     blocked: pod.key.clone(),
-                    diagnosis,
+                    diagnosis: diagnose(profile, pod, &within),
                 };
             }
         }
