@@ -15,6 +15,7 @@ pub mod model;
 pub mod plugins;
 pub mod quantity;
 pub mod queue;
+pub mod quota;
 pub mod sim;
 pub mod snapshot;
 pub mod topology;

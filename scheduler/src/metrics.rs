@@ -2,8 +2,8 @@
 //! names as labels (bounded cardinality).
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The scheduler's metrics.
@@ -36,6 +36,10 @@ pub struct Metrics {
     pub gang_repairs: IntCounter,
     /// 1 while this replica leads.
     pub leader: IntGauge,
+    /// Per fair-share queue and resource: allocated, guaranteed, max, fair share.
+    pub queue_resources: GaugeVec,
+    /// Pending pods per fair-share queue.
+    pub queue_pending_pods: IntGaugeVec,
     /// Seconds since the scheduler last published a snapshot.
     pub snapshot_age_seconds: Gauge,
     /// Gangs with at least minMember members placed.
@@ -149,6 +153,22 @@ impl Metrics {
                 "How long the longest-waiting gang has waited since its first attempt.",
             )
             .expect("metric"),
+            queue_resources: GaugeVec::new(
+                Opts::new(
+                    "drover_queue_resource",
+                    "Per fair-share queue and resource (cpu in cores, memory in bytes, others in units): allocated, guaranteed, max and fair share.",
+                ),
+                &["queue", "resource", "kind"],
+            )
+            .expect("metric"),
+            queue_pending_pods: IntGaugeVec::new(
+                Opts::new(
+                    "drover_queue_pending_pods",
+                    "Pods waiting in each fair-share queue.",
+                ),
+                &["queue"],
+            )
+            .expect("metric"),
             leader: IntGauge::new(
                 "drover_leader",
                 "1 while this replica holds the leader Lease (or runs without leader election).",
@@ -188,6 +208,8 @@ impl Metrics {
             Box::new(m.gang_wait_seconds.clone()),
             Box::new(m.gang_repairs.clone()),
             Box::new(m.leader.clone()),
+            Box::new(m.queue_resources.clone()),
+            Box::new(m.queue_pending_pods.clone()),
             Box::new(m.snapshot_age_seconds.clone()),
             Box::new(m.gangs_running.clone()),
             Box::new(m.gang_oldest_wait_seconds.clone()),
@@ -217,6 +239,8 @@ impl Metrics {
             &self.gang_wait_seconds,
             &self.gang_repairs,
             &self.leader,
+            &self.queue_resources,
+            &self.queue_pending_pods,
             &self.snapshot_age_seconds,
             &self.gangs_running,
             &self.gang_oldest_wait_seconds,

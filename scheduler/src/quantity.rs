@@ -158,6 +158,29 @@ pub fn format_bytes(v: i64) -> String {
     v.to_string()
 }
 
+/// Formats an amount of `kind` as a valid Kubernetes quantity (`2`, `1500m`, `4Gi`,
+/// `1536Mi`, `12345`).
+pub fn format_quantity(kind: &crate::model::ResourceKind, v: i64) -> String {
+    use crate::model::ResourceKind;
+    match kind {
+        ResourceKind::Cpu => format_cpu(v),
+        ResourceKind::Memory | ResourceKind::EphemeralStorage => {
+            for (suffix, size) in [
+                ("Ti", 1i64 << 40),
+                ("Gi", 1 << 30),
+                ("Mi", 1 << 20),
+                ("Ki", 1 << 10),
+            ] {
+                if v != 0 && v % size == 0 {
+                    return format!("{}{suffix}", v / size);
+                }
+            }
+            v.to_string()
+        }
+        _ => v.to_string(),
+    }
+}
+
 /// Formats millicores (`1500` → `1500m`, `2000` → `2`).
 pub fn format_cpu(millis: i64) -> String {
     if millis % 1000 == 0 {

@@ -246,6 +246,23 @@ impl SchedulingQueue {
         }
     }
 
+    /// True when a pod is active now (after moving due pods to active); drops stale
+    /// heap entries on the way.
+    pub fn ready(&mut self, now_ms: i64) -> bool {
+        self.flush(now_ms);
+        while let Some(e) = self.active.peek() {
+            if self
+                .pods
+                .get(&e.key)
+                .is_some_and(|q| q.seq == e.seq && q.at == Where::Active)
+            {
+                return true;
+            }
+            self.active.pop();
+        }
+        false
+    }
+
     /// The next pod to schedule, if any is active now.
     pub fn pop(&mut self, now_ms: i64) -> Option<Arc<PodInfo>> {
         self.flush(now_ms);
@@ -371,6 +388,155 @@ impl SchedulingQueue {
     /// True when the queue holds this pod.
     pub fn contains(&self, key: &PodKey) -> bool {
         self.pods.contains_key(key)
+    }
+}
+
+/// One [`SchedulingQueue`] per fair-share queue: work is taken from the queue that
+/// ranks first (lowest weighted dominant share), then by priority and age within it.
+#[derive(Debug, Default)]
+pub struct QueueSet {
+    cfg: QueueConfig,
+    queues: std::collections::BTreeMap<Arc<str>, SchedulingQueue>,
+    of: HashMap<PodKey, Arc<str>>,
+}
+
+impl QueueSet {
+    /// An empty set.
+    pub fn new(cfg: QueueConfig) -> Self {
+        QueueSet {
+            cfg,
+            ..Default::default()
+        }
+    }
+
+    fn sub(&mut self, key: &PodKey) -> Option<&mut SchedulingQueue> {
+        let q = self.of.get(key)?;
+        self.queues.get_mut(q)
+    }
+
+    /// Adds or updates a pending pod in the fair-share queue `queue`.
+    pub fn add_or_update(&mut self, queue: Arc<str>, pod: Arc<PodInfo>, now_ms: i64) {
+        if let Some(old) = self.of.get(&pod.key)
+            && *old != queue
+        {
+            let key = pod.key.clone();
+            self.remove(&key);
+        }
+        self.of.insert(pod.key.clone(), queue.clone());
+        let cfg = self.cfg;
+        self.queues
+            .entry(queue)
+            .or_insert_with(|| SchedulingQueue::new(cfg))
+            .add_or_update(pod, now_ms);
+    }
+
+    /// Removes a pod.
+    pub fn remove(&mut self, key: &PodKey) {
+        if let Some(q) = self.of.remove(key)
+            && let Some(sq) = self.queues.get_mut(&q)
+        {
+            sq.remove(key);
+            if sq.is_empty() {
+                self.queues.remove(&q);
+            }
+        }
+    }
+
+    /// The next pod: from the ready queue that `rank` puts first (ties by name).
+    pub fn pop<K: PartialOrd>(
+        &mut self,
+        now_ms: i64,
+        rank: impl Fn(&str) -> K,
+    ) -> Option<Arc<PodInfo>> {
+        let mut best: Option<(K, Arc<str>)> = None;
+        for (name, q) in self.queues.iter_mut() {
+            if !q.ready(now_ms) {
+                continue;
+            }
+            let r = rank(name);
+            if best.as_ref().is_none_or(|(b, _)| r < *b) {
+                best = Some((r, name.clone()));
+            }
+        }
+        let (_, name) = best?;
+        self.queues.get_mut(&name)?.pop(now_ms)
+    }
+
+    /// See [`SchedulingQueue::unschedulable`].
+    pub fn unschedulable(&mut self, key: &PodKey, now_ms: i64) {
+        if let Some(q) = self.sub(key) {
+            q.unschedulable(key, now_ms);
+        }
+    }
+
+    /// See [`SchedulingQueue::backoff`].
+    pub fn backoff(&mut self, key: &PodKey, now_ms: i64) {
+        if let Some(q) = self.sub(key) {
+            q.backoff(key, now_ms);
+        }
+    }
+
+    /// See [`SchedulingQueue::hold`].
+    pub fn hold(&mut self, key: &PodKey, now_ms: i64) {
+        if let Some(q) = self.sub(key) {
+            q.hold(key, now_ms);
+        }
+    }
+
+    /// See [`SchedulingQueue::take`].
+    pub fn take(&mut self, key: &PodKey) {
+        if let Some(q) = self.sub(key) {
+            q.take(key);
+        }
+    }
+
+    /// See [`SchedulingQueue::urgent`].
+    pub fn urgent(&mut self, key: &PodKey) {
+        if let Some(q) = self.sub(key) {
+            q.urgent(key);
+        }
+    }
+
+    /// See [`SchedulingQueue::cluster_changed`].
+    pub fn cluster_changed(&mut self, now_ms: i64) {
+        for q in self.queues.values_mut() {
+            q.cluster_changed(now_ms);
+        }
+    }
+
+    /// When the next backoff ends, in any queue.
+    pub fn next_wakeup(&self) -> Option<i64> {
+        self.queues.values().filter_map(|q| q.next_wakeup()).min()
+    }
+
+    /// True when the set holds this pod.
+    pub fn contains(&self, key: &PodKey) -> bool {
+        self.of.contains_key(key)
+    }
+
+    /// Number of pods held.
+    pub fn len(&self) -> usize {
+        self.of.len()
+    }
+
+    /// True when no pod is held.
+    pub fn is_empty(&self) -> bool {
+        self.of.is_empty()
+    }
+
+    /// Counts by state over every queue: (active, backoff, unschedulable, in flight).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        self.queues
+            .values()
+            .map(|q| q.counts())
+            .fold((0, 0, 0, 0), |a, b| {
+                (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3)
+            })
+    }
+
+    /// Pods held per fair-share queue.
+    pub fn per_queue(&self) -> impl Iterator<Item = (&Arc<str>, usize)> {
+        self.queues.iter().map(|(n, q)| (n, q.len()))
     }
 }
 
@@ -501,5 +667,27 @@ mod tests {
         // No stale backoff entry is left to resurrect the removed pod.
         assert!(q.pop(60_000).is_none());
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn the_set_takes_from_the_queue_ranked_first() {
+        let mut qs = QueueSet::new(QueueConfig::default());
+        qs.add_or_update("a".into(), pod("a1", 100, 0), 0);
+        qs.add_or_update("b".into(), pod("b1", 0, 5), 0);
+        qs.add_or_update("b".into(), pod("b2", 0, 6), 0);
+        // b ranks first whatever the priorities across queues; inside b, age.
+        let rank = |q: &str| if q == "b" { 0 } else { 1 };
+        assert_eq!(&*qs.pop(0, rank).unwrap().key.name, "b1");
+        assert_eq!(&*qs.pop(0, rank).unwrap().key.name, "b2");
+        assert_eq!(&*qs.pop(0, rank).unwrap().key.name, "a1");
+        assert!(qs.pop(0, rank).is_none());
+        assert_eq!(qs.counts(), (0, 0, 0, 3));
+        // A pod that moves to another queue leaves the first.
+        qs.add_or_update("a".into(), pod("b1", 0, 5), 0);
+        assert_eq!(qs.per_queue().map(|(_, n)| n).sum::<usize>(), 3);
+        qs.remove(&PodKey::new("ns", "b1"));
+        qs.remove(&PodKey::new("ns", "b2"));
+        qs.remove(&PodKey::new("ns", "a1"));
+        assert!(qs.is_empty());
     }
 }

@@ -355,6 +355,12 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
             .and_then(|a| a.get(EXCLUSIVE_ANNOTATION))
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
         gang: gang_ref(pod),
+        queue: meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::quota::QUEUE_LABEL))
+            .filter(|v| !v.is_empty())
+            .map(|v| Arc::from(v.as_str())),
         gpu_memory_min_mib: meta
             .annotations
             .as_ref()
@@ -508,6 +514,55 @@ pub fn node_resource_topology(
             zones: out,
         },
     ))
+}
+
+/// Converts a `Queue` (`drover.dev/v1alpha1`).
+pub fn queue(obj: &kube::api::DynamicObject) -> Result<crate::quota::QueueSpec, ConvertError> {
+    let name = obj
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(ConvertError::NoName { kind: "Queue" })?;
+    let object = format!("Queue {name}");
+    let spec = obj.data.get("spec");
+    let list = |field: &str| -> Result<Option<Resources>, ConvertError> {
+        let Some(v) = spec.and_then(|s| s.get(field)) else {
+            return Ok(None);
+        };
+        let map: BTreeMap<String, Quantity> =
+            serde_json::from_value(v.clone()).map_err(|e| ConvertError::Field {
+                object: object.clone(),
+                problem: format!("spec.{field}: {e}"),
+            })?;
+        Ok(Some(resources(
+            &object,
+            &format!("spec.{field}"),
+            Some(&map),
+        )?))
+    };
+    Ok(crate::quota::QueueSpec {
+        name: name.into(),
+        parent: spec
+            .and_then(|s| s.get("parent"))
+            .and_then(|p| p.as_str())
+            .filter(|p| !p.is_empty())
+            .map(Into::into),
+        guaranteed: list("guaranteed")?.unwrap_or_default(),
+        max_listed: spec
+            .and_then(|s| s.get("max"))
+            .and_then(|m| m.as_object())
+            .map(|m| m.keys().map(|k| ResourceKind::from_name(k)).collect())
+            .unwrap_or_default(),
+        max: list("max")?,
+        weight: spec
+            .and_then(|s| s.get("weight"))
+            .and_then(|w| w.as_i64())
+            .unwrap_or(1),
+        reclaimable: spec
+            .and_then(|s| s.get("reclaimable"))
+            .and_then(|r| r.as_bool())
+            .unwrap_or(true),
+    })
 }
 
 /// Converts a `PodGroup` (`scheduling.x-k8s.io/v1alpha1`), read as an untyped object.

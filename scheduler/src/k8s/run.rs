@@ -30,7 +30,8 @@ use crate::framework::{Outcome, schedule_one};
 use crate::gang::{self, GangDecision, GangKey, GangTracker, MemberState};
 use crate::metrics::Metrics;
 use crate::model::{NodeInfo, Phase, PodInfo, PodKey};
-use crate::queue::SchedulingQueue;
+use crate::queue::QueueSet;
+use crate::quota::{Ledger, QueueSpec, QueueTree};
 use crate::snapshot::Snapshot;
 
 use super::binder::{BindResult, bind};
@@ -266,6 +267,8 @@ enum Msg {
     /// This replica became the leader (true) or lost the lease (false).
     Leader(bool),
     Numa(Box<watcher::Event<DynamicObject>>),
+    Queue(Box<watcher::Event<DynamicObject>>),
+    Namespace(Box<watcher::Event<k8s_openapi::api::core::v1::Namespace>>),
     /// The NodeResourceTopology CRD is not installed.
     NumaAbsent,
     Bound {
@@ -361,7 +364,7 @@ struct Scheduler {
     client: Client,
     opts: RunOptions,
     cache: ClusterCache,
-    queue: SchedulingQueue,
+    queue: QueueSet,
     shared: Shared,
     status: StatusWriter,
     tx: mpsc::UnboundedSender<Msg>,
@@ -372,6 +375,8 @@ struct Scheduler {
     nodes_synced: bool,
     /// PodGroups listed (or their CRD is not installed).
     groups_synced: bool,
+    /// Namespaces listed (their default queues known).
+    namespaces_synced: bool,
     pod_relist: Option<HashSet<PodKey>>,
     node_relist: Option<HashSet<Arc<str>>>,
     group_relist: Option<HashSet<GangKey>>,
@@ -394,6 +399,18 @@ struct Scheduler {
     leading: bool,
     /// When the last snapshot was published.
     published_at: Instant,
+    /// Queue objects by name, and the validated tree built from them.
+    queue_specs: std::collections::BTreeMap<Arc<str>, QueueSpec>,
+    tree: QueueTree,
+    queue_relist: Option<HashSet<Arc<str>>>,
+    /// What each pod contributes to its fair-share queue.
+    ledger: Ledger,
+    /// Default queue per namespace (its `drover.dev/queue` label).
+    namespace_queues: HashMap<String, Arc<str>>,
+    /// Allocatable of every usable node, for dominant shares.
+    cluster_total: crate::model::Resources,
+    /// The last Queue status written, by queue.
+    queue_status: HashMap<Arc<str>, serde_json::Value>,
 }
 
 impl Scheduler {
@@ -428,6 +445,15 @@ impl Scheduler {
         let ours = self.ours(&info);
         let info = Arc::new(info);
         let change = self.cache.upsert_pod((*info).clone());
+        let contribution = match change {
+            PodChange::Assigned => Some(true),
+            PodChange::Pending if ours => Some(false),
+            _ => None,
+        };
+        self.ledger.set(
+            &key,
+            contribution.map(|placed| (self.queue_name(&info), info.requests.clone(), placed)),
+        );
         if ours && info.gang.as_ref().is_some_and(|g| g.conflict.is_none()) {
             let state = match (&change, info.phase) {
                 (_, Phase::Succeeded) => Some(MemberState::Succeeded),
@@ -451,7 +477,9 @@ impl Scheduler {
             self.gangs.forget(&key);
         }
         match change {
-            PodChange::Pending if ours => self.queue.add_or_update(info, now),
+            PodChange::Pending if ours => {
+                self.queue.add_or_update(self.queue_name(&info), info, now)
+            }
             PodChange::Terminal if was_placed => {
                 self.forget_pod(&key);
                 self.queue.cluster_changed(now);
@@ -473,6 +501,7 @@ impl Scheduler {
         tracing::debug!(pod = %key, was_placed, "pod deleted");
         self.cache.delete_pod(key);
         self.gangs.forget(key);
+        self.ledger.set(key, None);
         self.forget_pod(key);
         if was_placed {
             self.queue.cluster_changed(now);
@@ -496,6 +525,7 @@ impl Scheduler {
         if !unchanged {
             self.cache.upsert_node_info(info);
             self.queue.cluster_changed(now);
+            self.recount_cluster();
         }
     }
 
@@ -526,6 +556,7 @@ impl Scheduler {
                 watcher::Event::Delete(n) => {
                     if let Some(name) = n.metadata.name.as_deref() {
                         self.cache.delete_node(name);
+                        self.recount_cluster();
                     }
                 }
                 watcher::Event::InitDone => {
@@ -618,6 +649,76 @@ impl Scheduler {
                 }
             },
             Msg::NumaAbsent => {}
+            Msg::Queue(ev) => {
+                match *ev {
+                    watcher::Event::Init => self.queue_relist = Some(HashSet::new()),
+                    watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                        match super::convert::queue(&o) {
+                            Ok(spec) => {
+                                if let Some(seen) = self.queue_relist.as_mut() {
+                                    seen.insert(spec.name.clone());
+                                }
+                                self.queue_specs.insert(spec.name.clone(), spec);
+                            }
+                            Err(e) => {
+                                self.shared.metrics.malformed_objects.inc();
+                                tracing::warn!(error = %e, "skipping a Queue drover cannot read");
+                            }
+                        }
+                    }
+                    watcher::Event::Delete(o) => {
+                        if let Some(n) = o.metadata.name.as_deref() {
+                            self.queue_specs.remove(n);
+                        }
+                    }
+                    watcher::Event::InitDone => {
+                        if let Some(seen) = self.queue_relist.take() {
+                            self.queue_specs.retain(|k, _| seen.contains(k));
+                        }
+                    }
+                }
+                let before: Vec<String> = self.tree.problems().map(|p| p.to_string()).collect();
+                self.tree = QueueTree::build(self.queue_specs.values().cloned());
+                for p in self.tree.problems() {
+                    if !before.contains(&p.to_string()) {
+                        tracing::warn!(problem = %p, "invalid Queue");
+                    }
+                }
+                self.queue.cluster_changed(now);
+            }
+            Msg::Namespace(ev) => match *ev {
+                watcher::Event::InitApply(n) | watcher::Event::Apply(n) => {
+                    if let Some(name) = n.metadata.name.clone() {
+                        match n
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(crate::quota::QUEUE_LABEL))
+                            .filter(|v| !v.is_empty())
+                        {
+                            Some(q) => {
+                                let q: Arc<str> = q.as_str().into();
+                                if self.namespace_queues.get(&name) != Some(&q) {
+                                    self.namespace_queues.insert(name.clone(), q);
+                                    self.namespace_queue_changed(&name, now);
+                                }
+                            }
+                            None => {
+                                if self.namespace_queues.remove(&name).is_some() {
+                                    self.namespace_queue_changed(&name, now);
+                                }
+                            }
+                        }
+                    }
+                }
+                watcher::Event::Delete(n) => {
+                    if let Some(name) = n.metadata.name.as_deref() {
+                        self.namespace_queues.remove(name);
+                    }
+                }
+                watcher::Event::InitDone => self.namespaces_synced = true,
+                watcher::Event::Init => {}
+            },
             Msg::Bound { pod, node, result } => self.bound(pod, node, result, now),
         }
     }
@@ -635,6 +736,7 @@ impl Scheduler {
             // Another replica may have written since: write everything afresh.
             self.last_message.clear();
             self.group_status.clear();
+            self.queue_status.clear();
             self.gang_tried.clear();
             for g in self.gangs.gangs().cloned().collect::<Vec<_>>() {
                 self.gangs.touch(&g);
@@ -646,6 +748,55 @@ impl Scheduler {
                 self.cache.clear_reservation();
             }
         }
+    }
+
+    /// The fair-share queue of a pod: its label, else its namespace's, else `default`.
+    fn queue_name(&self, pod: &PodInfo) -> Arc<str> {
+        pod.queue
+            .clone()
+            .or_else(|| self.namespace_queues.get(&*pod.key.namespace).cloned())
+            .unwrap_or_else(|| crate::quota::DEFAULT_QUEUE.into())
+    }
+
+    /// A namespace's default queue changed: its pods move.
+    fn namespace_queue_changed(&mut self, namespace: &str, now: i64) {
+        for key in self.cache.pod_keys() {
+            if *key.namespace != *namespace {
+                continue;
+            }
+            let Some(pod) = self.cache.pod(&key).cloned() else {
+                continue;
+            };
+            if pod.queue.is_some() {
+                continue;
+            }
+            let q = self.queue_name(&pod);
+            let placed = pod.node_name.is_some();
+            if placed || self.ours(&pod) {
+                self.ledger
+                    .set(&key, Some((q.clone(), pod.requests.clone(), placed)));
+            }
+            if self.queue.contains(&key) {
+                self.queue.add_or_update(q, pod, now);
+            }
+        }
+    }
+
+    /// Sums the allocatable of every usable node (dominant shares are relative to it).
+    fn recount_cluster(&mut self) {
+        let mut total = crate::model::Resources::default();
+        for (_, n) in self.cache.snapshot().nodes() {
+            if n.known && !n.unschedulable {
+                total.add(&n.allocatable);
+            }
+        }
+        self.cluster_total = total;
+    }
+
+    /// Why `queue` cannot take `request` now, if it cannot.
+    fn quota_refusal(&self, queue: &str, request: &crate::model::Resources) -> Option<String> {
+        self.tree
+            .admit(&self.ledger.usage(&self.tree), queue, request)
     }
 
     /// A gang's definition changed: its waiting members get another try now.
@@ -691,6 +842,10 @@ impl Scheduler {
                 tracing::info!(pod = %pod.key, node = %node, reason = %why, "pod is gone or already bound; dropping it");
                 m.bind_errors.with_label_values(&["conflict"]).inc();
                 self.cache.forget(&pod.key);
+                self.ledger.set(
+                    &pod.key,
+                    Some((self.queue_name(&pod), pod.requests.clone(), false)),
+                );
                 self.forget_pod(&pod.key);
             }
             BindResult::Failed(why) => {
@@ -698,13 +853,18 @@ impl Scheduler {
                 m.bind_errors.with_label_values(&["other"]).inc();
                 m.attempts.with_label_values(&["error"]).inc();
                 self.cache.forget(&pod.key);
+                self.ledger.set(
+                    &pod.key,
+                    Some((self.queue_name(&pod), pod.requests.clone(), false)),
+                );
                 // A watch update during the bind may have taken the pod out of the
                 // queue: put it back, or it would wait for its next update.
                 if !self.queue.contains(&pod.key)
                     && let Some(current) = self.cache.pod(&pod.key).cloned()
                     && current.node_name.is_none()
                 {
-                    self.queue.add_or_update(current, now);
+                    self.queue
+                        .add_or_update(self.queue_name(&current), current, now);
                 }
                 if let Some(gang) = self.gangs.gang_of(&pod.key).cloned() {
                     self.repair_gang(&gang, &pod, &node, &why, now);
@@ -728,7 +888,13 @@ impl Scheduler {
 
     /// Schedules one pod if one is active. Returns false when there was none.
     fn schedule_next(&mut self, now: i64) -> bool {
-        let Some(pod) = self.queue.pop(now) else {
+        let usage = self.ledger.usage(&self.tree);
+        let (tree, cluster) = (&self.tree, &self.cluster_total);
+        let fair = tree.fair_shares(&usage, cluster);
+        let Some(pod) = self
+            .queue
+            .pop(now, |q| tree.order_key(&usage, &fair, cluster, q))
+        else {
             return false;
         };
         // The queue may hold a pod the watch has since bound or removed.
@@ -750,6 +916,15 @@ impl Scheduler {
             if !self.schedule_gang(&gang, &pod, now) {
                 return true;
             }
+        }
+        if let Some(why) = self.quota_refusal(&self.queue_name(&pod), &pod.requests) {
+            self.shared
+                .metrics
+                .attempts
+                .with_label_values(&["unschedulable"])
+                .inc();
+            self.wait(&pod, &format!("pod {}: {why}", pod.key), now);
+            return true;
         }
         let snap = self.cache.snapshot();
         let start = Instant::now();
@@ -832,7 +1007,33 @@ impl Scheduler {
             self.queue.hold(&pod.key, now);
             return false;
         }
-        let pending = self.pending_members(gang);
+        let mut pending = self.pending_members(gang);
+        // Quota: the whole set must fit the queue's max; failing that, exactly the
+        // members the gang still needs; failing that, it waits.
+        if let Some(first) = pending.first().cloned() {
+            let queue = self.queue_name(&first);
+            let needed = min.saturating_sub(counts.scheduled).min(pending.len());
+            let sum = |ps: &[Arc<PodInfo>]| {
+                let mut r = crate::model::Resources::default();
+                for p in ps {
+                    r.add(&p.requests);
+                }
+                r
+            };
+            if self.quota_refusal(&queue, &sum(&pending)).is_some() {
+                if let Some(why) = self.quota_refusal(&queue, &sum(&pending[..needed])) {
+                    let message = format!("gang {gang}: {why}");
+                    for p in &pending {
+                        self.wait(p, &message, now);
+                    }
+                    self.wait(pod, &message, now);
+                    self.gang_tried
+                        .insert(gang.clone(), self.cache.generation());
+                    return false;
+                }
+                pending.truncate(needed);
+            }
+        }
         let min_resources = self.gangs.group(gang).map(|g| g.min_resources.clone());
         let topology = match gang::topology_request(
             self.gangs.group(gang),
@@ -1025,6 +1226,10 @@ impl Scheduler {
 
     /// Hands a placed pod to a bind task.
     fn spawn_bind(&mut self, pod: Arc<PodInfo>, node: Arc<str>) {
+        self.ledger.set(
+            &pod.key,
+            Some((self.queue_name(&pod), pod.requests.clone(), true)),
+        );
         let (client, tx, binds) = (self.client.clone(), self.tx.clone(), self.binds.clone());
         self.binds_in_flight += 1;
         tokio::spawn(async move {
@@ -1092,6 +1297,7 @@ impl Scheduler {
                 });
             }
         }
+        self.sync_queues();
         self.shared.metrics.gangs_waiting.set(waiting);
         self.shared.metrics.gangs_running.set(running);
         self.shared
@@ -1103,6 +1309,77 @@ impl Scheduler {
             .snapshot_age_seconds
             .set(self.published_at.elapsed().as_secs_f64());
         self.measure_waste();
+    }
+
+    /// Queue status (when leading) and per-queue metrics, from the ledger.
+    fn sync_queues(&mut self) {
+        let usage = self.ledger.usage(&self.tree);
+        let fair = self.tree.fair_shares(&usage, &self.cluster_total);
+        let m = self.shared.metrics.clone();
+        let tree = self.tree.clone();
+        m.queue_resources.reset();
+        m.queue_pending_pods.reset();
+        let units = |k: &crate::model::ResourceKind, v: i64| match k {
+            crate::model::ResourceKind::Cpu => v as f64 / 1000.0,
+            _ => v as f64,
+        };
+        for (q, n) in self.queue.per_queue() {
+            m.queue_pending_pods.with_label_values(&[q]).set(n as i64);
+        }
+        let quantity = |r: &crate::model::Resources| -> serde_json::Value {
+            r.iter()
+                .map(|(k, v)| {
+                    (
+                        k.name().to_string(),
+                        serde_json::Value::from(crate::quantity::format_quantity(&k, v)),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        for spec in tree.queues() {
+            let name = &spec.name;
+            let alloc = usage.allocated(name);
+            let share = fair.get(name).cloned().unwrap_or_default();
+            for (kind, r) in [
+                ("allocated", &alloc),
+                ("guaranteed", &spec.guaranteed),
+                ("fair_share", &share),
+            ]
+            .into_iter()
+            .chain(spec.max.as_ref().map(|mx| ("max", mx)))
+            {
+                for (k, v) in r.iter() {
+                    m.queue_resources
+                        .with_label_values(&[name, k.name(), kind])
+                        .set(units(&k, v));
+                }
+            }
+            let status = serde_json::json!({
+                "allocated": quantity(&alloc),
+                "pending": quantity(&usage.pending(name)),
+                "fairShare": quantity(&share),
+                "dominantShare": format!("{:.3}", crate::quota::dominant_share(&alloc, &self.cluster_total)),
+                "conditions": [{"type": "Valid", "status": "True", "reason": "Valid", "message": ""}],
+            });
+            self.write_queue_status(name.clone(), status);
+        }
+        for p in self.tree.problems().cloned().collect::<Vec<_>>() {
+            let status = serde_json::json!({
+                "conditions": [{"type": "Valid", "status": "False", "reason": "Invalid",
+                                "message": format!("{}: {}", p.field, p.message)}],
+            });
+            self.write_queue_status(p.queue.clone(), status);
+        }
+    }
+
+    fn write_queue_status(&mut self, queue: Arc<str>, status: serde_json::Value) {
+        if !self.leading || self.queue_status.get(&queue) == Some(&status) {
+            return;
+        }
+        self.queue_status.insert(queue.clone(), status.clone());
+        let writer = self.status.clone();
+        tokio::spawn(async move { writer.queue_status(&queue, status).await });
     }
 
     /// What nodes that run workload pods leave unused: memory, and with a price
@@ -1297,9 +1574,25 @@ pub async fn run_with(
         shutdown.clone(),
         Some(|| Msg::NumaAbsent),
     );
+    spawn_watch(
+        Api::<DynamicObject>::all_with(client.clone(), &super::status::queue_resource()),
+        "queues",
+        tx.clone(),
+        |e| Msg::Queue(Box::new(e)),
+        shutdown.clone(),
+        Some(|| Msg::NumaAbsent),
+    );
+    spawn_watch(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()),
+        "namespaces",
+        tx.clone(),
+        |e| Msg::Namespace(Box::new(e)),
+        shutdown.clone(),
+        None,
+    );
     let status = StatusWriter::new(client.clone(), &opts.scheduler_name, &opts.identity);
     let binds = Arc::new(Semaphore::new(opts.config.bind_concurrency));
-    let queue = SchedulingQueue::new(opts.config.queue);
+    let queue = QueueSet::new(opts.config.queue);
     tracing::info!(scheduler_name = %opts.scheduler_name, identity = %opts.identity, "drover starting");
     let mut s = Scheduler {
         client,
@@ -1314,6 +1607,7 @@ pub async fn run_with(
         pods_synced: false,
         nodes_synced: false,
         groups_synced: false,
+        namespaces_synced: false,
         pod_relist: None,
         node_relist: None,
         group_relist: None,
@@ -1327,6 +1621,13 @@ pub async fn run_with(
         bind_failures: HashMap::new(),
         leading: false,
         published_at: Instant::now(),
+        queue_specs: Default::default(),
+        tree: QueueTree::default(),
+        queue_relist: None,
+        ledger: Ledger::new(),
+        namespace_queues: HashMap::new(),
+        cluster_total: Default::default(),
+        queue_status: HashMap::new(),
     };
     let mut next_expire = 0;
     while !shutdown.is_cancelled() {
@@ -1347,7 +1648,7 @@ pub async fn run_with(
             s.gang_housekeeping(now);
             next_expire = now + 1_000;
         }
-        let synced = s.pods_synced && s.nodes_synced && s.groups_synced;
+        let synced = s.pods_synced && s.nodes_synced && s.groups_synced && s.namespaces_synced;
         if synced && s.leading {
             s.sync_group_status();
         }

@@ -22,6 +22,14 @@ pub fn node_resource_topology_resource() -> ApiResource {
     )
 }
 
+/// drover's `Queue` (`drover.dev/v1alpha1`, cluster-scoped) as an untyped API resource.
+pub fn queue_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("drover.dev", "v1alpha1", "Queue"),
+        "queues",
+    )
+}
+
 /// `PodGroup` as an untyped API resource.
 pub fn pod_group_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -95,6 +103,18 @@ impl StatusWriter {
             .await
         {
             tracing::warn!(podgroup = %group, error = %e, "could not update the PodGroup status");
+        }
+    }
+
+    /// Merges `status` into a Queue's status subresource.
+    pub async fn queue_status(&self, queue: &str, status: serde_json::Value) {
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &queue_resource());
+        let patch = json!({ "status": status });
+        if let Err(e) = api
+            .patch_status(queue, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(queue, error = %e, "could not update the Queue status");
         }
     }
 

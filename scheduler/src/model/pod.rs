@@ -131,6 +131,8 @@ pub struct PodInfo {
     pub exclusive: bool,
     /// The gang the pod says it belongs to, if any.
     pub gang: Option<GangRef>,
+    /// The fair-share queue the pod names (`drover.dev/queue`), or its namespace's.
+    pub queue: Option<Arc<str>>,
     /// Least memory per GPU the pod accepts, in MiB (`drover.dev/gpu-memory-min`);
     /// `i64::MAX` when the annotation does not parse (no node satisfies it).
     pub gpu_memory_min_mib: Option<i64>,

@@ -138,6 +138,9 @@ pub async fn overcommitted(client: &Client) -> anyhow::Result<Vec<String>> {
 /// The PodGroup CRD drover ships, relative to the repository root.
 pub const POD_GROUP_CRD: &str = "manifests/crds/scheduling.x-k8s.io_podgroups.yaml";
 
+/// The Queue CRD drover ships, relative to the repository root.
+pub const QUEUE_CRD: &str = "manifests/crds/drover.dev_queues.yaml";
+
 /// Events (events.k8s.io/v1) about the object named `name` in `namespace`:
 /// `(reason, note)` pairs, oldest first.
 pub async fn events_for(

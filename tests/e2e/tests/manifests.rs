@@ -78,7 +78,8 @@ async fn apply(
 async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let admin = cp.client();
-    cp.install_crds(&[drover_e2e::POD_GROUP_CRD]).await?;
+    cp.install_crds(&[drover_e2e::POD_GROUP_CRD, drover_e2e::QUEUE_CRD])
+        .await?;
     let discovery = Discovery::new(admin.clone()).run().await?;
     let base = repo_root().join("manifests/base");
     // Everything but the Deployment for real (no image runs here); the Deployment is
