@@ -200,6 +200,26 @@ impl Default for TopologyConfig {
     }
 }
 
+/// Fair-share queue settings in the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct QuotaConfig {
+    /// How long a pod that eviction could make room for waits before drover evicts
+    /// (reclaim from borrowers, or priority preemption inside its queue).
+    pub reclaim_grace_seconds: f64,
+    /// Pods that have run less than this are never evicted by drover.
+    pub min_runtime_seconds: f64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            reclaim_grace_seconds: 30.0,
+            min_runtime_seconds: 60.0,
+        }
+    }
+}
+
 /// Gang settings in the file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -239,6 +259,8 @@ pub struct FileConfig {
     pub exclusive: ExclusiveConfig,
     /// Topology levels.
     pub topology: TopologyConfig,
+    /// Fair-share queues.
+    pub quota: QuotaConfig,
 }
 
 /// The validated configuration the scheduler runs with.
@@ -258,6 +280,10 @@ pub struct Config {
     pub exclusive_namespaces: Vec<String>,
     /// Topology levels (node label keys), widest first.
     pub topology_levels: Vec<std::sync::Arc<str>>,
+    /// Wait before evicting for a pod (ms).
+    pub reclaim_grace_ms: i64,
+    /// Minimum runtime of an eviction victim (ms).
+    pub min_runtime_ms: i64,
 }
 
 impl Default for Config {
@@ -399,6 +425,20 @@ impl FileConfig {
                 ));
             }
         }
+        for (name, v) in [
+            (
+                "quota.reclaimGraceSeconds",
+                self.quota.reclaim_grace_seconds,
+            ),
+            ("quota.minRuntimeSeconds", self.quota.min_runtime_seconds),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(invalid(
+                    name,
+                    format!("{v} must be a number of seconds, 0 or more"),
+                ));
+            }
+        }
         for (i, l) in self.topology.levels.iter().enumerate() {
             if l.trim().is_empty() || self.topology.levels[..i].contains(l) {
                 return Err(invalid(
@@ -458,6 +498,8 @@ impl FileConfig {
             confirm_timeout_ms: (self.binding.confirm_timeout_seconds * 1000) as i64,
             gang_reservation_ms: g.reserve.then(|| ms(g.reservation_seconds)),
             exclusive_namespaces: self.exclusive.namespaces.clone(),
+            reclaim_grace_ms: ms(self.quota.reclaim_grace_seconds),
+            min_runtime_ms: ms(self.quota.min_runtime_seconds),
             topology_levels: self
                 .topology
                 .levels

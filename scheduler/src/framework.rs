@@ -105,6 +105,18 @@ impl<'a> Overlay<'a> {
         }
         entry.as_mut().expect("set above").add_pod(pod);
     }
+
+    /// Takes the pod with `key` off the node in `slot` (a local copy of that node).
+    pub fn remove(&mut self, slot: usize, key: &crate::model::PodKey) {
+        let entry = &mut self.local[slot];
+        if entry.is_none() {
+            let Some(base) = self.base.slot(slot) else {
+                return;
+            };
+            *entry = Some(Box::new((**base).clone()));
+        }
+        entry.as_mut().expect("set above").remove_pod(key);
+    }
 }
 
 impl NodeSource for Overlay<'_> {
@@ -173,6 +185,15 @@ pub enum Outcome {
     Placed(Placement),
     /// No node passed every filter.
     Unschedulable(Diagnosis),
+}
+
+/// True when some node of `nodes` passes every filter for `pod`.
+pub fn feasible_anywhere<N: NodeSource + ?Sized>(
+    profile: &Profile,
+    pod: &PodInfo,
+    nodes: &N,
+) -> bool {
+    (0..nodes.slots()).any(|i| nodes.get(i).is_some_and(|n| feasible(profile, pod, n)))
 }
 
 /// True when `node` passes every filter of `profile` for `pod`.

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub queue_resources: GaugeVec,
     /// Pending pods per fair-share queue.
     pub queue_pending_pods: IntGaugeVec,
+    /// Pods evicted by drover, by reason (`reclaim`, `preemption`).
+    pub evictions: IntCounterVec,
     /// Seconds since the scheduler last published a snapshot.
     pub snapshot_age_seconds: Gauge,
     /// Gangs with at least minMember members placed.
@@ -169,6 +171,14 @@ impl Metrics {
                 &["queue"],
             )
             .expect("metric"),
+            evictions: IntCounterVec::new(
+                Opts::new(
+                    "drover_evictions_total",
+                    "Pods evicted by drover: reclaim (a queue takes back its guarantee) or preemption (a higher-priority pod of the same queue).",
+                ),
+                &["reason"],
+            )
+            .expect("metric"),
             leader: IntGauge::new(
                 "drover_leader",
                 "1 while this replica holds the leader Lease (or runs without leader election).",
@@ -210,6 +220,7 @@ impl Metrics {
             Box::new(m.leader.clone()),
             Box::new(m.queue_resources.clone()),
             Box::new(m.queue_pending_pods.clone()),
+            Box::new(m.evictions.clone()),
             Box::new(m.snapshot_age_seconds.clone()),
             Box::new(m.gangs_running.clone()),
             Box::new(m.gang_oldest_wait_seconds.clone()),
@@ -241,6 +252,7 @@ impl Metrics {
             &self.leader,
             &self.queue_resources,
             &self.queue_pending_pods,
+            &self.evictions,
             &self.snapshot_age_seconds,
             &self.gangs_running,
             &self.gang_oldest_wait_seconds,

@@ -433,6 +433,22 @@ impl Usage {
         self.pending.get(q).is_some_and(|r| !r.is_zero())
     }
 
+    /// Takes `request` off what `queue` and its ancestors hold (an eviction planned
+    /// before the next recount).
+    pub fn discharge(&mut self, tree: &QueueTree, queue: &str, request: &Resources) {
+        let path = tree.path(queue);
+        let targets: Vec<Arc<str>> = if path.is_empty() {
+            vec![queue.into()]
+        } else {
+            path
+        };
+        for t in targets {
+            if let Some(a) = self.allocated.get_mut(&t) {
+                a.sub(request);
+            }
+        }
+    }
+
     /// Counts `request` as allocated to `queue` and its ancestors (a placement made
     /// before the next recount).
     pub fn charge(&mut self, tree: &QueueTree, queue: &str, request: &Resources) {
@@ -509,6 +525,207 @@ impl Ledger {
             }
         }
         u
+    }
+}
+
+/// A pod that may be evicted to give a queue back its guarantee.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// The pod (bound).
+    pub pod: Arc<PodInfo>,
+    /// Its fair-share queue.
+    pub queue: Arc<str>,
+    /// When it started (ms), for shortest-running-first and the minimum runtime.
+    pub started_ms: i64,
+    /// The key of its unit: the gang's name, or the pod's own; victims go whole units.
+    pub unit: Arc<str>,
+}
+
+/// What a victim search works from: the queue tree and its usage, the candidates
+/// (bound pods, grouped into units), the profile that decides fit, and the clock.
+pub struct VictimSearch<'a> {
+    /// The queue tree.
+    pub tree: &'a QueueTree,
+    /// Usage, with the plan so far applied.
+    pub usage: &'a Usage,
+    /// The profile deciding whether a pod fits a node.
+    pub profile: &'a crate::framework::Profile,
+    /// Pods that may be evicted.
+    pub candidates: &'a [Candidate],
+    /// Now (ms).
+    pub now_ms: i64,
+    /// Nothing that has run less than this (ms) is evicted.
+    pub min_runtime_ms: i64,
+}
+
+/// The pods to evict, and the node where the claimant then fits.
+pub type Victims = (Vec<Arc<PodInfo>>, Arc<str>);
+
+impl VictimSearch<'_> {
+    /// Reclaim: evicts so that `pod` of `queue` fits on some node, whole units (gangs,
+    /// never half of one) of queues that have borrowed beyond their guarantee and
+    /// allow reclaim, lowest priority and shortest-running first, never taking a queue
+    /// below its own guarantee. Reclaim happens only up to `queue`'s guarantee.
+    pub fn reclaim(
+        &self,
+        queue: &str,
+        pod: &PodInfo,
+        nodes: &dyn crate::framework::NodeSource,
+    ) -> Option<Victims> {
+        let spec = self.tree.get(queue)?;
+        let mut after = self.usage.allocated(queue);
+        after.add(&pod.requests);
+        // Only what the guarantee lists counts: a resource it does not list is not
+        // guaranteed, so it is neither reclaimed nor in the way.
+        if spec.guaranteed.is_zero()
+            || spec
+                .guaranteed
+                .iter()
+                .any(|(k, g)| pod.requests.get(&k) > 0 && after.get(&k) > g)
+        {
+            return None; // beyond its guarantee it borrows; it does not reclaim
+        }
+        let units = self.units(|c| {
+            let Some(q) = self.tree.get(&c.queue) else {
+                return false;
+            };
+            q.reclaimable
+                && c.queue.as_ref() != queue
+                && self
+                    .usage
+                    .allocated(&c.queue)
+                    .iter()
+                    .any(|(k, v)| v > q.guaranteed.get(&k))
+        });
+        self.cheapest(pod, nodes, &units, true)
+    }
+
+    /// Priority preemption inside a queue: evicts whole units of `queue` whose every
+    /// member has a lower priority than `pod`, lowest priority and shortest-running
+    /// first, so that `pod` fits on some node.
+    pub fn preempt(
+        &self,
+        queue: &str,
+        pod: &PodInfo,
+        nodes: &dyn crate::framework::NodeSource,
+    ) -> Option<Victims> {
+        let mut units = self.units(|c| c.queue.as_ref() == queue);
+        units.retain(|(_, m)| m.iter().all(|c| c.pod.priority < pod.priority));
+        self.cheapest(pod, nodes, &units, false)
+    }
+
+    /// Candidates that pass `eligible`, grouped into units that are old enough
+    /// (every member), in eviction order: lowest priority, then shortest-running.
+    fn units(&self, eligible: impl Fn(&Candidate) -> bool) -> Vec<(Arc<str>, Vec<&Candidate>)> {
+        let mut units: BTreeMap<Arc<str>, Vec<&Candidate>> = BTreeMap::new();
+        for c in self.candidates {
+            units.entry(c.unit.clone()).or_default().push(c);
+        }
+        // A unit goes whole or not at all: one ineligible member keeps it all.
+        let mut order: Vec<(Arc<str>, Vec<&Candidate>)> = units
+            .into_iter()
+            .filter(|(_, m)| {
+                m.iter()
+                    .all(|c| eligible(c) && self.now_ms - c.started_ms >= self.min_runtime_ms)
+            })
+            .collect();
+        order.sort_by_key(|(u, m)| {
+            let prio = m.iter().map(|c| c.pod.priority).max().unwrap_or(0);
+            let started = m.iter().map(|c| c.started_ms).max().unwrap_or(0);
+            (prio, std::cmp::Reverse(started), u.clone())
+        });
+        order
+    }
+
+    /// For each node, evicts units touching it, in order, until `pod` fits there;
+    /// keeps the node that needs the fewest evicted pods. With `keep_guarantees`, no
+    /// unit is taken whose queue would fall below its own guarantee.
+    fn cheapest(
+        &self,
+        pod: &PodInfo,
+        nodes: &dyn crate::framework::NodeSource,
+        order: &[(Arc<str>, Vec<&Candidate>)],
+        keep_guarantees: bool,
+    ) -> Option<Victims> {
+        // Units by the nodes they touch, in eviction order: each node looks only at
+        // its own.
+        let mut by_node: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+        for (i, (_, members)) in order.iter().enumerate() {
+            for c in members {
+                if let Some(n) = c.pod.node_name.as_deref() {
+                    let v = by_node.entry(n).or_default();
+                    if v.last() != Some(&i) {
+                        v.push(i);
+                    }
+                }
+            }
+        }
+        let mut best: Option<Victims> = None;
+        for slot in 0..nodes.slots() {
+            let Some(node) = nodes.get(slot).filter(|n| n.known) else {
+                continue;
+            };
+            let Some(touching) = by_node.get(&*node.name) else {
+                continue;
+            };
+            let mut n = node.clone();
+            let mut victims: Vec<Arc<PodInfo>> = Vec::new();
+            let mut taken: BTreeMap<Arc<str>, Resources> = BTreeMap::new();
+            let mut fits = false;
+            for &i in touching {
+                let members = &order[i].1;
+                if fits {
+                    break;
+                }
+                if keep_guarantees && !self.keeps_guarantees(members, &mut taken) {
+                    continue;
+                }
+                for c in members.iter() {
+                    if c.pod.node_name.as_deref() == Some(&*n.name) {
+                        n.remove_pod(&c.pod.key);
+                    }
+                    victims.push(c.pod.clone());
+                }
+                fits = crate::framework::feasible(self.profile, pod, &n);
+            }
+            if fits
+                && !victims.is_empty()
+                && best.as_ref().is_none_or(|(b, _)| victims.len() < b.len())
+            {
+                best = Some((victims, n.name.clone()));
+            }
+        }
+        best
+    }
+
+    /// Whether taking `members` (on top of `taken`) leaves every queue at or above
+    /// its guarantee; if so, counts them in `taken`.
+    fn keeps_guarantees(
+        &self,
+        members: &[&Candidate],
+        taken: &mut BTreeMap<Arc<str>, Resources>,
+    ) -> bool {
+        let mut trial = taken.clone();
+        for c in members {
+            let t = trial.entry(c.queue.clone()).or_default();
+            t.add(&c.pod.requests);
+            let mut left = self.usage.allocated(&c.queue);
+            left.sub(t);
+            let g = self
+                .tree
+                .get(&c.queue)
+                .map(|q| q.guaranteed.clone())
+                .unwrap_or_default();
+            if c.pod
+                .requests
+                .iter()
+                .any(|(k, v)| v > 0 && left.get(&k) < g.get(&k))
+            {
+                return false;
+            }
+        }
+        *taken = trial;
+        true
     }
 }
 
@@ -743,5 +960,127 @@ mod tests {
         assert_eq!(recount.allocated("org"), u.allocated("org"));
         l.set(&b.key, None);
         assert_eq!(l.usage(&t).allocated("org").cpu, 1_000);
+    }
+
+    #[test]
+    fn victims_are_whole_units_youngest_and_lowest_priority_first() {
+        use crate::framework::Profile;
+        use crate::model::NodeInfo;
+        fn reclaim(
+            t: &QueueTree,
+            usage: &Usage,
+            cands: &[Candidate],
+            min_runtime_ms: i64,
+            claim: &PodInfo,
+            snap: &crate::snapshot::Snapshot,
+        ) -> Option<Victims> {
+            VictimSearch {
+                tree: t,
+                usage,
+                profile: &Profile::default(),
+                candidates: cands,
+                now_ms: 1_000,
+                min_runtime_ms,
+            }
+            .reclaim("a", claim, snap)
+        }
+        let t = QueueTree::build([
+            q("a", None, 8_000, None, 1),
+            q("b", None, 8_000, None, 1),
+            {
+                let mut x = q("c", None, 0, None, 1);
+                x.reclaimable = false;
+                x
+            },
+        ]);
+        // Two 8-cpu nodes full of b's pods: n0 runs a 2-member gang g (one member on
+        // each node) and an old pod; n1 runs the other gang member, a young pod and
+        // a high-priority pod. b holds 16 cpus against a guarantee of 8.
+        let mut cache = crate::cache::ClusterCache::new();
+        for n in ["n0", "n1"] {
+            cache.upsert_node_info(NodeInfo::new(n, Resources::cpu_mem(8_000, 1 << 34), 10));
+        }
+        let mk = |name: &str, node: &str, cpu: i64, prio: i32, started: i64, unit: &str| {
+            let mut p = pod(name, "b", cpu);
+            p.node_name = Some(node.into());
+            p.priority = prio;
+            let p = Arc::new(p);
+            (
+                p.clone(),
+                Candidate {
+                    pod: p,
+                    queue: "b".into(),
+                    started_ms: started,
+                    unit: unit.into(),
+                },
+            )
+        };
+        let set = [
+            mk("g-0", "n0", 4_000, 0, 100, "gang/g"),
+            mk("old", "n0", 4_000, 0, 10, "old"),
+            mk("g-1", "n1", 4_000, 0, 100, "gang/g"),
+            mk("young", "n1", 2_000, 0, 500, "young"),
+            mk("vip", "n1", 2_000, 10, 600, "vip"),
+        ];
+        for (p, _) in &set {
+            cache.upsert_pod((**p).clone());
+        }
+        let cands: Vec<Candidate> = set.iter().map(|(_, c)| c.clone()).collect();
+        let usage = Usage::from_pods(&t, set.iter().map(|(p, _)| (&**p, true)));
+        let snap = cache.snapshot();
+        let claim = pod("claim", "a", 2_000);
+        let (victims, node) =
+            reclaim(&t, &usage, &cands, 0, &claim, &snap).expect("reclaim finds room");
+        let names: Vec<&str> = victims.iter().map(|v| &*v.key.name).collect();
+        // The youngest low-priority unit is enough, on n1.
+        assert_eq!((names, &*node), (vec!["young"], "n1"));
+
+        // A claim that needs 4 cpus: on n1 the young pod is not enough; the next unit
+        // in order is the gang, which goes whole (both members), never half.
+        let claim = pod("claim", "a", 4_000);
+        let (victims, _) = reclaim(&t, &usage, &cands, 0, &claim, &snap).unwrap();
+        let mut names: Vec<&str> = victims.iter().map(|v| &*v.key.name).collect();
+        names.sort();
+        assert_eq!(names, vec!["g-0", "g-1"], "the whole gang, on n0");
+        // Too young to evict: nothing.
+        assert!(reclaim(&t, &usage, &cands, 10_000, &claim, &snap).is_none());
+        // Beyond its guarantee a queue does not reclaim.
+        let big = pod("claim", "a", 9_000);
+        assert!(reclaim(&t, &usage, &cands, 0, &big, &snap).is_none());
+        // Nothing is taken from a queue that does not allow it.
+        let cands_c: Vec<Candidate> = cands
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                c.queue = "c".into();
+                c
+            })
+            .collect();
+        let usage_c = Usage::default();
+        assert!(reclaim(&t, &usage_c, &cands_c, 0, &claim, &snap).is_none());
+
+        // Priority preemption inside queue b: only units whose every member has a
+        // lower priority than the claimant, whole, the cheapest node.
+        let search = VictimSearch {
+            tree: &t,
+            usage: &usage,
+            profile: &Profile::default(),
+            candidates: &cands,
+            now_ms: 1_000,
+            min_runtime_ms: 0,
+        };
+        let mut vip = pod("urgent", "b", 4_000);
+        vip.priority = 5;
+        let (victims, node) = search
+            .preempt("b", &vip, &snap)
+            .expect("room by preemption");
+        let mut names: Vec<&str> = victims.iter().map(|v| &*v.key.name).collect();
+        names.sort();
+        assert_eq!((names, &*node), (vec!["g-0", "g-1"], "n0"));
+        // Equal priority preempts nothing; neither does another queue's pod.
+        vip.priority = 0;
+        assert!(search.preempt("b", &vip, &snap).is_none());
+        vip.priority = 5;
+        assert!(search.preempt("a", &vip, &snap).is_none());
     }
 }

@@ -329,6 +329,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
         requests,
         declares_requests,
         priority: spec.priority.unwrap_or(0),
+        never_preempts: spec.preemption_policy.as_deref() == Some("Never"),
         created_ms: meta
             .creation_timestamp
             .as_ref()

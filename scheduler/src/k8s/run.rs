@@ -37,7 +37,9 @@ use crate::snapshot::Snapshot;
 use super::binder::{BindResult, bind};
 use super::convert::{node_info, node_resource_topology, pod_group, pod_info};
 use super::serve;
-use super::status::{StatusWriter, node_resource_topology_resource, pod_group_resource};
+use super::status::{
+    StatusSink, StatusTarget, StatusWriter, node_resource_topology_resource, pod_group_resource,
+};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -266,6 +268,8 @@ enum Msg {
     GroupsAbsent,
     /// This replica became the leader (true) or lost the lease (false).
     Leader(bool),
+    /// An eviction was refused (a PodDisruptionBudget): leave the pod alone a while.
+    EvictionRefused(PodKey),
     Numa(Box<watcher::Event<DynamicObject>>),
     Queue(Box<watcher::Event<DynamicObject>>),
     Namespace(Box<watcher::Event<k8s_openapi::api::core::v1::Namespace>>),
@@ -359,6 +363,12 @@ fn is_not_found(e: &watcher::Error) -> bool {
     }
 }
 
+/// At most this many other pending pods of a queue share one round of evictions.
+const MAX_CLAIMANTS: usize = 32;
+
+/// How long an eviction may take before it counts as refused.
+const EVICTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The scheduling task's state.
 struct Scheduler {
     client: Client,
@@ -367,6 +377,8 @@ struct Scheduler {
     queue: QueueSet,
     shared: Shared,
     status: StatusWriter,
+    /// PodGroup and Queue status, written in order by one task.
+    status_sink: StatusSink,
     tx: mpsc::UnboundedSender<Msg>,
     binds: Arc<Semaphore>,
     /// Binds handed to a task whose result has not come back yet.
@@ -411,6 +423,13 @@ struct Scheduler {
     cluster_total: crate::model::Resources,
     /// The last Queue status written, by queue.
     queue_status: HashMap<Arc<str>, serde_json::Value>,
+    /// When each pod that could reclaim started waiting (ms).
+    waiting_since: HashMap<PodKey, i64>,
+    /// Pods being evicted, until the time given.
+    evicting: HashMap<PodKey, i64>,
+    /// Pods whose eviction was refused (a PodDisruptionBudget), left alone until the
+    /// time given.
+    refused: HashMap<PodKey, i64>,
 }
 
 impl Scheduler {
@@ -494,6 +513,7 @@ impl Scheduler {
         self.queue.remove(key);
         self.last_message.remove(key);
         self.bind_failures.remove(key);
+        self.waiting_since.remove(key);
     }
 
     fn delete_pod(&mut self, key: &PodKey, now: i64) {
@@ -615,6 +635,11 @@ impl Scheduler {
                 self.groups_synced = true;
             }
             Msg::Leader(leading) => self.set_leading(leading, now),
+            Msg::EvictionRefused(key) => {
+                self.evicting.remove(&key);
+                self.refused.insert(key, now + 60_000);
+                self.queue.cluster_changed(now);
+            }
             Msg::Numa(ev) => match *ev {
                 watcher::Event::Init => self.numa_relist = Some(HashSet::new()),
                 watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
@@ -744,6 +769,7 @@ impl Scheduler {
             self.queue.cluster_changed(now);
         } else {
             tracing::warn!(identity = %self.opts.identity, "lost the leader Lease: scheduling stops");
+            self.status_sink.clear();
             if self.reservation.take().is_some() {
                 self.cache.clear_reservation();
             }
@@ -950,6 +976,7 @@ impl Scheduler {
                     .with_label_values(&["unschedulable"])
                     .inc();
                 self.wait(&pod, &d.message(), now);
+                self.make_room(&pod, None, &snap, now);
             }
         }
         true
@@ -1090,11 +1117,17 @@ impl Scheduler {
                 }
                 // A reservation does not yet follow topology: a gang that requires a
                 // level would hold capacity it may not be able to use.
-                if !topology.as_ref().is_some_and(|c| c.required) {
+                let required = topology.as_ref().is_some_and(|c| c.required);
+                if !required {
                     self.reserve_for(gang, &tried, now);
                 }
                 self.gang_tried
                     .insert(gang.clone(), self.cache.generation());
+                // Evictions are planned without topology: a gang that requires a
+                // level waits for room instead.
+                if !required {
+                    self.make_room(pod, Some(gang), &snap, now);
+                }
                 false
             }
             GangDecision::Placed { placed, where_ } => {
@@ -1145,6 +1178,213 @@ impl Scheduler {
                 }
                 false
             }
+        }
+    }
+
+    /// `pod` (alone, or with the rest of its gang in `gang`) fits nowhere: evict so
+    /// that it fits. Reclaim when its queue is below its guarantee (whole units of
+    /// queues that borrowed beyond theirs); otherwise priority preemption inside its
+    /// queue (whole units of lower priority). Nothing is evicted before the pod has
+    /// waited `reclaimGraceSeconds`; meanwhile it is retried with backoff. A gang is
+    /// planned all or nothing: every member must fit after the evictions.
+    fn make_room(&mut self, pod: &Arc<PodInfo>, gang: Option<&GangKey>, snap: &Snapshot, now: i64) {
+        if pod.never_preempts {
+            return;
+        }
+        let queue = self.queue_name(pod);
+        self.evicting
+            .retain(|k, until| *until > now && self.cache.pod(k).is_some());
+        self.refused.retain(|_, until| *until > now);
+        if !self.evicting.is_empty() {
+            // Evictions under way: wait for them (and retry soon).
+            self.queue.backoff(&pod.key, now);
+            return;
+        }
+        let unit_of = |p: &PodInfo| -> Arc<str> {
+            match GangKey::of(p) {
+                Some(g) => format!("gang/{g}").into(),
+                None => format!("pod/{}", p.key).into(),
+            }
+        };
+        // A unit with a member that refused eviction (or is going) is left whole.
+        let blocked: HashSet<Arc<str>> = self
+            .refused
+            .keys()
+            .filter_map(|k| self.cache.pod(k))
+            .map(|p| unit_of(p))
+            .collect();
+        // Without a guarantee to reclaim, only lower-priority pods of the same queue
+        // can make room: the rest need not be looked at.
+        let can_reclaim = self
+            .tree
+            .get(&queue)
+            .is_some_and(|q| !q.guaranteed.is_zero());
+        let mut candidates: Vec<crate::quota::Candidate> = Vec::new();
+        for key in self.cache.pod_keys() {
+            let Some(p) = self.cache.pod(&key) else {
+                continue;
+            };
+            if p.node_name.is_none() || p.daemonset || p.deleting || !self.ours(p) {
+                continue;
+            }
+            if !can_reclaim && (p.priority >= pod.priority || self.queue_name(p) != queue) {
+                continue;
+            }
+            let unit = unit_of(p);
+            if blocked.contains(&unit) {
+                continue;
+            }
+            candidates.push(crate::quota::Candidate {
+                pod: p.clone(),
+                queue: self.queue_name(p),
+                started_ms: p.created_ms,
+                unit,
+            });
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        // The claimants: the gang's pending members (all must fit), or this pod and
+        // then every other pending single pod of its queue, so one round of
+        // evictions serves them all.
+        let all_or_nothing = gang.is_some();
+        let claimants: Vec<Arc<PodInfo>> = match gang {
+            Some(g) => self.pending_members(g),
+            None => {
+                let mut others: Vec<Arc<PodInfo>> = self
+                    .cache
+                    .pending_pods()
+                    .filter(|p| {
+                        p.key != pod.key
+                            && self.ours(p)
+                            && p.gang.is_none()
+                            && !p.never_preempts
+                            && self.queue_name(p) == queue
+                    })
+                    .cloned()
+                    .collect();
+                others.sort_by_key(|p| (std::cmp::Reverse(p.priority), p.created_ms));
+                others.truncate(MAX_CLAIMANTS);
+                std::iter::once(pod.clone()).chain(others).collect()
+            }
+        };
+        let mut usage = self.ledger.usage(&self.tree);
+        let mut overlay = crate::framework::Overlay::new(snap);
+        let mut planned: Vec<(Arc<PodInfo>, &'static str)> = Vec::new();
+        for claimant in &claimants {
+            if let crate::framework::Outcome::Placed(p) =
+                schedule_one(&self.opts.config.profile, claimant, &overlay)
+            {
+                // Room already planned (or free).
+                overlay.place(p.slot, claimant.clone());
+                usage.charge(&self.tree, &queue, &claimant.requests);
+                continue;
+            }
+            let left: Vec<crate::quota::Candidate> = candidates
+                .iter()
+                .filter(|c| !planned.iter().any(|(v, _)| v.key == c.pod.key))
+                .cloned()
+                .collect();
+            let search = crate::quota::VictimSearch {
+                tree: &self.tree,
+                usage: &usage,
+                profile: &self.opts.config.profile,
+                candidates: &left,
+                now_ms: now,
+                min_runtime_ms: self.opts.config.min_runtime_ms,
+            };
+            let found = search
+                .reclaim(&queue, claimant, &overlay)
+                .map(|v| (v, "reclaim"))
+                .or_else(|| {
+                    search
+                        .preempt(&queue, claimant, &overlay)
+                        .map(|v| (v, "preemption"))
+                });
+            let Some(((victims, node), reason)) = found else {
+                if all_or_nothing {
+                    return; // a gang that would still not fit whole: evict nothing
+                }
+                continue;
+            };
+            for v in &victims {
+                if let Some(s) = v.node_name.as_deref().and_then(|n| snap.slot_of(n)) {
+                    overlay.remove(s, &v.key);
+                }
+                usage.discharge(&self.tree, &self.queue_name(v), &v.requests);
+            }
+            if let Some(s) = snap.slot_of(&node) {
+                overlay.place(s, claimant.clone());
+            }
+            usage.charge(&self.tree, &queue, &claimant.requests);
+            planned.extend(victims.into_iter().map(|v| (v, reason)));
+        }
+        if planned.is_empty() {
+            return;
+        }
+        // Something can be done: retry soon rather than park, so the grace period
+        // is noticed; a gang is decided afresh then.
+        if let Some(g) = gang {
+            self.gang_tried.remove(g);
+        }
+        self.queue.backoff(&pod.key, now);
+        let since = *self.waiting_since.entry(pod.key.clone()).or_insert(now);
+        if now - since < self.opts.config.reclaim_grace_ms {
+            return;
+        }
+        let who = match gang {
+            Some(g) => format!("gang {g}"),
+            None => format!("pod {}", pod.key),
+        };
+        tracing::info!(claimant = %who, queue = %queue, victims = planned.len(), "evicting to make room");
+        for (v, reason) in planned {
+            // Until it is gone (its grace period may be long), or ten minutes.
+            self.evicting.insert(v.key.clone(), now + 600_000);
+            let evictions = self.shared.metrics.evictions.with_label_values(&[reason]);
+            let (client, status, tx) = (self.client.clone(), self.status.clone(), self.tx.clone());
+            let from = self.queue_name(&v);
+            let (event_reason, note) = if reason == "reclaim" {
+                (
+                    "Reclaimed",
+                    format!(
+                        "evicted by drover: queue {queue} reclaims its guarantee (this pod's queue {from} had borrowed beyond its own) for {who}"
+                    ),
+                )
+            } else {
+                (
+                    "Preempted",
+                    format!(
+                        "evicted by drover: {who} of queue {queue} has a higher priority ({}) than this pod ({})",
+                        pod.priority, v.priority
+                    ),
+                )
+            };
+            tokio::spawn(async move {
+                let api: Api<Pod> = Api::namespaced(client, &v.key.namespace);
+                // The client retries a 429 (what a PodDisruptionBudget answers) for
+                // minutes; a refusal must be noticed at once, so the wait is bounded.
+                let evicted = tokio::time::timeout(
+                    EVICTION_TIMEOUT,
+                    api.evict(&v.key.name, &Default::default()),
+                )
+                .await;
+                match evicted {
+                    Ok(Ok(_)) => {
+                        evictions.inc();
+                        status
+                            .event(&v, EventType::Warning, event_reason, &note)
+                            .await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(pod = %v.key, error = %e, "eviction refused; left alone for a minute");
+                        let _ = tx.send(Msg::EvictionRefused(v.key.clone()));
+                    }
+                    Err(_) => {
+                        tracing::info!(pod = %v.key, "eviction not accepted within {}s (a PodDisruptionBudget refuses it); left alone for a minute", EVICTION_TIMEOUT.as_secs());
+                        let _ = tx.send(Msg::EvictionRefused(v.key.clone()));
+                    }
+                }
+            });
         }
     }
 
@@ -1378,8 +1618,8 @@ impl Scheduler {
             return;
         }
         self.queue_status.insert(queue.clone(), status.clone());
-        let writer = self.status.clone();
-        tokio::spawn(async move { writer.queue_status(&queue, status).await });
+        self.status_sink
+            .write(StatusTarget::Queue(queue.to_string()), status);
     }
 
     /// What nodes that run workload pods leave unused: memory, and with a price
@@ -1465,8 +1705,7 @@ impl Scheduler {
                 continue;
             }
             self.group_status.insert(g.clone(), status.clone());
-            let writer = self.status.clone();
-            tokio::spawn(async move { writer.pod_group_status(&g, status).await });
+            self.status_sink.write(StatusTarget::PodGroup(g), status);
         }
     }
 
@@ -1600,6 +1839,7 @@ pub async fn run_with(
         cache: ClusterCache::new(),
         queue,
         shared,
+        status_sink: StatusSink::spawn(status.clone()),
         status,
         tx,
         binds,
@@ -1628,6 +1868,9 @@ pub async fn run_with(
         namespace_queues: HashMap::new(),
         cluster_total: Default::default(),
         queue_status: HashMap::new(),
+        waiting_since: HashMap::new(),
+        evicting: HashMap::new(),
+        refused: HashMap::new(),
     };
     let mut next_expire = 0;
     while !shutdown.is_cancelled() {

@@ -93,28 +93,32 @@ impl StatusWriter {
             .await;
     }
 
-    /// Merges `status` into the PodGroup's status subresource.
-    pub async fn pod_group_status(&self, group: &GangKey, status: serde_json::Value) {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &group.namespace, &pod_group_resource());
+    /// Merges `status` into the status subresource of `target`. Errors are
+    /// logged here; the caller decides whether to try again.
+    pub async fn write_status(
+        &self,
+        target: &StatusTarget,
+        status: &serde_json::Value,
+    ) -> Result<(), kube::Error> {
         let patch = json!({ "status": status });
-        if let Err(e) = api
-            .patch_status(&group.name, &PatchParams::default(), &Patch::Merge(&patch))
+        let (api, name): (Api<DynamicObject>, &str) = match target {
+            StatusTarget::PodGroup(g) => (
+                Api::namespaced_with(self.client.clone(), &g.namespace, &pod_group_resource()),
+                &g.name,
+            ),
+            StatusTarget::Queue(q) => (Api::all_with(self.client.clone(), &queue_resource()), q),
+        };
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            tracing::warn!(podgroup = %group, error = %e, "could not update the PodGroup status");
-        }
-    }
-
-    /// Merges `status` into a Queue's status subresource.
-    pub async fn queue_status(&self, queue: &str, status: serde_json::Value) {
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &queue_resource());
-        let patch = json!({ "status": status });
-        if let Err(e) = api
-            .patch_status(queue, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            tracing::warn!(queue, error = %e, "could not update the Queue status");
+            Ok(_) => Ok(()),
+            // The object is gone: nothing to write, nothing to retry.
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => {
+                tracing::warn!(object = ?target, error = %e, "could not update the status");
+                Err(e)
+            }
         }
     }
 
@@ -166,4 +170,90 @@ fn jiff_now() -> String {
         .round(k8s_openapi::jiff::Unit::Second)
         .map(|t| t.to_string())
         .unwrap_or_default()
+}
+
+/// An object whose status subresource drover writes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StatusTarget {
+    /// A PodGroup.
+    PodGroup(GangKey),
+    /// A Queue (cluster-scoped).
+    Queue(String),
+}
+
+enum StatusCmd {
+    Write(StatusTarget, serde_json::Value),
+    /// Drop every write not yet made (leadership lost).
+    Clear,
+}
+
+/// Status writes in order, one object at a time, the latest value per object
+/// winning: two patches for the same PodGroup can never land out of order and
+/// leave an older status behind. A failed write is retried (a few times, with a
+/// pause) unless a newer value for the same object has arrived meanwhile.
+#[derive(Clone)]
+pub struct StatusSink {
+    tx: tokio::sync::mpsc::UnboundedSender<StatusCmd>,
+}
+
+/// Attempts per write before it is given up (the next change writes again).
+const STATUS_ATTEMPTS: u32 = 5;
+
+impl StatusSink {
+    /// Starts the writing task.
+    pub fn spawn(writer: StatusWriter) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut pending: std::collections::BTreeMap<StatusTarget, (serde_json::Value, u32)> =
+                Default::default();
+            loop {
+                if pending.is_empty() {
+                    match rx.recv().await {
+                        Some(cmd) => apply(&mut pending, cmd),
+                        None => return,
+                    }
+                }
+                while let Ok(cmd) = rx.try_recv() {
+                    apply(&mut pending, cmd);
+                }
+                let Some((target, (value, tries))) = pending.pop_first() else {
+                    continue;
+                };
+                if writer.write_status(&target, &value).await.is_ok() {
+                    continue;
+                }
+                if tries + 1 < STATUS_ATTEMPTS {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    // A newer value that arrived meanwhile replaces this one.
+                    while let Ok(cmd) = rx.try_recv() {
+                        apply(&mut pending, cmd);
+                    }
+                    pending.entry(target).or_insert((value, tries + 1));
+                }
+            }
+        });
+        StatusSink { tx }
+    }
+
+    /// Queues `status` (merged into the object's status) for writing.
+    pub fn write(&self, target: StatusTarget, status: serde_json::Value) {
+        let _ = self.tx.send(StatusCmd::Write(target, status));
+    }
+
+    /// Drops every write not yet made.
+    pub fn clear(&self) {
+        let _ = self.tx.send(StatusCmd::Clear);
+    }
+}
+
+fn apply(
+    pending: &mut std::collections::BTreeMap<StatusTarget, (serde_json::Value, u32)>,
+    cmd: StatusCmd,
+) {
+    match cmd {
+        StatusCmd::Write(t, v) => {
+            pending.insert(t, (v, 0));
+        }
+        StatusCmd::Clear => pending.clear(),
+    }
 }

@@ -129,6 +129,8 @@ pub struct PodInfo {
     /// The pod asks for a node to itself (`drover.dev/exclusive: "true"`, or its
     /// namespace is configured so).
     pub exclusive: bool,
+    /// The pod's `preemptionPolicy` is `Never`: drover evicts nothing for it.
+    pub never_preempts: bool,
     /// The gang the pod says it belongs to, if any.
     pub gang: Option<GangRef>,
     /// The fair-share queue the pod names (`drover.dev/queue`), or its namespace's.

@@ -342,3 +342,356 @@ async fn a_queue_at_max_never_exceeds_it_and_bad_input_is_reported() -> anyhow::
     assert!(total <= 8000, "capped holds {total} millicores, max 8000");
     drover.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_team_gets_its_guarantee_back_by_reclaim() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    cp.install_crds(&[QUEUE_CRD]).await?;
+    let client = cp.client();
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            FakeNode::new(format!("n-{i}"))
+                .cpu("4")
+                .memory("32Gi")
+                .build()
+        })
+        .collect();
+    cp.create_nodes(&nodes).await?;
+    for name in ["team-a", "team-b"] {
+        create_queue(
+            &client,
+            json!({"name": name, "spec": {"guaranteed": {"cpu": "4"}}}),
+        )
+        .await?;
+    }
+    let mut opts = drover::k8s::RunOptions::new("drover");
+    opts.config = drover::config::FileConfig::parse(
+        "quota: {reclaimGraceSeconds: 1, minRuntimeSeconds: 0}",
+        "test",
+    )?
+    .validate()?;
+    let drover = Drover::start_with(client.clone(), opts);
+    // team-a is idle; team-b takes the whole cluster: a 2-pod gang, four plain pods,
+    // and (youngest, so first in line) two pods a PodDisruptionBudget protects.
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let b = |name: &str| {
+        TestPod::new(name)
+            .scheduler("drover")
+            .cpu("1")
+            .label("drover.dev/queue", "team-b")
+    };
+    // Evicted pods end at once (kwok honours the grace period).
+    let quick = |mut p: Pod| {
+        p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(0);
+        p
+    };
+    for i in 0..2 {
+        api.create(
+            &PostParams::default(),
+            &quick(
+                b(&format!("b-gang-{i}"))
+                    .label(GROUP_LABEL, "b-gang")
+                    .annotation(MIN_MEMBER_ANNOTATION, "2")
+                    .build(),
+            ),
+        )
+        .await?;
+    }
+    for i in 0..4 {
+        api.create(&PostParams::default(), &quick(b(&format!("b-{i}")).build()))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    for i in 0..2 {
+        api.create(
+            &PostParams::default(),
+            &b(&format!("b-protected-{i}"))
+                .label("protected", "yes")
+                .build(),
+        )
+        .await?;
+    }
+    let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "protect"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"protected": "yes"}}}
+    }))?;
+    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &pdb)
+        .await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "team-b holds the cluster",
+        || {
+            let c = client.clone();
+            async move { Ok(bound_cpu(&c).await?.get("team-b") == Some(&8000)) }
+        },
+    )
+    .await?;
+    // The PDB controller is not running here: set what it would compute.
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), NS);
+    pdbs.patch_status(
+        "protect",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {
+            "currentHealthy": 2, "desiredHealthy": 2, "expectedPods": 2,
+            "disruptionsAllowed": 0, "observedGeneration": 1
+        }})),
+    )
+    .await?;
+    // team-a wakes up and asks for its guarantee.
+    let asked = std::time::Instant::now();
+    for i in 0..4 {
+        api.create(
+            &PostParams::default(),
+            &team_pod(&format!("a-{i}"), "team-a", "1"),
+        )
+        .await?;
+    }
+    let restored = wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "team-a's guarantee restored",
+        || {
+            let c = client.clone();
+            async move { Ok(bound_cpu(&c).await?.get("team-a") == Some(&4000)) }
+        },
+    )
+    .await;
+    if restored.is_err() {
+        for p in pods(&client, NS).await? {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            eprintln!(
+                "{name}: node {:?} deleting {:?} phase {:?} events {:?}",
+                drover_e2e::node_of(&p),
+                p.metadata.deletion_timestamp,
+                p.status.as_ref().and_then(|s| s.phase.clone()),
+                drover_e2e::events_for(&client, NS, &name).await?
+            );
+        }
+    }
+    restored?;
+    eprintln!(
+        "team-a's 4 cpus restored {:?} after it asked (grace 1 s)",
+        asked.elapsed()
+    );
+    let left: Vec<String> = pods(&client, NS)
+        .await?
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    // Whole gangs only: both members stay or both go.
+    let gang_left = left.iter().filter(|n| n.starts_with("b-gang-")).count();
+    assert!(
+        gang_left == 0 || gang_left == 2,
+        "half a gang evicted: {left:?}"
+    );
+    // The PodDisruptionBudget was honoured.
+    assert!(
+        left.contains(&"b-protected-0".to_string()) && left.contains(&"b-protected-1".to_string()),
+        "{left:?}"
+    );
+    // team-b keeps its own guarantee.
+    let b_cpu = bound_cpu(&client)
+        .await?
+        .get("team-b")
+        .copied()
+        .unwrap_or(0);
+    assert!(b_cpu >= 4000, "team-b fell below its guarantee: {b_cpu}");
+    // Every eviction says which queue reclaimed.
+    let evicted: Vec<String> = ["b-0", "b-1", "b-2", "b-3", "b-gang-0", "b-gang-1"]
+        .iter()
+        .filter(|n| !left.contains(&n.to_string()))
+        .map(|n| n.to_string())
+        .collect();
+    assert!(!evicted.is_empty());
+    for v in &evicted {
+        let ev = drover_e2e::events_for(&client, NS, v).await?;
+        assert!(
+            ev.iter()
+                .any(|(r, n)| r == "Reclaimed" && n.contains("queue team-a reclaims")),
+            "{v}: {ev:?}"
+        );
+    }
+    assert!(
+        drover
+            .shared
+            .metrics
+            .evictions
+            .with_label_values(&["reclaim"])
+            .get()
+            >= evicted.len() as u64
+    );
+    drover.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_gang_preempts_whole_lower_priority_units_in_its_queue()
+-> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            FakeNode::new(format!("n-{i}"))
+                .cpu("4")
+                .memory("32Gi")
+                .build()
+        })
+        .collect();
+    cp.create_nodes(&nodes).await?;
+    let mut opts = drover::k8s::RunOptions::new("drover");
+    opts.config = drover::config::FileConfig::parse(
+        "quota: {reclaimGraceSeconds: 1, minRuntimeSeconds: 0}",
+        "test",
+    )?
+    .validate()?;
+    let drover = Drover::start_with(client.clone(), opts);
+    // No Queue objects: every pod is in the queue `default`. Low-priority work fills
+    // the cluster: a 2-member gang of 2 cpus each, then four 1-cpu pods.
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let quick = |mut p: Pod| {
+        p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(0);
+        p
+    };
+    for i in 0..2 {
+        api.create(
+            &PostParams::default(),
+            &quick(
+                TestPod::new(format!("low-gang-{i}"))
+                    .scheduler("drover")
+                    .cpu("2")
+                    .priority(10)
+                    .label(GROUP_LABEL, "low-gang")
+                    .annotation(MIN_MEMBER_ANNOTATION, "2")
+                    .build(),
+            ),
+        )
+        .await?;
+    }
+    for i in 0..4 {
+        api.create(
+            &PostParams::default(),
+            &quick(
+                TestPod::new(format!("low-{i}"))
+                    .scheduler("drover")
+                    .cpu("1")
+                    .priority(10)
+                    .build(),
+            ),
+        )
+        .await?;
+    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "low-priority work holds the cluster",
+        || {
+            let c = client.clone();
+            async move { Ok(drover_e2e::bound_count(&c, NS).await? == 6) }
+        },
+    )
+    .await?;
+    // A pod that may not preempt (preemptionPolicy: Never) evicts nothing.
+    let mut polite = TestPod::new("polite")
+        .scheduler("drover")
+        .cpu("1")
+        .priority(1000)
+        .build();
+    polite.spec.as_mut().unwrap().preemption_policy = Some("Never".into());
+    api.create(&PostParams::default(), &polite).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(drover_e2e::bound_count(&client, NS).await?, 6);
+    api.delete("polite", &Default::default()).await?;
+    // A high-priority gang of two 2-cpu pods: room is made for both, whole units go.
+    for i in 0..2 {
+        api.create(
+            &PostParams::default(),
+            &TestPod::new(format!("urgent-{i}"))
+                .scheduler("drover")
+                .cpu("2")
+                .priority(1000)
+                .label(GROUP_LABEL, "urgent")
+                .annotation(MIN_MEMBER_ANNOTATION, "2")
+                .build(),
+        )
+        .await?;
+    }
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "the urgent gang bound in full",
+        || {
+            let c = client.clone();
+            async move {
+                let bound = pods(&c, NS)
+                    .await?
+                    .iter()
+                    .filter(|p| {
+                        p.metadata
+                            .name
+                            .as_deref()
+                            .unwrap_or("")
+                            .starts_with("urgent-")
+                            && node_of(p).is_some()
+                    })
+                    .count();
+                Ok(bound == 2)
+            }
+        },
+    )
+    .await?;
+    let left: Vec<String> = pods(&client, NS)
+        .await?
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let gang_left = left.iter().filter(|n| n.starts_with("low-gang-")).count();
+    assert!(
+        gang_left == 0 || gang_left == 2,
+        "half a gang evicted: {left:?}"
+    );
+    // Only as much as needed: 4 cpus of low-priority work are left.
+    let low_cpu: usize = left
+        .iter()
+        .map(|n| {
+            if n.starts_with("low-gang-") {
+                2
+            } else if n.starts_with("low-") {
+                1
+            } else {
+                0
+            }
+        })
+        .sum();
+    assert_eq!(low_cpu, 4, "{left:?}");
+    let evicted: Vec<&str> = [
+        "low-gang-0",
+        "low-gang-1",
+        "low-0",
+        "low-1",
+        "low-2",
+        "low-3",
+    ]
+    .into_iter()
+    .filter(|n| !left.iter().any(|l| l == n))
+    .collect();
+    for v in &evicted {
+        let ev = drover_e2e::events_for(&client, NS, v).await?;
+        assert!(
+            ev.iter()
+                .any(|(r, n)| r == "Preempted" && n.contains("gang default/urgent")),
+            "{v}: {ev:?}"
+        );
+    }
+    let counted = drover
+        .shared
+        .metrics
+        .evictions
+        .with_label_values(&["preemption"])
+        .get();
+    assert_eq!(counted, evicted.len() as u64);
+    drover.stop().await
+}
