@@ -1,4 +1,5 @@
-# drover's image: build with the Rust toolchain, run from distroless as non-root.
+# drover's image (drover and drover-extender): build with the Rust toolchain, run from
+# distroless as non-root.
 #   docker build -t drover:latest .
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -12,8 +13,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p drover -p drover-extender \
  && mkdir -p /out \
- && cp target/release/drover /out/ \
- && (cp target/release/drover-extender /out/ 2>/dev/null || true)
+ && cp target/release/drover target/release/drover-extender /out/
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/ /usr/local/bin/

@@ -1,1 +1,31 @@
-//! drover as an HTTP extender for kube-scheduler (see issue: extender).
+//! drover as an HTTP extender for kube-scheduler.
+//!
+//! Clusters that keep kube-scheduler can still get drover's decisions: kube-scheduler
+//! calls `drover-extender` over HTTP (`filter`, `prioritize`, `preempt`, `bind`, in the
+//! wire format of `k8s.io/kube-scheduler/extender/v1`), and the extender answers from
+//! the same core and the same kind of snapshot as the standalone scheduler:
+//!
+//! - [`wire`]: the JSON types, key for key as kube-scheduler sends and reads them;
+//! - [`verbs`]: the answers ([`Extender`]), over a snapshot and an [`index`] of gangs,
+//!   plans and queues; [`candidates`] turns a request's node names or Node objects
+//!   into a view the framework runs over;
+//! - [`watch`]: the watches that keep the index; drover's own cache
+//!   (`drover::k8s::run_with`, cache only) keeps the snapshot;
+//! - [`server`]: the HTTP(S) server with body limits, timeouts and `/metrics`
+//!   ([`metrics`]); [`cli`]: flags and start-up.
+//!
+//! See docs/extender.md for the KubeSchedulerConfiguration and its trade-offs.
+
+pub mod candidates;
+pub mod cli;
+pub mod error;
+pub mod index;
+pub mod metrics;
+pub mod server;
+pub mod verbs;
+pub mod watch;
+pub mod wire;
+
+pub use cli::{Args, Options, Running, start};
+pub use error::RequestError;
+pub use verbs::{Extender, Reply, Verb};

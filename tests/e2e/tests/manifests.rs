@@ -167,3 +167,59 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
     assert_eq!(malformed, 0);
     drover.stop().await
 }
+
+/// manifests/extender: every object is accepted (namespace.yaml may already exist
+/// from the base, so each test has its own control plane), and drover-extender running
+/// as its ServiceAccount with exactly that RBAC lists everything it needs and is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extender_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let admin = cp.client();
+    cp.install_crds(&[drover_e2e::POD_GROUP_CRD, drover_e2e::QUEUE_CRD])
+        .await?;
+    let discovery = Discovery::new(admin.clone()).run().await?;
+    let dir = repo_root().join("manifests/extender");
+    for f in [
+        "namespace.yaml",
+        "serviceaccount.yaml",
+        "rbac.yaml",
+        "deployment.yaml",
+        "service.yaml",
+    ] {
+        for obj in docs(&dir.join(f))? {
+            let kind = obj
+                .types
+                .as_ref()
+                .map(|t| t.kind.clone())
+                .unwrap_or_default();
+            apply(&admin, &discovery, &obj, kind == "Deployment").await?;
+        }
+    }
+    // Its config file is valid.
+    let text = std::fs::read_to_string(dir.join("config.yaml"))?;
+    drover::config::FileConfig::parse(&text, "manifests/extender/config.yaml")?.validate()?;
+
+    let token = cp
+        .service_account_token("drover-system", "drover-extender")
+        .await?;
+    let sa = cp.client_with_token(&token);
+    cp.create_nodes(&[FakeNode::new("n-0").cpu("8").memory("32Gi").build()])
+        .await?;
+    let mut opts = drover_extender::Options::default();
+    opts.server.listen = "127.0.0.1:0".parse()?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = drover_extender::start(sa, opts, shutdown.clone()).await?;
+    let ext = running.extender.clone();
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "drover-extender ready as its ServiceAccount",
+        || {
+            let ext = ext.clone();
+            async move { Ok(ext.ready()) }
+        },
+    )
+    .await?;
+    shutdown.cancel();
+    Ok(())
+}

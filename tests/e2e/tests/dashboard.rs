@@ -1,10 +1,11 @@
 //! Every query in the Grafana dashboard and every alert rule in manifests/monitoring
-//! uses a metric drover exports, so no panel or alert stays silently empty.
+//! uses a metric drover (or drover-extender) exports, so no panel or alert stays
+//! silently empty.
 
 use std::collections::BTreeSet;
 
 fn root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    drover_testenv::repo_root()
 }
 
 /// The `drover_*` metric names in a PromQL expression.
@@ -23,7 +24,11 @@ fn metrics_in(expr: &str) -> Vec<String> {
 }
 
 fn exported() -> BTreeSet<String> {
-    let names = drover::metrics::Metrics::new().names();
+    let mut names = drover::metrics::Metrics::new().names();
+    // drover-extender serves its own next to the cache's.
+    let planned =
+        prometheus::IntCounter::new("drover_extender_gangs_planned_total", "x").expect("metric");
+    names.extend(drover_extender::metrics::ExtenderMetrics::new(planned).names());
     let mut all: BTreeSet<String> = names.iter().cloned().collect();
     // A histogram exports _bucket, _sum and _count series.
     for n in &names {

@@ -1,0 +1,229 @@
+//! The nodes kube-scheduler asks about, as a view over a snapshot.
+//!
+//! With `nodeCacheCapable: true` the request names nodes and drover's own watched
+//! snapshot supplies them. Without, the request carries whole Node objects: drover
+//! builds a snapshot of exactly those nodes, each with the pods drover's cache holds on
+//! it (none for a node the cache has not seen), so that resource fit counts every pod.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use drover::framework::NodeSource;
+use drover::model::NodeInfo;
+use drover::snapshot::{CHUNK, Chunk, Snapshot};
+use k8s_openapi::api::core::v1::Node;
+
+use crate::error::RequestError;
+
+/// How many unknown node names an error message lists.
+const UNKNOWN_LISTED: usize = 5;
+
+/// The candidate nodes of one request.
+pub struct Candidates {
+    /// The snapshot the candidates live in.
+    pub snapshot: Arc<Snapshot>,
+    /// The candidates' slots in `snapshot`, in request order.
+    pub slots: Vec<usize>,
+    /// The candidates' names, in request order.
+    pub names: Vec<String>,
+    /// The request's Node objects (`nodeCacheCapable: false`), to send back the ones
+    /// that pass.
+    pub whole: Option<Vec<Node>>,
+}
+
+impl Candidates {
+    /// Candidates named in the request, looked up in drover's snapshot. Names the
+    /// snapshot does not know (or knows only as a placeholder) fail the request.
+    pub fn by_name(
+        verb: &'static str,
+        snapshot: Arc<Snapshot>,
+        names: Vec<String>,
+    ) -> Result<Candidates, RequestError> {
+        let mut slots = Vec::with_capacity(names.len());
+        let mut unknown: Vec<&str> = Vec::new();
+        let mut unknown_count = 0;
+        for name in &names {
+            match snapshot
+                .slot_of(name)
+                .filter(|s| snapshot.slot(*s).is_some_and(|n| n.known))
+            {
+                Some(s) => slots.push(s),
+                None => {
+                    unknown_count += 1;
+                    if unknown.len() < UNKNOWN_LISTED {
+                        unknown.push(name);
+                    }
+                }
+            }
+        }
+        if unknown_count > 0 {
+            let more = unknown_count - unknown.len();
+            let mut listed = unknown
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if more > 0 {
+                listed.push_str(&format!(" and {more} more"));
+            }
+            return Err(RequestError::UnknownNodes {
+                verb,
+                count: unknown_count,
+                names: listed,
+            });
+        }
+        Ok(Candidates {
+            snapshot,
+            slots,
+            names,
+            whole: None,
+        })
+    }
+
+    /// Candidates sent whole: a snapshot of exactly these nodes, each with the pods
+    /// `cache` holds on it.
+    pub fn whole(
+        verb: &'static str,
+        cache: &Snapshot,
+        nodes: Vec<Node>,
+    ) -> Result<Candidates, RequestError> {
+        let mut chunks: Vec<Arc<Chunk>> = Vec::with_capacity(nodes.len().div_ceil(CHUNK));
+        let mut index: HashMap<Arc<str>, usize> = HashMap::with_capacity(nodes.len());
+        let mut names = Vec::with_capacity(nodes.len());
+        let mut chunk: Chunk = Vec::with_capacity(CHUNK);
+        for (i, node) in nodes.iter().enumerate() {
+            let mut info = drover::k8s::convert::node_info(node).map_err(|e| match e {
+                drover::k8s::convert::ConvertError::NoName { .. } => RequestError::MissingField {
+                    verb,
+                    field: "Nodes.items[].metadata.name",
+                    hint: "",
+                },
+                e => RequestError::BadObject {
+                    verb,
+                    detail: format!("node {e}"),
+                },
+            })?;
+            if let Some(cached) = cache.node(&info.name) {
+                info.numa = cached.numa.clone();
+                for p in &cached.pods {
+                    info.add_pod(p.clone());
+                }
+            }
+            names.push(info.name.to_string());
+            index.insert(info.name.clone(), i);
+            chunk.push(Some(Arc::new(info)));
+            if chunk.len() == CHUNK {
+                chunks.push(Arc::new(std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(CHUNK),
+                )));
+            }
+        }
+        if !chunk.is_empty() {
+            chunk.resize(CHUNK, None);
+            chunks.push(Arc::new(chunk));
+        }
+        let slots = (0..nodes.len()).collect();
+        Ok(Candidates {
+            snapshot: Arc::new(Snapshot::from_parts(
+                chunks,
+                Arc::new(index),
+                cache.generation,
+            )),
+            slots,
+            names,
+            whole: Some(nodes),
+        })
+    }
+
+    /// The position of the candidate called `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+}
+
+/// Some slots of a node source, renumbered 0.. in the given order: the framework's
+/// filters and scores then run over exactly the candidates.
+pub struct Subset<'a, N: NodeSource + ?Sized> {
+    base: &'a N,
+    slots: &'a [usize],
+}
+
+impl<'a, N: NodeSource + ?Sized> Subset<'a, N> {
+    /// The view of `slots` of `base`.
+    pub fn new(base: &'a N, slots: &'a [usize]) -> Self {
+        Subset { base, slots }
+    }
+}
+
+impl<N: NodeSource + ?Sized> NodeSource for Subset<'_, N> {
+    fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> Option<&NodeInfo> {
+        self.base.get(*self.slots.get(i)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover::model::{PodInfo, PodKey, Resources};
+
+    fn cache() -> Snapshot {
+        let mut a = NodeInfo::new("a", Resources::cpu_mem(4000, 1 << 30), 110);
+        a.add_pod(Arc::new(PodInfo {
+            key: PodKey::new("ns", "busy"),
+            requests: Resources::cpu_mem(3000, 0),
+            ..Default::default()
+        }));
+        Snapshot::from_nodes([
+            a,
+            NodeInfo::new("b", Resources::cpu_mem(4000, 1 << 30), 110),
+        ])
+    }
+
+    #[test]
+    fn names_resolve_in_order_and_unknown_names_fail() {
+        let c =
+            Candidates::by_name("filter", Arc::new(cache()), vec!["b".into(), "a".into()]).unwrap();
+        let sub = Subset::new(&*c.snapshot, &c.slots);
+        assert_eq!(sub.slots(), 2);
+        assert_eq!(&*sub.get(0).unwrap().name, "b");
+        assert_eq!(&*sub.get(1).unwrap().name, "a");
+        assert!(sub.get(2).is_none());
+        let names: Vec<String> = (0..8).map(|i| format!("x{i}")).collect();
+        let e = Candidates::by_name("filter", Arc::new(cache()), names)
+            .err()
+            .unwrap();
+        assert_eq!(e.status(), 422);
+        assert!(e.to_string().contains("8 node name(s)"), "{e}");
+        assert!(e.to_string().contains("and 3 more"), "{e}");
+    }
+
+    #[test]
+    fn whole_nodes_carry_the_cached_pods() {
+        let node = |name: &str| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "status": {"allocatable": {"cpu": "4", "memory": "1Gi", "pods": "110"}}
+            }))
+            .unwrap()
+        };
+        let c = Candidates::whole("filter", &cache(), vec![node("a"), node("new")]).unwrap();
+        assert_eq!(c.names, vec!["a", "new"]);
+        let a = c.snapshot.node("a").unwrap();
+        assert_eq!(a.requested.cpu, 3000, "the cached pod counts");
+        assert_eq!(c.snapshot.node("new").unwrap().pods.len(), 0);
+        let e = Candidates::whole(
+            "filter",
+            &cache(),
+            vec![serde_json::from_value(serde_json::json!({"metadata": {}})).unwrap()],
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(e, RequestError::MissingField { .. }), "{e}");
+    }
+}

@@ -1,0 +1,284 @@
+//! Flags (each with an environment variable), their validation, and starting the whole
+//! extender: drover's cache, the watches of the index, and the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use drover::config::{Config, FileConfig};
+use drover::k8s::{LogFormat, RunOptions, Shared};
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::ExtenderMetrics;
+use crate::server::{self, ServerOptions, TlsFiles};
+use crate::verbs::Extender;
+
+/// kube-scheduler's default `httpTimeout` for extender calls.
+const KUBE_SCHEDULER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `drover-extender`: drover's filters, scores, gangs and queues as an HTTP extender
+/// for kube-scheduler.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "drover-extender", version, about, long_about = None)]
+pub struct Args {
+    /// Kubeconfig file. Without it: $KUBECONFIG, ~/.kube/config, then the in-cluster
+    /// service account.
+    #[arg(long, env = "DROVER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use.
+    #[arg(long, env = "DROVER_CONTEXT")]
+    pub context: Option<String>,
+    /// Address to serve the verbs, /healthz, /readyz and /metrics on.
+    #[arg(long, env = "DROVER_EXTENDER_LISTEN", default_value = "0.0.0.0:8888")]
+    pub listen: String,
+    /// Largest request body (a quantity: 64Mi). A NodeList of 5000 nodes
+    /// (nodeCacheCapable: false) is several MB.
+    #[arg(long, env = "DROVER_EXTENDER_BODY_LIMIT", default_value = "64Mi")]
+    pub body_limit: String,
+    /// Time to read and answer one call (3s, 2500ms). Keep it below kube-scheduler's
+    /// httpTimeout (5s by default) so that kube-scheduler reads drover's error.
+    #[arg(long, env = "DROVER_EXTENDER_TIMEOUT", default_value = "3s")]
+    pub timeout: String,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "DROVER_EXTENDER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "DROVER_EXTENDER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// drover's configuration file (YAML, the same as `drover run --config`): weights,
+    /// packing, exclusive namespaces, topology levels. See docs/configuration.md.
+    #[arg(long, env = "DROVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Seconds a gang's plan holds: all its members must come through filter within
+    /// this, or the gang is decided again.
+    #[arg(long, env = "DROVER_EXTENDER_GANG_PLAN_SECONDS", default_value_t = 60)]
+    pub gang_plan_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "DROVER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Everything the extender needs, validated.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// drover's configuration.
+    pub config: Config,
+    /// The server.
+    pub server: ServerOptions,
+    /// How long a gang plan holds.
+    pub plan_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            config: Config::default(),
+            server: ServerOptions::default(),
+            plan_ttl: crate::verbs::DEFAULT_PLAN_TTL,
+        }
+    }
+}
+
+/// Parses a duration: `3s`, `2500ms`, `1.5s`, or plain seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64(v * scale))
+}
+
+impl Args {
+    /// Validates the flags and the config file; errors name the flag.
+    pub fn options(&self) -> anyhow::Result<Options> {
+        let config = match &self.config {
+            Some(p) => FileConfig::load(&p.to_string_lossy())?,
+            None => Config::default(),
+        };
+        let listen: SocketAddr = self.listen.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "--listen {:?}: {e}; use host:port such as 0.0.0.0:8888",
+                self.listen
+            )
+        })?;
+        let body_limit = drover::quantity::parse_resource("memory", self.body_limit.trim())
+            .ok()
+            .and_then(|b| usize::try_from(b).ok())
+            .filter(|b| *b >= 1024)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--body-limit {:?}: use a size of at least 1Ki, such as 64Mi",
+                    self.body_limit
+                )
+            })?;
+        let timeout = parse_duration(&self.timeout)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--timeout {:?}: use a duration such as 3s or 2500ms",
+                    self.timeout
+                )
+            })?;
+        if timeout >= KUBE_SCHEDULER_TIMEOUT {
+            tracing::warn!(
+                timeout = ?timeout,
+                "--timeout is not below kube-scheduler's default httpTimeout (5s): raise httpTimeout in the KubeSchedulerConfiguration above it, or kube-scheduler gives up first"
+            );
+        }
+        if self.gang_plan_seconds == 0 {
+            anyhow::bail!("--gang-plan-seconds 0: a gang plan must hold for at least a second");
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Options {
+            config,
+            server: ServerOptions {
+                listen,
+                body_limit,
+                timeout,
+                tls,
+            },
+            plan_ttl: Duration::from_secs(self.gang_plan_seconds),
+        })
+    }
+}
+
+/// A running extender.
+pub struct Running {
+    /// The address the server listens on.
+    pub addr: SocketAddr,
+    /// The extender (its index, readiness).
+    pub extender: Arc<Extender>,
+    /// drover's cache: snapshot, readiness, metrics.
+    pub shared: Shared,
+    cache: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until it stops (after the shutdown token is cancelled, or the cache
+    /// fails).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let cache = self.cache.await.context("drover's cache task")?;
+        let _ = self.server.await;
+        cache
+    }
+}
+
+/// Starts drover's cache (cache only: it never schedules, binds or writes), the
+/// index's watches and the server. Fails at once if the address is taken or the TLS
+/// files are bad.
+pub async fn start(
+    client: Client,
+    opts: Options,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let shared = Shared::new();
+    // No pod names this scheduler, so the cache queues nothing.
+    let mut run_opts = RunOptions::new("drover-extender");
+    run_opts.config = opts.config.clone();
+    run_opts.cache_only = true;
+    run_opts.metrics_addr = None;
+    let extender = Arc::new(
+        Extender::new(
+            opts.config.clone(),
+            shared.snapshot.clone(),
+            shared.synced.clone(),
+            opts.plan_ttl,
+        )
+        .with_client(client.clone()),
+    );
+    let metrics = ExtenderMetrics::new(extender.gangs_planned());
+    let router = server::router(
+        extender.clone(),
+        metrics,
+        Some(shared.metrics.clone()),
+        &opts.server,
+    );
+    let server = server::serve(router, &opts.server, shutdown.clone()).await?;
+    let cache = tokio::spawn(drover::k8s::run_with(
+        client.clone(),
+        run_opts,
+        shared.clone(),
+        shutdown.clone(),
+    ));
+    crate::watch::spawn_watches(client, extender.clone(), shutdown);
+    Ok(Running {
+        addr: server.addr,
+        extender,
+        shared,
+        cache,
+        server: server.task,
+    })
+}
+
+/// `drover-extender` from its flags: connect, start, and run until Ctrl-C or SIGTERM.
+pub async fn run_from_args(args: Args) -> anyhow::Result<()> {
+    let opts = args.options()?;
+    let client =
+        drover::k8s::run::client_for(args.kubeconfig.as_ref(), args.context.as_ref()).await?;
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+        s.cancel();
+    });
+    start(client, opts, shutdown).await?.wait().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn flags_validate_with_messages_that_name_them() {
+        let ok = Args::parse_from(["drover-extender"]).options().unwrap();
+        assert_eq!(ok.server.body_limit, 64 << 20);
+        assert_eq!(ok.server.timeout, Duration::from_secs(3));
+        assert_eq!(ok.server.listen.port(), 8888);
+        let o = Args::parse_from(["x", "--timeout", "2500ms", "--body-limit", "8Mi"])
+            .options()
+            .unwrap();
+        assert_eq!(o.server.timeout, Duration::from_millis(2500));
+        assert_eq!(o.server.body_limit, 8 << 20);
+        for (flag, value, fragment) in [
+            ("--timeout", "soon", "--timeout"),
+            ("--timeout", "0s", "--timeout"),
+            ("--body-limit", "12", "--body-limit"),
+            ("--listen", "8888", "--listen"),
+            ("--gang-plan-seconds", "0", "--gang-plan-seconds"),
+        ] {
+            let e = Args::parse_from(["x", flag, value]).options().unwrap_err();
+            assert!(e.to_string().contains(fragment), "{flag} {value}: {e}");
+        }
+        assert!(Args::try_parse_from(["x", "--tls-cert", "c.pem"]).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("NaN"), None);
+    }
+}

@@ -1,0 +1,355 @@
+//! drover-extender behind the real kube-scheduler (built by the test harness), on kwok
+//! nodes, with the example configuration from manifests/extender/: pods that keep the
+//! default scheduler name are placed by drover's scores (in both nodeCacheCapable
+//! modes), a gang is held until all of it can be placed, and a pod over its queue's max
+//! is filtered everywhere.
+
+use std::time::Duration;
+
+use drover::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
+use drover_e2e::{QUEUE_CRD, node_of, unschedulable_message};
+use drover_extender::{Options, Running};
+use drover_testenv::{ControlPlane, FakeNode, ProcessGuard, TestPod, repo_root, wait_until};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, DynamicObject, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "default";
+
+/// The extender in this process, on a free loopback port, ready (nodes, pods, gangs
+/// and queues listed).
+async fn start_extender(cp: &ControlPlane) -> anyhow::Result<(Running, CancellationToken)> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let mut opts = Options::default();
+    opts.server.listen = "127.0.0.1:0".parse()?;
+    let shutdown = CancellationToken::new();
+    let running = drover_extender::start(cp.client(), opts, shutdown.clone()).await?;
+    let ext = running.extender.clone();
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "drover-extender ready",
+        || {
+            let ext = ext.clone();
+            async move { Ok(ext.ready()) }
+        },
+    )
+    .await?;
+    Ok((running, shutdown))
+}
+
+/// The example KubeSchedulerConfiguration, pointed at `url`, in the given cache mode;
+/// the harness fills in its own kubeconfig.
+fn scheduler_config(url: &str, node_cache_capable: bool) -> anyhow::Result<String> {
+    let path = repo_root().join("manifests/extender/kube-scheduler-config.yaml");
+    let mut config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&path)?)?;
+    let map = config
+        .as_mapping_mut()
+        .ok_or_else(|| anyhow::anyhow!("{} is not a mapping", path.display()))?;
+    map.remove("clientConnection");
+    let ext = &mut config["extenders"][0];
+    ext["urlPrefix"] = url.into();
+    ext["nodeCacheCapable"] = node_cache_capable.into();
+    Ok(serde_yaml_ng::to_string(&config)?)
+}
+
+async fn with_drover(
+    cp: &ControlPlane,
+    node_cache_capable: bool,
+) -> anyhow::Result<(Running, CancellationToken, ProcessGuard)> {
+    let (running, shutdown) = start_extender(cp).await?;
+    let url = format!("http://{}", running.addr);
+    let ks = cp
+        .start_kube_scheduler(Some(&scheduler_config(&url, node_cache_capable)?))
+        .await?;
+    Ok((running, shutdown, ks))
+}
+
+async fn node_of_pod(client: &Client, name: &str) -> anyhow::Result<String> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        &format!("pod {name} bound"),
+        || {
+            let api = api.clone();
+            async move { Ok(node_of(&api.get(name).await?).is_some()) }
+        },
+    )
+    .await?;
+    Ok(node_of(&api.get(name).await?)
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn notebook(name: &str) -> Pod {
+    TestPod::new(name).cpu("100m").memory("3Gi").build()
+}
+
+/// A 3 GiB pod on an idle 512 GiB node and a 4 GiB node: kube-scheduler's default
+/// LeastAllocated spreads it onto the big node; with drover's prioritize (least waste)
+/// it goes to the 4 GiB node.
+async fn placed_by_drovers_scores(node_cache_capable: bool) -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    cp.create_nodes(&[
+        FakeNode::new("big").cpu("64").memory("512Gi").build(),
+        FakeNode::new("small").cpu("2").memory("4Gi").build(),
+    ])
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+
+    // kube-scheduler alone.
+    let alone = cp.start_kube_scheduler(None).await?;
+    pods.create(&PostParams::default(), &notebook("alone"))
+        .await?;
+    let chosen_alone = node_of_pod(&client, "alone").await?;
+    drop(alone);
+    pods.delete("alone", &DeleteParams::default().grace_period(0))
+        .await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "pod alone deleted",
+        || {
+            let pods = pods.clone();
+            async move { Ok(pods.get_opt("alone").await?.is_none()) }
+        },
+    )
+    .await?;
+
+    // kube-scheduler with drover-extender.
+    let (_running, shutdown, _ks) = with_drover(&cp, node_cache_capable).await?;
+    pods.create(&PostParams::default(), &notebook("with-drover"))
+        .await?;
+    let chosen = node_of_pod(&client, "with-drover").await?;
+    eprintln!(
+        "nodeCacheCapable {node_cache_capable}: kube-scheduler alone chose {chosen_alone}, with drover-extender {chosen}"
+    );
+    assert_eq!(chosen_alone, "big", "the premise: LeastAllocated spreads");
+    assert_eq!(chosen, "small", "drover's least waste decides");
+    shutdown.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prioritize_decides_with_node_names() -> anyhow::Result<()> {
+    placed_by_drovers_scores(true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prioritize_decides_with_whole_nodes() -> anyhow::Result<()> {
+    placed_by_drovers_scores(false).await
+}
+
+/// Four 3-cpu members on three 4-cpu nodes: kube-scheduler alone would bind three and
+/// strand the fourth. With drover none is bound until a fourth node arrives; then all
+/// four are, one per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_is_held_until_all_of_it_fits() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    let node = |i: usize| {
+        FakeNode::new(format!("n-{i}"))
+            .cpu("4")
+            .memory("8Gi")
+            .build()
+    };
+    cp.create_nodes(&(0..3).map(node).collect::<Vec<Node>>())
+        .await?;
+    let (running, shutdown, _ks) = with_drover(&cp, true).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for i in 0..4 {
+        let p = TestPod::new(format!("train-{i}"))
+            .cpu("3")
+            .memory("1Gi")
+            .label(GROUP_LABEL, "train")
+            .annotation(MIN_MEMBER_ANNOTATION, "4")
+            .build();
+        pods.create(&PostParams::default(), &p).await?;
+    }
+    // Every member is tried and told why it waits; none is bound.
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        "every member unschedulable with its gang's message",
+        || {
+            let client = client.clone();
+            async move {
+                let all = drover_e2e::pods(&client, NS).await?;
+                let messages: Vec<String> = all.iter().filter_map(unschedulable_message).collect();
+                Ok(messages.len() == 4
+                    && messages.iter().all(|m| m.contains("gang default/train: "))
+                    && messages
+                        .iter()
+                        .any(|m| m.contains("gang default/train: 3/4 members placeable at once")))
+            }
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        drover_e2e::bound_count(&client, NS).await?,
+        0,
+        "no member bound"
+    );
+    let msg = unschedulable_message(&pods.get("train-0").await?).unwrap_or_default();
+    eprintln!("held: {msg}");
+
+    cp.create_nodes(&[node(3)]).await?;
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        "all four members bound",
+        || {
+            let client = client.clone();
+            async move { Ok(drover_e2e::bound_count(&client, NS).await? == 4) }
+        },
+    )
+    .await?;
+    let mut nodes: Vec<String> = drover_e2e::pods(&client, NS)
+        .await?
+        .iter()
+        .filter_map(|p| node_of(p).map(String::from))
+        .collect();
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        vec!["n-0", "n-1", "n-2", "n-3"],
+        "one member per node"
+    );
+    assert!(drover_e2e::overcommitted(&client).await?.is_empty());
+    assert_eq!(running.extender.gangs_planned().get(), 1);
+    shutdown.cancel();
+    Ok(())
+}
+
+/// A Queue with max cpu 2: two 1-cpu pods bound, the third filtered on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_over_its_queue_max_is_filtered_everywhere() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    cp.install_crds(&[QUEUE_CRD]).await?;
+    let client = cp.client();
+    cp.create_nodes(&[
+        FakeNode::new("n-0").cpu("8").memory("16Gi").build(),
+        FakeNode::new("n-1").cpu("8").memory("16Gi").build(),
+    ])
+    .await?;
+    let queues: Api<DynamicObject> =
+        Api::all_with(client.clone(), &drover::k8s::status::queue_resource());
+    let mut q: DynamicObject =
+        serde_json::from_value(json!({"apiVersion": "drover.dev/v1alpha1", "kind": "Queue"}))?;
+    q.metadata.name = Some("team".into());
+    q.data = json!({"spec": {"max": {"cpu": "2"}}});
+    queues.create(&PostParams::default(), &q).await?;
+    let (running, shutdown, _ks) = with_drover(&cp, true).await?;
+    let ext = running.extender.clone();
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        "the extender sees Queue team",
+        || {
+            let ext = ext.clone();
+            async move { Ok(ext.index().queue_names().iter().any(|n| &**n == "team")) }
+        },
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for i in 0..3 {
+        let p = TestPod::new(format!("q-{i}"))
+            .cpu("1")
+            .memory("128Mi")
+            .label("drover.dev/queue", "team")
+            .build();
+        pods.create(&PostParams::default(), &p).await?;
+    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        "two bound, one refused by its queue",
+        || {
+            let client = client.clone();
+            async move {
+                let all = drover_e2e::pods(&client, NS).await?;
+                let bound = all.iter().filter(|p| node_of(p).is_some()).count();
+                let refused = all.iter().any(|p| {
+                    unschedulable_message(p).is_some_and(|m| {
+                        m.contains(
+                            "queue team would exceed its max cpu: 2 allocated + 1 asked > 2 max",
+                        )
+                    })
+                });
+                Ok(bound == 2 && refused)
+            }
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        drover_e2e::bound_count(&client, NS).await?,
+        2,
+        "never above max"
+    );
+    shutdown.cancel();
+    Ok(())
+}
+
+/// POSTs `body` to the extender at `addr` and returns (status, body).
+async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The bind verb binds through the binding subresource with the pod's UID: a stale UID
+/// is refused with kube-scheduler's `Error`, the right one binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_verb_binds_with_the_pod_uid() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    cp.create_nodes(&[FakeNode::new("n-0").build()]).await?;
+    let (running, shutdown) = start_extender(&cp).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    // A scheduler name nobody serves: only the bind call places it.
+    let p = pods
+        .create(
+            &PostParams::default(),
+            &TestPod::new("b").scheduler("nobody").build(),
+        )
+        .await?;
+    let uid = p.metadata.uid.clone().unwrap_or_default();
+    let args = |uid: &str| {
+        json!({"PodName": "b", "PodNamespace": NS, "PodUID": uid, "Node": "n-0"}).to_string()
+    };
+    let (status, body) = post(running.addr, "/bind", &args("a-recreated-pod")).await?;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    assert!(!v["Error"].as_str().unwrap_or_default().is_empty(), "{v}");
+    let (status, body) = post(running.addr, "/bind", &args(&uid)).await?;
+    assert_eq!((status, body.as_str()), (200, r#"{"Error":""}"#));
+    assert_eq!(node_of_pod(&client, "b").await?, "n-0");
+    shutdown.cancel();
+    Ok(())
+}
