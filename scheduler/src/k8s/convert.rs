@@ -670,6 +670,87 @@ pub fn node_info(node: &Node) -> Result<NodeInfo, ConvertError> {
     })
 }
 
+/// What drover needs of a PodDisruptionBudget: which pods it covers and how many of
+/// them may be evicted now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DisruptionBudget {
+    /// Its namespace (it covers pods there only).
+    pub namespace: String,
+    /// Its label selector; `None` for an empty selector, which covers every pod of
+    /// the namespace.
+    pub selector: Option<SelectorTerm>,
+    /// `status.disruptionsAllowed` (0 until the disruption controller has set it).
+    pub allowed: i32,
+}
+
+impl DisruptionBudget {
+    /// True when the budget covers `pod`.
+    pub fn covers(&self, pod: &PodInfo) -> bool {
+        *pod.key.namespace == *self.namespace
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&pod.labels, ""))
+    }
+}
+
+/// A PodDisruptionBudget as drover reads it; `None` when its selector is null (it
+/// covers no pod). A selector drover cannot read covers every pod of the namespace,
+/// so that drover rather evicts too little than too much.
+pub fn disruption_budget(
+    pdb: &k8s_openapi::api::policy::v1::PodDisruptionBudget,
+) -> Option<DisruptionBudget> {
+    let namespace = pdb.metadata.namespace.clone().unwrap_or_default();
+    let allowed = pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed);
+    let sel = pdb.spec.as_ref()?.selector.as_ref()?;
+    let object = format!(
+        "poddisruptionbudget {namespace}/{}",
+        pdb.metadata.name.as_deref().unwrap_or("")
+    );
+    let mut reqs = Vec::new();
+    for (k, v) in sel.match_labels.iter().flatten() {
+        reqs.push(Requirement {
+            key: k.as_str().into(),
+            op: SelectorOp::In,
+            values: vec![v.as_str().into()],
+            bound: 0,
+            field: false,
+        });
+    }
+    let mut readable = true;
+    for r in sel.match_expressions.iter().flatten() {
+        match op(&object, &r.operator) {
+            Ok(
+                o @ (SelectorOp::In
+                | SelectorOp::NotIn
+                | SelectorOp::Exists
+                | SelectorOp::DoesNotExist),
+            ) => {
+                let mut values: Vec<Arc<str>> = r
+                    .values
+                    .iter()
+                    .flatten()
+                    .map(|v| Arc::from(v.as_str()))
+                    .collect();
+                values.sort();
+                reqs.push(Requirement {
+                    key: r.key.as_str().into(),
+                    op: o,
+                    values,
+                    bound: 0,
+                    field: false,
+                });
+            }
+            _ => readable = false,
+        }
+    }
+    Some(DisruptionBudget {
+        namespace,
+        selector: (readable && !reqs.is_empty()).then_some(SelectorTerm(reqs)),
+        allowed,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -813,5 +894,70 @@ mod tests {
         assert!(n.unschedulable);
         assert_eq!(n.taints.len(), 1);
         assert_eq!(n.labels.get("zone"), Some("a"));
+    }
+
+    #[test]
+    fn disruption_budgets_cover_what_their_selector_selects() {
+        use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+        let pdb = |spec: serde_json::Value, allowed: Option<i32>| -> PodDisruptionBudget {
+            let mut v = serde_json::json!({
+                "metadata": {"name": "b", "namespace": "ml"},
+                "spec": spec,
+            });
+            if let Some(a) = allowed {
+                v["status"] = serde_json::json!({
+                    "disruptionsAllowed": a, "currentHealthy": 0,
+                    "desiredHealthy": 0, "expectedPods": 0
+                });
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let pod = |ns: &str, labels: &[(&str, &str)]| PodInfo {
+            key: crate::model::PodKey::new(ns, "p"),
+            labels: Labels::new(labels.iter().copied()),
+            ..Default::default()
+        };
+        let worker = pod("ml", &[("app", "dask"), ("role", "worker")]);
+        let other_ns = pod("web", &[("app", "dask"), ("role", "worker")]);
+        let sched = pod("ml", &[("app", "dask"), ("role", "scheduler")]);
+        // (spec, allowed, covers worker, covers scheduler, allowed read)
+        let cases = [
+            (
+                serde_json::json!({"selector": {"matchLabels": {"app": "dask"}}}),
+                Some(1),
+                true,
+                true,
+                1,
+            ),
+            (
+                serde_json::json!({"selector": {"matchLabels": {"app": "dask"},
+                    "matchExpressions": [{"key": "role", "operator": "NotIn", "values": ["scheduler"]}]}}),
+                None,
+                true,
+                false,
+                0,
+            ),
+            // An empty selector covers the whole namespace.
+            (serde_json::json!({"selector": {}}), Some(0), true, true, 0),
+            // An operator drover cannot read: covers everything, to be safe.
+            (
+                serde_json::json!({"selector": {"matchExpressions": [{"key": "role", "operator": "Gt", "values": ["1"]}]}}),
+                Some(2),
+                true,
+                true,
+                2,
+            ),
+        ];
+        for (spec, allowed, w, s, a) in cases {
+            let b = disruption_budget(&pdb(spec.clone(), allowed)).expect("a selector");
+            assert_eq!(
+                (b.covers(&worker), b.covers(&sched), b.allowed),
+                (w, s, a),
+                "{spec}"
+            );
+            assert!(!b.covers(&other_ns), "{spec}");
+        }
+        // A null selector covers no pod.
+        assert!(disruption_budget(&pdb(serde_json::json!({}), Some(0))).is_none());
     }
 }

@@ -273,6 +273,7 @@ enum Msg {
     Numa(Box<watcher::Event<DynamicObject>>),
     Queue(Box<watcher::Event<DynamicObject>>),
     Namespace(Box<watcher::Event<k8s_openapi::api::core::v1::Namespace>>),
+    Pdb(Box<watcher::Event<k8s_openapi::api::policy::v1::PodDisruptionBudget>>),
     /// The NodeResourceTopology CRD is not installed.
     NumaAbsent,
     Bound {
@@ -430,6 +431,10 @@ struct Scheduler {
     /// Pods whose eviction was refused (a PodDisruptionBudget), left alone until the
     /// time given.
     refused: HashMap<PodKey, i64>,
+    /// PodDisruptionBudgets by namespace/name: a unit that one of them would refuse
+    /// to lose is not chosen as a victim.
+    pdbs: HashMap<String, super::convert::DisruptionBudget>,
+    pdb_relist: Option<HashSet<String>>,
 }
 
 impl Scheduler {
@@ -674,6 +679,40 @@ impl Scheduler {
                 }
             },
             Msg::NumaAbsent => {}
+            Msg::Pdb(ev) => {
+                let key = |p: &k8s_openapi::api::policy::v1::PodDisruptionBudget| {
+                    format!(
+                        "{}/{}",
+                        p.metadata.namespace.as_deref().unwrap_or(""),
+                        p.metadata.name.as_deref().unwrap_or("")
+                    )
+                };
+                match *ev {
+                    watcher::Event::Init => self.pdb_relist = Some(HashSet::new()),
+                    watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
+                        let k = key(&p);
+                        if let Some(seen) = self.pdb_relist.as_mut() {
+                            seen.insert(k.clone());
+                        }
+                        match super::convert::disruption_budget(&p) {
+                            Some(b) => {
+                                self.pdbs.insert(k, b);
+                            }
+                            None => {
+                                self.pdbs.remove(&k);
+                            }
+                        }
+                    }
+                    watcher::Event::Delete(p) => {
+                        self.pdbs.remove(&key(&p));
+                    }
+                    watcher::Event::InitDone => {
+                        if let Some(seen) = self.pdb_relist.take() {
+                            self.pdbs.retain(|k, _| seen.contains(k));
+                        }
+                    }
+                }
+            }
             Msg::Queue(ev) => {
                 match *ev {
                     watcher::Event::Init => self.queue_relist = Some(HashSet::new()),
@@ -1240,6 +1279,25 @@ impl Scheduler {
                 started_ms: p.created_ms,
                 unit,
             });
+        }
+        // Members per unit that each PodDisruptionBudget covers: a unit needing more
+        // disruptions than a budget allows now is not a victim (the Eviction API
+        // would refuse part of it).
+        if !self.pdbs.is_empty() {
+            let mut covered: HashMap<(Arc<str>, &str), i32> = HashMap::new();
+            for c in &candidates {
+                for (name, b) in &self.pdbs {
+                    if b.covers(&c.pod) {
+                        *covered.entry((c.unit.clone(), name.as_str())).or_default() += 1;
+                    }
+                }
+            }
+            let over: HashSet<Arc<str>> = covered
+                .iter()
+                .filter(|((_, pdb), n)| self.pdbs.get(*pdb).is_some_and(|b| **n > b.allowed))
+                .map(|((unit, _), _)| unit.clone())
+                .collect();
+            candidates.retain(|c| !over.contains(&c.unit));
         }
         if candidates.is_empty() {
             return;
@@ -1822,6 +1880,14 @@ pub async fn run_with(
         Some(|| Msg::NumaAbsent),
     );
     spawn_watch(
+        Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::all(client.clone()),
+        "poddisruptionbudgets",
+        tx.clone(),
+        |e| Msg::Pdb(Box::new(e)),
+        shutdown.clone(),
+        None,
+    );
+    spawn_watch(
         Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()),
         "namespaces",
         tx.clone(),
@@ -1871,6 +1937,8 @@ pub async fn run_with(
         waiting_since: HashMap::new(),
         evicting: HashMap::new(),
         refused: HashMap::new(),
+        pdbs: HashMap::new(),
+        pdb_relist: None,
     };
     let mut next_expire = 0;
     while !shutdown.is_cancelled() {
