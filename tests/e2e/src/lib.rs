@@ -221,3 +221,33 @@ pub async fn pod_group_status(
     let g = api.get(name).await?;
     Ok(g.data.get("status").cloned().unwrap_or_default())
 }
+
+/// The Prometheus Operator's ServiceMonitor and PrometheusRule CRDs, fetched by
+/// `tests/controlplane/crds.sh` from the Go module proxy into the cache (absolute
+/// paths, for [`ControlPlane::install_crds`](drover_testenv::ControlPlane::install_crds)).
+pub fn prometheus_operator_crds() -> anyhow::Result<Vec<String>> {
+    let script = drover_testenv::repo_root().join("tests/controlplane/crds.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bash {} failed ({})",
+        script.display(),
+        out.status
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let dir = text
+        .lines()
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("{} printed nothing", script.display()))?;
+    Ok([
+        "monitoring.coreos.com_servicemonitors.yaml",
+        "monitoring.coreos.com_prometheusrules.yaml",
+    ]
+    .iter()
+    .map(|f| format!("{dir}/{f}"))
+    .collect())
+}

@@ -223,3 +223,50 @@ async fn the_extender_manifests_install_and_their_rbac_is_enough() -> anyhow::Re
     shutdown.cancel();
     Ok(())
 }
+
+/// manifests/monitoring: the ServiceMonitor and PrometheusRule are accepted by the
+/// Prometheus Operator's CRDs (fetched at a pinned version), and the dashboard
+/// ConfigMap its kustomization generates is accepted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitoring_manifests_are_accepted() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let admin = cp.client();
+    let crds = drover_e2e::prometheus_operator_crds()?;
+    let crds: Vec<&str> = crds.iter().map(String::as_str).collect();
+    cp.install_crds(&crds).await?;
+    let discovery = Discovery::new(admin.clone()).run().await?;
+    for obj in docs(&repo_root().join("manifests/base/namespace.yaml"))? {
+        apply(&admin, &discovery, &obj, false).await?;
+    }
+    let dir = repo_root().join("manifests/monitoring");
+    let kustomization: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml"))?)?;
+    let mut applied = 0;
+    for f in kustomization["resources"]
+        .as_sequence()
+        .ok_or_else(|| anyhow::anyhow!("manifests/monitoring lists no resources"))?
+    {
+        let f = f.as_str().unwrap_or_default();
+        for obj in docs(&dir.join(f))? {
+            apply(&admin, &discovery, &obj, false).await?;
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 2, "a ServiceMonitor and a PrometheusRule");
+    // The generated ConfigMap, as kustomize's configMapGenerator writes it.
+    let generator = &kustomization["configMapGenerator"][0];
+    let name = generator["name"].as_str().unwrap_or_default();
+    let file = generator["files"][0].as_str().unwrap_or_default();
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "namespace": "drover-system",
+            "labels": generator["options"]["labels"],
+        },
+        "data": { file: std::fs::read_to_string(dir.join(file))? },
+    }))?;
+    Api::<ConfigMap>::namespaced(admin.clone(), "drover-system")
+        .create(&PostParams::default(), &cm)
+        .await?;
+    Ok(())
+}
