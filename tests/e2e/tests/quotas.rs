@@ -42,6 +42,28 @@ fn team_pod(name: &str, queue: &str, cpu: &str) -> Pod {
         .build()
 }
 
+/// `n` nodes of 4 cpus and 32 GiB, `n-0`, `n-1`, ...
+fn four_cpu_nodes(n: usize) -> Vec<Node> {
+    (0..n)
+        .map(|i| {
+            FakeNode::new(format!("n-{i}"))
+                .cpu("4")
+                .memory("32Gi")
+                .build()
+        })
+        .collect()
+}
+
+/// `p` with a termination grace period of 0: evicted, it ends at once (kwok honours
+/// the grace period).
+fn ends_at_once(mut p: Pod) -> Pod {
+    p.spec
+        .as_mut()
+        .expect("a pod spec")
+        .termination_grace_period_seconds = Some(0);
+    p
+}
+
 /// Bound cpu (millicores) per queue label.
 async fn bound_cpu(client: &Client) -> anyhow::Result<BTreeMap<String, i64>> {
     let mut out = BTreeMap::new();
@@ -74,15 +96,7 @@ async fn shares_converge_to_the_fair_shares_under_saturating_demand() -> anyhow:
     cp.install_crds(&[QUEUE_CRD]).await?;
     let client = cp.client();
     // 40 cpus; guarantees 40/40/20 % (16/16/8 cpus), weights 1/1/2.
-    let nodes: Vec<Node> = (0..10)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("4")
-                .memory("32Gi")
-                .build()
-        })
-        .collect();
-    cp.create_nodes(&nodes).await?;
+    cp.create_nodes(&four_cpu_nodes(10)).await?;
     for (name, g, w) in [("team-a", "16", 1), ("team-b", "16", 1), ("team-c", "8", 2)] {
         create_queue(
             &client,
@@ -348,15 +362,7 @@ async fn an_idle_team_gets_its_guarantee_back_by_reclaim() -> anyhow::Result<()>
     let cp = ControlPlane::start().await?;
     cp.install_crds(&[QUEUE_CRD]).await?;
     let client = cp.client();
-    let nodes: Vec<Node> = (0..2)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("4")
-                .memory("32Gi")
-                .build()
-        })
-        .collect();
-    cp.create_nodes(&nodes).await?;
+    cp.create_nodes(&four_cpu_nodes(2)).await?;
     for name in ["team-a", "team-b"] {
         create_queue(
             &client,
@@ -380,15 +386,10 @@ async fn an_idle_team_gets_its_guarantee_back_by_reclaim() -> anyhow::Result<()>
             .cpu("1")
             .label("drover.dev/queue", "team-b")
     };
-    // Evicted pods end at once (kwok honours the grace period).
-    let quick = |mut p: Pod| {
-        p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(0);
-        p
-    };
     for i in 0..2 {
         api.create(
             &PostParams::default(),
-            &quick(
+            &ends_at_once(
                 b(&format!("b-gang-{i}"))
                     .label(GROUP_LABEL, "b-gang")
                     .annotation(MIN_MEMBER_ANNOTATION, "2")
@@ -398,8 +399,11 @@ async fn an_idle_team_gets_its_guarantee_back_by_reclaim() -> anyhow::Result<()>
         .await?;
     }
     for i in 0..4 {
-        api.create(&PostParams::default(), &quick(b(&format!("b-{i}")).build()))
-            .await?;
+        api.create(
+            &PostParams::default(),
+            &ends_at_once(b(&format!("b-{i}")).build()),
+        )
+        .await?;
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
     for i in 0..2 {
@@ -532,15 +536,7 @@ async fn a_high_priority_gang_preempts_whole_lower_priority_units_in_its_queue()
 -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let client = cp.client();
-    let nodes: Vec<Node> = (0..2)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("4")
-                .memory("32Gi")
-                .build()
-        })
-        .collect();
-    cp.create_nodes(&nodes).await?;
+    cp.create_nodes(&four_cpu_nodes(2)).await?;
     let mut opts = drover::k8s::RunOptions::new("drover");
     opts.config = drover::config::FileConfig::parse(
         "quota: {reclaimGraceSeconds: 1, minRuntimeSeconds: 0}",
@@ -551,14 +547,10 @@ async fn a_high_priority_gang_preempts_whole_lower_priority_units_in_its_queue()
     // No Queue objects: every pod is in the queue `default`. Low-priority work fills
     // the cluster: a 2-member gang of 2 cpus each, then four 1-cpu pods.
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let quick = |mut p: Pod| {
-        p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(0);
-        p
-    };
     for i in 0..2 {
         api.create(
             &PostParams::default(),
-            &quick(
+            &ends_at_once(
                 TestPod::new(format!("low-gang-{i}"))
                     .scheduler("drover")
                     .cpu("2")
@@ -573,7 +565,7 @@ async fn a_high_priority_gang_preempts_whole_lower_priority_units_in_its_queue()
     for i in 0..4 {
         api.create(
             &PostParams::default(),
-            &quick(
+            &ends_at_once(
                 TestPod::new(format!("low-{i}"))
                     .scheduler("drover")
                     .cpu("1")
