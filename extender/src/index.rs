@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use drover::gang::{GangCounts, GangKey, GangProblem, GangTracker, MemberState, PodGroupInfo};
 use drover::model::{Phase, PodInfo, PodKey, Resources};
-use drover::quota::{DEFAULT_QUEUE, Ledger, QueueSpec, QueueTree};
+use drover::quota::{Contribution, DEFAULT_QUEUE, Ledger, QueueSpec, QueueTree};
 
 /// How long a pod the extender admitted counts against its queue before the watch shows
 /// it bound (or it is deleted). kube-scheduler binds within a second or two of the
@@ -51,7 +51,7 @@ pub struct ClusterIndex {
     ledger: Ledger,
     /// Pods on nodes: their own queue label and requests (to move them when their
     /// namespace's default queue changes).
-    assigned: HashMap<PodKey, (Option<Arc<str>>, Resources)>,
+    assigned: HashMap<PodKey, (Option<Arc<str>>, Resources, i32)>,
     admitted: HashMap<PodKey, Admission>,
     exclusive_namespaces: Vec<String>,
     /// Per gang: a counter bumped whenever its members change, and when (ms).
@@ -88,10 +88,19 @@ impl ClusterIndex {
         let ended = pod.phase.is_terminal();
         if pod.node_name.is_some() && !ended {
             let queue = self.queue_name(&pod);
-            self.ledger
-                .set(&key, Some((queue, pod.requests.clone(), true)));
-            self.assigned
-                .insert(key.clone(), (pod.queue.clone(), pod.requests.clone()));
+            self.ledger.set(
+                &key,
+                Some(Contribution {
+                    queue,
+                    requests: pod.requests.clone(),
+                    placed: true,
+                    priority: pod.priority,
+                }),
+            );
+            self.assigned.insert(
+                key.clone(),
+                (pod.queue.clone(), pod.requests.clone(), pod.priority),
+            );
             self.admitted.remove(&key);
         } else {
             if self.assigned.remove(&key).is_some() {
@@ -230,19 +239,27 @@ impl ClusterIndex {
             Some(q) => self.namespace_queues.insert(namespace.into(), q),
             None => self.namespace_queues.remove(namespace),
         };
-        let moved: Vec<(PodKey, Resources)> = self
+        let moved: Vec<(PodKey, Resources, i32)> = self
             .assigned
             .iter()
-            .filter(|(k, (label, _))| label.is_none() && *k.namespace == *namespace)
-            .map(|(k, (_, r))| (k.clone(), r.clone()))
+            .filter(|(k, (label, _, _))| label.is_none() && *k.namespace == *namespace)
+            .map(|(k, (_, r, p))| (k.clone(), r.clone(), *p))
             .collect();
         let q = self
             .namespace_queues
             .get(namespace)
             .cloned()
             .unwrap_or_else(|| DEFAULT_QUEUE.into());
-        for (k, r) in moved {
-            self.ledger.set(&k, Some((q.clone(), r, true)));
+        for (k, requests, priority) in moved {
+            self.ledger.set(
+                &k,
+                Some(Contribution {
+                    queue: q.clone(),
+                    requests,
+                    placed: true,
+                    priority,
+                }),
+            );
         }
     }
 

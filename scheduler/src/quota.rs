@@ -467,13 +467,28 @@ impl Usage {
     }
 }
 
+/// What one pod contributes to its queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Contribution {
+    /// The pod's queue.
+    pub queue: Arc<str>,
+    /// What it requests.
+    pub requests: Resources,
+    /// Placed (allocated), or pending (demand).
+    pub placed: bool,
+    /// Its priority.
+    pub priority: i32,
+}
+
 /// What each pod contributes to its queue, kept up to date from events so that
 /// [`Ledger::usage`] costs the number of queues, not the number of pods.
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
-    entries: std::collections::HashMap<crate::model::PodKey, (Arc<str>, Resources, bool)>,
+    entries: std::collections::HashMap<crate::model::PodKey, Contribution>,
     allocated: BTreeMap<Arc<str>, Resources>,
     pending: BTreeMap<Arc<str>, Resources>,
+    /// Placed pods per queue and priority.
+    placed_priorities: BTreeMap<Arc<str>, BTreeMap<i32, usize>>,
 }
 
 impl Ledger {
@@ -482,27 +497,52 @@ impl Ledger {
         Self::default()
     }
 
-    /// Sets what the pod contributes: `(queue, requests, placed)`, or nothing.
-    pub fn set(&mut self, key: &crate::model::PodKey, entry: Option<(Arc<str>, Resources, bool)>) {
-        if let Some((q, r, placed)) = self.entries.remove(key) {
-            let m = if placed {
+    /// Sets what the pod contributes, or nothing.
+    pub fn set(&mut self, key: &crate::model::PodKey, entry: Option<Contribution>) {
+        if let Some(old) = self.entries.remove(key) {
+            let m = if old.placed {
                 &mut self.allocated
             } else {
                 &mut self.pending
             };
-            if let Some(v) = m.get_mut(&q) {
-                v.sub(&r);
+            if let Some(v) = m.get_mut(&old.queue) {
+                v.sub(&old.requests);
+            }
+            if old.placed
+                && let Some(by) = self.placed_priorities.get_mut(&old.queue)
+                && let Some(n) = by.get_mut(&old.priority)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    by.remove(&old.priority);
+                }
             }
         }
-        if let Some((q, r, placed)) = entry {
-            let m = if placed {
+        if let Some(c) = entry {
+            let m = if c.placed {
                 &mut self.allocated
             } else {
                 &mut self.pending
             };
-            m.entry(q.clone()).or_default().add(&r);
-            self.entries.insert(key.clone(), (q, r, placed));
+            m.entry(c.queue.clone()).or_default().add(&c.requests);
+            if c.placed {
+                *self
+                    .placed_priorities
+                    .entry(c.queue.clone())
+                    .or_default()
+                    .entry(c.priority)
+                    .or_default() += 1;
+            }
+            self.entries.insert(key.clone(), c);
         }
+    }
+
+    /// The lowest priority among the queue's placed pods (what priority preemption
+    /// inside it could take), if it has any.
+    pub fn lowest_placed_priority(&self, queue: &str) -> Option<i32> {
+        self.placed_priorities
+            .get(queue)
+            .and_then(|by| by.keys().next().copied())
     }
 
     /// Per-queue usage with ancestors including their children.
@@ -541,6 +581,22 @@ pub struct Candidate {
     pub unit: Arc<str>,
 }
 
+/// True when `queue` has a guarantee and stays within it after `request` (only the
+/// resources the guarantee lists count: one it does not list is not guaranteed, so it
+/// is neither reclaimed nor in the way). Only then may the queue reclaim.
+pub fn within_guarantee(tree: &QueueTree, usage: &Usage, queue: &str, request: &Resources) -> bool {
+    let Some(spec) = tree.get(queue) else {
+        return false;
+    };
+    let mut after = usage.allocated(queue);
+    after.add(request);
+    !spec.guaranteed.is_zero()
+        && !spec
+            .guaranteed
+            .iter()
+            .any(|(k, g)| request.get(&k) > 0 && after.get(&k) > g)
+}
+
 /// What a victim search works from: the queue tree and its usage, the candidates
 /// (bound pods, grouped into units), the profile that decides fit, and the clock.
 pub struct VictimSearch<'a> {
@@ -572,17 +628,7 @@ impl VictimSearch<'_> {
         pod: &PodInfo,
         nodes: &dyn crate::framework::NodeSource,
     ) -> Option<Victims> {
-        let spec = self.tree.get(queue)?;
-        let mut after = self.usage.allocated(queue);
-        after.add(&pod.requests);
-        // Only what the guarantee lists counts: a resource it does not list is not
-        // guaranteed, so it is neither reclaimed nor in the way.
-        if spec.guaranteed.is_zero()
-            || spec
-                .guaranteed
-                .iter()
-                .any(|(k, g)| pod.requests.get(&k) > 0 && after.get(&k) > g)
-        {
+        if !within_guarantee(self.tree, self.usage, queue, &pod.requests) {
             return None; // beyond its guarantee it borrows; it does not reclaim
         }
         let units = self.units(|c| {
@@ -949,9 +995,19 @@ mod tests {
         let mut l = Ledger::new();
         let a = pod("a", "team", 1_000);
         let b = pod("b", "org", 2_000);
-        l.set(&a.key, Some(("team".into(), a.requests.clone(), false)));
-        l.set(&b.key, Some(("org".into(), b.requests.clone(), true)));
-        l.set(&a.key, Some(("team".into(), a.requests.clone(), true)));
+        let c = |q: &str, p: &PodInfo, placed: bool| {
+            Some(Contribution {
+                queue: q.into(),
+                requests: p.requests.clone(),
+                placed,
+                priority: p.priority,
+            })
+        };
+        l.set(&a.key, c("team", &a, false));
+        assert_eq!(l.lowest_placed_priority("team"), None);
+        l.set(&b.key, c("org", &b, true));
+        l.set(&a.key, c("team", &a, true));
+        assert_eq!(l.lowest_placed_priority("team"), Some(a.priority));
         let u = l.usage(&t);
         assert_eq!(u.allocated("org").cpu, 3_000);
         assert_eq!(u.allocated("team").cpu, 1_000);
@@ -959,6 +1015,7 @@ mod tests {
         let recount = Usage::from_pods(&t, [(&a, true), (&b, true)]);
         assert_eq!(recount.allocated("org"), u.allocated("org"));
         l.set(&b.key, None);
+        assert_eq!(l.lowest_placed_priority("org"), None);
         assert_eq!(l.usage(&t).allocated("org").cpu, 1_000);
     }
 

@@ -476,7 +476,7 @@ impl Scheduler {
         };
         self.ledger.set(
             &key,
-            contribution.map(|placed| (self.queue_name(&info), info.requests.clone(), placed)),
+            contribution.map(|placed| self.contribution(&info, placed)),
         );
         if ours && info.gang.as_ref().is_some_and(|g| g.conflict.is_none()) {
             let state = match (&change, info.phase) {
@@ -815,6 +815,16 @@ impl Scheduler {
         }
     }
 
+    /// What `pod` contributes to its queue's ledger entry.
+    fn contribution(&self, pod: &PodInfo, placed: bool) -> crate::quota::Contribution {
+        crate::quota::Contribution {
+            queue: self.queue_name(pod),
+            requests: pod.requests.clone(),
+            placed,
+            priority: pod.priority,
+        }
+    }
+
     /// The fair-share queue of a pod: its label, else its namespace's, else `default`.
     fn queue_name(&self, pod: &PodInfo) -> Arc<str> {
         pod.queue
@@ -838,8 +848,7 @@ impl Scheduler {
             let q = self.queue_name(&pod);
             let placed = pod.node_name.is_some();
             if placed || self.ours(&pod) {
-                self.ledger
-                    .set(&key, Some((q.clone(), pod.requests.clone(), placed)));
+                self.ledger.set(&key, Some(self.contribution(&pod, placed)));
             }
             if self.queue.contains(&key) {
                 self.queue.add_or_update(q, pod, now);
@@ -907,10 +916,8 @@ impl Scheduler {
                 tracing::info!(pod = %pod.key, node = %node, reason = %why, "pod is gone or already bound; dropping it");
                 m.bind_errors.with_label_values(&["conflict"]).inc();
                 self.cache.forget(&pod.key);
-                self.ledger.set(
-                    &pod.key,
-                    Some((self.queue_name(&pod), pod.requests.clone(), false)),
-                );
+                self.ledger
+                    .set(&pod.key, Some(self.contribution(&pod, false)));
                 self.forget_pod(&pod.key);
             }
             BindResult::Failed(why) => {
@@ -918,10 +925,8 @@ impl Scheduler {
                 m.bind_errors.with_label_values(&["other"]).inc();
                 m.attempts.with_label_values(&["error"]).inc();
                 self.cache.forget(&pod.key);
-                self.ledger.set(
-                    &pod.key,
-                    Some((self.queue_name(&pod), pod.requests.clone(), false)),
-                );
+                self.ledger
+                    .set(&pod.key, Some(self.contribution(&pod, false)));
                 // A watch update during the bind may have taken the pod out of the
                 // queue: put it back, or it would wait for its next update.
                 if !self.queue.contains(&pod.key)
@@ -1254,10 +1259,15 @@ impl Scheduler {
             .collect();
         // Without a guarantee to reclaim, only lower-priority pods of the same queue
         // can make room: the rest need not be looked at.
-        let can_reclaim = self
-            .tree
-            .get(&queue)
-            .is_some_and(|q| !q.guaranteed.is_zero());
+        let mut usage = self.ledger.usage(&self.tree);
+        let can_reclaim = crate::quota::within_guarantee(&self.tree, &usage, &queue, &pod.requests);
+        let can_preempt = self
+            .ledger
+            .lowest_placed_priority(&queue)
+            .is_some_and(|p| p < pod.priority);
+        if !can_reclaim && !can_preempt {
+            return; // nothing could be evicted for it: no need to look at every pod
+        }
         let mut candidates: Vec<crate::quota::Candidate> = Vec::new();
         for key in self.cache.pod_keys() {
             let Some(p) = self.cache.pod(&key) else {
@@ -1326,7 +1336,6 @@ impl Scheduler {
                 std::iter::once(pod.clone()).chain(others).collect()
             }
         };
-        let mut usage = self.ledger.usage(&self.tree);
         let mut overlay = crate::framework::Overlay::new(snap);
         let mut planned: Vec<(Arc<PodInfo>, &'static str)> = Vec::new();
         for claimant in &claimants {
@@ -1524,10 +1533,8 @@ impl Scheduler {
 
     /// Hands a placed pod to a bind task.
     fn spawn_bind(&mut self, pod: Arc<PodInfo>, node: Arc<str>) {
-        self.ledger.set(
-            &pod.key,
-            Some((self.queue_name(&pod), pod.requests.clone(), true)),
-        );
+        self.ledger
+            .set(&pod.key, Some(self.contribution(&pod, true)));
         let (client, tx, binds) = (self.client.clone(), self.tx.clone(), self.binds.clone());
         self.binds_in_flight += 1;
         tokio::spawn(async move {
