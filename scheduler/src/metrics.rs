@@ -26,6 +26,8 @@ pub struct Metrics {
     pub snapshot_generation: IntGauge,
     /// Objects skipped because they could not be converted.
     pub malformed_objects: IntCounter,
+    /// Events and status writes dropped because too many were waiting.
+    pub status_writes_dropped: IntCounter,
     /// Gangs with pending members that are not yet placed.
     pub gangs_waiting: IntGauge,
     /// Gangs placed all together.
@@ -115,6 +117,11 @@ impl Metrics {
             malformed_objects: IntCounter::new(
                 "drover_malformed_objects_total",
                 "Pods and nodes skipped because they could not be read.",
+            )
+            .expect("metric"),
+            status_writes_dropped: IntCounter::new(
+                "drover_status_writes_dropped_total",
+                "Events and status writes dropped because too many were waiting.",
             )
             .expect("metric"),
             gangs_waiting: IntGauge::new(
@@ -213,6 +220,7 @@ impl Metrics {
             Box::new(m.nodes.clone()),
             Box::new(m.snapshot_generation.clone()),
             Box::new(m.malformed_objects.clone()),
+            Box::new(m.status_writes_dropped.clone()),
             Box::new(m.gangs_waiting.clone()),
             Box::new(m.gangs_placed.clone()),
             Box::new(m.gang_wait_seconds.clone()),
@@ -245,6 +253,7 @@ impl Metrics {
             &self.nodes,
             &self.snapshot_generation,
             &self.malformed_objects,
+            &self.status_writes_dropped,
             &self.gangs_waiting,
             &self.gangs_placed,
             &self.gang_wait_seconds,

@@ -283,7 +283,8 @@ enum Msg {
     },
 }
 
-/// How long a stopping scheduler waits for binds it has already sent.
+/// How long a stopping scheduler waits for binds it has already sent (and then for
+/// the Events and status writes under way).
 const SHUTDOWN_BIND_WAIT: Duration = Duration::from_secs(5);
 
 /// State shared with the HTTP server and other readers.
@@ -895,7 +896,7 @@ impl Scheduler {
                         .observe((now - pod.created_ms).max(0) as f64 / 1000.0);
                 }
                 let status = self.status.clone();
-                tokio::spawn(async move {
+                self.status.spawn(async move {
                     let note = format!("Successfully assigned {} to {node}", pod.key);
                     status
                         .event(&pod, EventType::Normal, "Scheduled", &note)
@@ -942,7 +943,7 @@ impl Scheduler {
                     self.queue.backoff(&pod.key, now);
                 }
                 let status = self.status.clone();
-                tokio::spawn(async move {
+                self.status.spawn(async move {
                     status
                         .event(
                             &pod,
@@ -1036,7 +1037,8 @@ impl Scheduler {
                 .insert(pod.key.clone(), message.to_string());
             let status = self.status.clone();
             let (pod, message) = (pod.clone(), message.to_string());
-            tokio::spawn(async move { status.unschedulable(&pod, &message).await });
+            self.status
+                .spawn(async move { status.unschedulable(&pod, &message).await });
         }
     }
 
@@ -1190,7 +1192,7 @@ impl Scheduler {
                     let status = self.status.clone();
                     let group = self.gangs.group(gang).cloned();
                     let first = placed[0].0.clone();
-                    tokio::spawn(async move {
+                    self.status.spawn(async move {
                         status
                             .event(&first, EventType::Normal, "GangPlaced", &note)
                             .await;
@@ -1426,7 +1428,7 @@ impl Scheduler {
                     ),
                 )
             };
-            tokio::spawn(async move {
+            self.status.spawn(async move {
                 let api: Api<Pod> = Api::namespaced(client, &v.key.namespace);
                 // The client retries a 429 (what a PodDisruptionBudget answers) for
                 // minutes; a refusal must be noticed at once, so the wait is bounded.
@@ -1488,7 +1490,7 @@ impl Scheduler {
         tracing::info!(gang = %gang, %note, "reserved");
         if let Some(group) = self.gangs.group(gang).cloned() {
             let status = self.status.clone();
-            tokio::spawn(async move {
+            self.status.spawn(async move {
                 status
                     .pod_group_event(&group, EventType::Normal, "Reserved", &note)
                     .await;
@@ -1519,7 +1521,7 @@ impl Scheduler {
         let status = self.status.clone();
         let group = self.gangs.group(gang).cloned();
         let pod = pod.clone();
-        tokio::spawn(async move {
+        self.status.spawn(async move {
             status
                 .event(&pod, EventType::Warning, "GangRepair", &note)
                 .await;
@@ -1595,7 +1597,7 @@ impl Scheduler {
                 tracing::warn!(%note, "gang timed out");
                 self.gangs.touch(&g);
                 let status = self.status.clone();
-                tokio::spawn(async move {
+                self.status.spawn(async move {
                     status
                         .pod_group_event(&group, EventType::Warning, "ScheduleTimeout", &note)
                         .await;
@@ -1902,7 +1904,12 @@ pub async fn run_with(
         shutdown.clone(),
         None,
     );
-    let status = StatusWriter::new(client.clone(), &opts.scheduler_name, &opts.identity);
+    let status = StatusWriter::new(
+        client.clone(),
+        &opts.scheduler_name,
+        &opts.identity,
+        shared.metrics.status_writes_dropped.clone(),
+    );
     let binds = Arc::new(Semaphore::new(opts.config.bind_concurrency));
     let queue = QueueSet::new(opts.config.queue);
     tracing::info!(scheduler_name = %opts.scheduler_name, identity = %opts.identity, "drover starting");
@@ -2013,6 +2020,8 @@ pub async fn run_with(
             }
         }
     }
+    // Events of the last binds (and other writes under way) go out before drover stops.
+    s.status.flush(SHUTDOWN_BIND_WAIT).await;
     if let Some(task) = lease {
         // The lease task releases the Lease on shutdown so a follower takes over at once.
         let _ = tokio::time::timeout(SHUTDOWN_BIND_WAIT, task).await;

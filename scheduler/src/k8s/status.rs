@@ -43,7 +43,15 @@ pub fn pod_group_resource() -> ApiResource {
 pub struct StatusWriter {
     client: Client,
     recorder: Recorder,
+    /// Writes under way (see [`StatusWriter::spawn`]).
+    tasks: tokio_util::task::TaskTracker,
+    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    dropped: prometheus::IntCounter,
 }
+
+/// At most this many status writes and Events wait at once; beyond, new ones are
+/// dropped (and counted) rather than kept in memory without bound.
+pub const MAX_PENDING_WRITES: usize = 10_000;
 
 fn reference(pod: &PodInfo) -> ObjectReference {
     ObjectReference {
@@ -57,8 +65,14 @@ fn reference(pod: &PodInfo) -> ObjectReference {
 }
 
 impl StatusWriter {
-    /// A writer reporting as `controller` (the scheduler's name) from `instance`.
-    pub fn new(client: Client, controller: &str, instance: &str) -> Self {
+    /// A writer reporting as `controller` (the scheduler's name) from `instance`;
+    /// writes dropped because too many wait are counted in `dropped`.
+    pub fn new(
+        client: Client,
+        controller: &str,
+        instance: &str,
+        dropped: prometheus::IntCounter,
+    ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -66,7 +80,54 @@ impl StatusWriter {
                 instance: Some(instance.into()),
             },
         );
-        StatusWriter { client, recorder }
+        StatusWriter {
+            client,
+            recorder,
+            tasks: tokio_util::task::TaskTracker::new(),
+            pending: Default::default(),
+            dropped,
+        }
+    }
+
+    /// Runs `write` (an Event, a condition, an eviction) in the background, tracked so
+    /// that [`StatusWriter::flush`] can wait for it. Drops it when
+    /// [`MAX_PENDING_WRITES`] already wait.
+    pub fn spawn<F>(&self, write: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        if self.pending.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING_WRITES {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            if self.dropped.get() == 0 {
+                tracing::warn!(
+                    max = MAX_PENDING_WRITES,
+                    "too many Events and status writes waiting; dropping new ones (drover_status_writes_dropped_total)"
+                );
+            }
+            self.dropped.inc();
+            return;
+        }
+        let pending = self.pending.clone();
+        self.tasks.spawn(async move {
+            write.await;
+            pending.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Waits (at most `limit`) for the writes under way, so that the Events of the
+    /// last pods bound are not lost when drover stops.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(limit, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "stopping with Events or status writes unfinished"
+            );
+        }
     }
 
     /// Sets `PodScheduled=False, reason=Unschedulable` with `message` (what
@@ -255,5 +316,41 @@ fn apply(
             pending.insert(t, (v, 0));
         }
         StatusCmd::Clear => pending.clear(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer whose client is never used (nothing here talks to a server).
+    fn writer() -> StatusWriter {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URI"));
+        let client = Client::try_from(config).expect("a client");
+        let dropped = prometheus::IntCounter::new("dropped", "dropped").expect("metric");
+        StatusWriter::new(client, "drover", "test", dropped)
+    }
+
+    #[tokio::test]
+    async fn writes_wait_bounded_and_are_flushed() {
+        let w = writer();
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..MAX_PENDING_WRITES + 3 {
+            let (gate, done) = (gate.clone(), done.clone());
+            w.spawn(async move {
+                let _ = gate.acquire().await;
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        // Three beyond the bound were dropped and counted; the rest wait.
+        assert_eq!(w.dropped.get(), 3);
+        gate.add_permits(MAX_PENDING_WRITES);
+        w.flush(std::time::Duration::from_secs(10)).await;
+        assert_eq!(
+            done.load(std::sync::atomic::Ordering::SeqCst),
+            MAX_PENDING_WRITES
+        );
+        assert_eq!(w.pending.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }
