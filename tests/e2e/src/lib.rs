@@ -251,3 +251,59 @@ pub fn prometheus_operator_crds() -> anyhow::Result<Vec<String>> {
     .map(|f| format!("{dir}/{f}"))
     .collect())
 }
+
+/// The body of `GET path` on `addr` (plain HTTP/1.0), failing on a status other than 200.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let text = String::from_utf8(raw)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("GET {path}: no HTTP header in {text:?}"))?;
+    let status = head.lines().next().unwrap_or_default();
+    anyhow::ensure!(status.contains(" 200 "), "GET {path}: {status}");
+    Ok(body.to_string())
+}
+
+/// Parses Prometheus text format with the parser Prometheus itself uses (Go's
+/// `github.com/prometheus/common/expfmt`, run from `tests/controlplane/promparse`):
+/// metric family name → (type, number of series). An error carries the parser's message.
+pub fn parse_prometheus_text(
+    text: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, (String, usize)>> {
+    use std::io::Write;
+    let dir = drover_testenv::repo_root().join("tests/controlplane/promparse");
+    let mut child = std::process::Command::new("go")
+        .args(["run", "."])
+        .current_dir(&dir)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("go run in {}: {e} (Go is needed)", dir.display()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the Prometheus text parser rejects it: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let mut families = std::collections::BTreeMap::new();
+    for line in String::from_utf8(out.stdout)?.lines() {
+        let mut f = line.split(' ');
+        if let (Some(name), Some(kind), Some(n)) = (f.next(), f.next(), f.next()) {
+            families.insert(name.to_string(), (kind.to_string(), n.parse()?));
+        }
+    }
+    Ok(families)
+}
