@@ -24,6 +24,66 @@ pub struct PodStatus {
     pub unschedulable_message: Option<String>,
 }
 
+/// The fair-share queues as the scheduler sees them, for the queue part of an
+/// explanation. The pod's queue is [`crate::quota::queue_of`] the pod (the caller has
+/// put a namespace's default queue into `pod.queue`).
+pub struct QuotaView<'a> {
+    /// The validated queue tree.
+    pub tree: &'a crate::quota::QueueTree,
+    /// What every queue holds and asks for.
+    pub usage: &'a crate::quota::Usage,
+    /// Fair shares by queue.
+    pub fair: &'a BTreeMap<Arc<str>, crate::model::Resources>,
+    /// Where the pod's queue comes from, in words.
+    pub source: &'a str,
+}
+
+fn explain_queue(o: &mut String, pod: &PodInfo, quota: &QuotaView) {
+    let queue = crate::quota::queue_of(pod);
+    let _ = writeln!(o, "queue: {queue} ({})", quota.source);
+    match quota.tree.get(&queue) {
+        Some(spec) => {
+            let max = spec
+                .max
+                .as_ref()
+                .map_or("none".to_string(), |m| m.to_string());
+            let _ = writeln!(
+                o,
+                "  guaranteed {}  max {max}  weight {}{}",
+                spec.guaranteed,
+                spec.weight,
+                if spec.reclaimable {
+                    ""
+                } else {
+                    "  (not reclaimable)"
+                }
+            );
+            let fair = quota.fair.get(&queue).cloned().unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "  allocated {} (with its children)  pending {}  fair share {fair}",
+                quota.usage.allocated(&queue),
+                quota.usage.pending(&queue),
+            );
+        }
+        None if queue.as_ref() == crate::quota::DEFAULT_QUEUE => {
+            let _ = writeln!(o, "  no Queue object: no guarantee and no limit");
+        }
+        None => {}
+    }
+    match quota.tree.admit(quota.usage, &queue, &pod.requests) {
+        Some(why) => {
+            let _ = writeln!(o, "  admission: waits: {why}");
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "  admission: within max (its own and its parents'): placed when a node fits"
+            );
+        }
+    }
+}
+
 fn names(list: &[Arc<str>]) -> String {
     let mut s: Vec<&str> = list.iter().take(NAMES_PER_REASON).map(|n| &**n).collect();
     s.sort_unstable();
@@ -45,6 +105,7 @@ pub fn explain(
     snapshot: &Snapshot,
     gangs: &GangTracker,
     pending: &dyn Fn(&GangKey) -> Vec<Arc<PodInfo>>,
+    quota: &QuotaView,
 ) -> String {
     let mut o = String::new();
     let _ = writeln!(
@@ -77,7 +138,7 @@ pub fn explain(
             );
         }
     }
-    let _ = writeln!(o, "queue: no fair-share queues are configured");
+    explain_queue(&mut o, pod, quota);
 
     if let Some(g) = &pod.gang {
         let key = GangKey::of(pod).expect("names a gang");
@@ -195,6 +256,85 @@ mod tests {
     use super::*;
     use crate::gang::MemberState;
     use crate::model::*;
+    use crate::quota::{QueueSpec, QueueTree, Usage};
+
+    /// No Queue objects: every pod is in `default`.
+    fn no_queues() -> QuotaView<'static> {
+        static TREE: std::sync::OnceLock<QueueTree> = std::sync::OnceLock::new();
+        static USAGE: std::sync::OnceLock<Usage> = std::sync::OnceLock::new();
+        static FAIR: std::sync::OnceLock<BTreeMap<Arc<str>, Resources>> =
+            std::sync::OnceLock::new();
+        QuotaView {
+            tree: TREE.get_or_init(QueueTree::default),
+            usage: USAGE.get_or_init(Usage::default),
+            fair: FAIR.get_or_init(BTreeMap::new),
+            source: "no drover.dev/queue label",
+        }
+    }
+
+    #[test]
+    fn explains_a_pod_over_its_queue_max() {
+        let tree = QueueTree::build([QueueSpec {
+            name: "research".into(),
+            parent: None,
+            guaranteed: Resources::cpu_mem(4_000, 0),
+            max: Some(Resources::cpu_mem(8_000, 0)),
+            max_listed: vec![ResourceKind::Cpu],
+            weight: 2,
+            reclaimable: true,
+        }]);
+        let mut held = pod("held", 7000, None);
+        held.queue = Some("research".into());
+        let mut p = pod("p", 2000, None);
+        p.queue = Some("research".into());
+        let usage = Usage::from_pods(&tree, [(&held, true), (&p, false)]);
+        let fair = tree.fair_shares(&usage, &Resources::cpu_mem(32_000, 0));
+        let out = explain(
+            &Profile::default(),
+            &[],
+            &p,
+            &PodStatus::default(),
+            &cluster(),
+            &GangTracker::new(),
+            &|_| Vec::new(),
+            &QuotaView {
+                tree: &tree,
+                usage: &usage,
+                fair: &fair,
+                source: "its drover.dev/queue label",
+            },
+        );
+        for want in [
+            "queue: research (its drover.dev/queue label)",
+            "guaranteed cpu=4  max cpu=8  weight 2",
+            "allocated cpu=7,memory=1Gi (with its children)  pending cpu=2,memory=1Gi  fair share cpu=8",
+            "admission: waits: queue research would exceed its max cpu",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in:\n{out}");
+        }
+        // Within max, the same pod is told it only waits for a node.
+        let small = {
+            let mut s = pod("s", 1000, None);
+            s.queue = Some("research".into());
+            s
+        };
+        let out = explain(
+            &Profile::default(),
+            &[],
+            &small,
+            &PodStatus::default(),
+            &cluster(),
+            &GangTracker::new(),
+            &|_| Vec::new(),
+            &QuotaView {
+                tree: &tree,
+                usage: &usage,
+                fair: &fair,
+                source: "its drover.dev/queue label",
+            },
+        );
+        assert!(out.contains("admission: within max"), "{out}");
+    }
 
     const GI: i64 = 1 << 30;
 
@@ -248,6 +388,7 @@ mod tests {
             &snap,
             &GangTracker::new(),
             &|_| Vec::new(),
+            &no_queues(),
         );
         assert!(out.contains("pod ml/solo"), "{out}");
         assert!(
@@ -286,6 +427,7 @@ mod tests {
             &snap,
             &t,
             &|_| members.clone(),
+            &no_queues(),
         );
         assert!(
             out.contains("gang: ml/train (minMember 3 from drover.dev/min-member): 3 pending"),

@@ -5,18 +5,20 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{DynamicObject, ListParams};
 use kube::{Api, Client};
 
 use crate::cache::ClusterCache;
 use crate::config::{Config, FileConfig};
-use crate::explain::{PodStatus, explain};
+use crate::explain::{PodStatus, QuotaView, explain};
 use crate::gang::{GangKey, GangTracker, MemberState};
 use crate::model::{Phase, PodInfo};
 
-use super::convert::{node_info, pod_group, pod_info};
-use super::status::pod_group_resource;
+use crate::quota::{QUEUE_LABEL, QueueTree, Usage};
+
+use super::convert::{node_info, pod_group, pod_info, queue};
+use super::status::{pod_group_resource, queue_resource};
 
 /// Flags of `drover explain`.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,13 +77,25 @@ pub async fn explain_pod(
         .list(&ListParams::default())
         .await?
         .items;
-    let groups = match Api::<DynamicObject>::all_with(client.clone(), &pod_group_resource())
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(l) => l.items,
-        Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
-        Err(e) => return Err(e.into()),
+    let groups = list_if_served(client, &pod_group_resource()).await?;
+    let queues = list_if_served(client, &queue_resource()).await?;
+    let namespace_queues: std::collections::HashMap<String, Arc<str>> =
+        Api::<Namespace>::all(client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|n| {
+                let q = n.metadata.labels.as_ref()?.get(QUEUE_LABEL)?.clone();
+                let q: Arc<str> = Arc::from(q.as_str());
+                Some((n.metadata.name?, q)).filter(|(_, q)| !q.is_empty())
+            })
+            .collect();
+    // A pod without the label is in its namespace's default queue, if it has one.
+    let resolve_queue = |p: &mut PodInfo| {
+        if p.queue.is_none() {
+            p.queue = namespace_queues.get(&*p.key.namespace).cloned();
+        }
     };
 
     let mut cache = ClusterCache::new();
@@ -106,10 +120,30 @@ pub async fn explain_pod(
         }
     };
     let mut me = pod_info(&target)?;
+    let queue_source = if me.queue.is_some() {
+        format!("its {QUEUE_LABEL} label")
+    } else if namespace_queues.contains_key(&*me.key.namespace) {
+        format!("the {QUEUE_LABEL} label of namespace {}", me.key.namespace)
+    } else {
+        format!("no {QUEUE_LABEL} label on the pod or its namespace")
+    };
     exclusive(&mut me);
+    resolve_queue(&mut me);
+    // What every queue holds (bound pods) and asks for (this scheduler's pending pods).
+    let mut counted: Vec<(PodInfo, bool)> = Vec::new();
     for p in &pods {
         let Ok(mut info) = pod_info(p) else { continue };
         exclusive(&mut info);
+        resolve_queue(&mut info);
+        if !info.phase.is_terminal() {
+            match &info.node_name {
+                Some(_) => counted.push((info.clone(), true)),
+                None if info.scheduler_name == me.scheduler_name && !info.deleting => {
+                    counted.push((info.clone(), false))
+                }
+                None => {}
+            }
+        }
         if info.scheduler_name == me.scheduler_name
             && info.gang.as_ref().is_some_and(|g| g.conflict.is_none())
         {
@@ -159,6 +193,15 @@ pub async fn explain_pod(
         v.sort_by(|a, b| (a.created_ms, &a.key).cmp(&(b.created_ms, &b.key)));
         v
     };
+    let tree = QueueTree::build(queues.iter().filter_map(|q| queue(q).ok()));
+    let usage = Usage::from_pods(&tree, counted.iter().map(|(p, placed)| (p, *placed)));
+    let mut cluster = crate::model::Resources::default();
+    for (_, n) in snapshot.nodes() {
+        if n.known && !n.unschedulable {
+            cluster.add(&n.allocatable);
+        }
+    }
+    let fair = tree.fair_shares(&usage, &cluster);
     Ok(explain(
         &config.profile,
         &config.topology_levels,
@@ -167,5 +210,26 @@ pub async fn explain_pod(
         &snapshot,
         &gangs,
         &pending,
+        &QuotaView {
+            tree: &tree,
+            usage: &usage,
+            fair: &fair,
+            source: &queue_source,
+        },
     ))
+}
+
+/// Every object of a custom resource, or none when its CRD is not installed.
+async fn list_if_served(
+    client: &Client,
+    resource: &kube::api::ApiResource,
+) -> anyhow::Result<Vec<DynamicObject>> {
+    match Api::<DynamicObject>::all_with(client.clone(), resource)
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(l) => Ok(l.items),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -298,6 +298,27 @@ async fn a_queue_at_max_never_exceeds_it_and_bad_input_is_reported() -> anyhow::
         },
     )
     .await?;
+    // `drover explain` says why: the queue, where it comes from, its standing, and
+    // for the gang, its members too.
+    let config = drover::config::Config::default();
+    let out =
+        drover::k8s::explain::explain_pod(&client, &config, "analytics", "via-namespace").await?;
+    for want in [
+        "queue: capped (the drover.dev/queue label of namespace analytics)",
+        "max cpu=3",
+        "allocated cpu=2",
+        "admission: waits: queue capped would exceed its max cpu: 2 allocated + 2 asked > 3 max",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let out = drover::k8s::explain::explain_pod(&client, &config, NS, "big-0").await?;
+    for want in [
+        "queue: capped (its drover.dev/queue label)",
+        "gang: default/big (minMember 4 from drover.dev/min-member): 4 pending",
+        "the scheduler said: gang default/big: queue capped would exceed its max cpu",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
     wait_until(
         Duration::from_secs(15),
         Duration::from_millis(250),
