@@ -121,7 +121,7 @@ impl Default for ScoreWeights {
     fn default() -> Self {
         ScoreWeights {
             packing: 1,
-            node_affinity: 2,
+            node_affinity: 4,
             taint_toleration: 3,
             least_waste: None,
             numa: 1,

@@ -45,7 +45,7 @@ impl Profile {
             filters: Filter::DEFAULT.to_vec(),
             scores: vec![
                 (Score::Packing(packing), 1),
-                (Score::NodeAffinity, 2),
+                (Score::NodeAffinity, 4),
                 (Score::Taints, 3),
                 // Least waste packs too; a spreading profile leaves it out.
                 (
@@ -569,5 +569,41 @@ mod tests {
             0,
             "the snapshot is untouched"
         );
+    }
+
+    #[test]
+    fn a_preferred_node_affinity_beats_packing() {
+        // A nearly full small node outside the preferred zone (a tight fit: packing and
+        // least waste both like it) and an idle large node inside it.
+        let mut tight = NodeInfo::new("tight", Resources::cpu_mem(8000, 32 * GI), 110);
+        tight.labels = Labels::new([("zone", "a")]);
+        tight.add_pod(Arc::new(PodInfo {
+            key: PodKey::new("x", "filler"),
+            requests: Resources::cpu_mem(7000, 31 * GI),
+            ..Default::default()
+        }));
+        let mut roomy = NodeInfo::new("roomy", Resources::cpu_mem(32000, 128 * GI), 110);
+        roomy.labels = Labels::new([("zone", "c")]);
+        let s = Snapshot::from_nodes([tight, roomy]);
+        let mut p = pod(1000, GI);
+        p.preferred_affinity = vec![(
+            50,
+            SelectorTerm(vec![Requirement {
+                key: "zone".into(),
+                op: SelectorOp::In,
+                values: vec!["c".into()],
+                bound: 0,
+                field: false,
+            }]),
+        )];
+        let Outcome::Placed(placed) = schedule_one(&Profile::default(), &p, &s) else {
+            panic!()
+        };
+        assert_eq!(&*placed.node, "roomy", "the user's preference wins");
+        // Without the preference, packing takes the tight node.
+        let Outcome::Placed(placed) = schedule_one(&Profile::default(), &pod(1000, GI), &s) else {
+            panic!()
+        };
+        assert_eq!(&*placed.node, "tight");
     }
 }

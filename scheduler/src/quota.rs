@@ -597,6 +597,16 @@ pub fn within_guarantee(tree: &QueueTree, usage: &Usage, queue: &str, request: &
             .any(|(k, g)| request.get(&k) > 0 && after.get(&k) > g)
 }
 
+/// True when `spec` may be reclaimed from now: it allows reclaim and holds more than its
+/// guarantee of some resource.
+pub fn lends(usage: &Usage, spec: &QueueSpec) -> bool {
+    spec.reclaimable
+        && usage
+            .allocated(&spec.name)
+            .iter()
+            .any(|(k, v)| v > spec.guaranteed.get(&k))
+}
+
 /// What a victim search works from: the queue tree and its usage, the candidates
 /// (bound pods, grouped into units), the profile that decides fit, and the clock.
 pub struct VictimSearch<'a> {
@@ -635,13 +645,7 @@ impl VictimSearch<'_> {
             let Some(q) = self.tree.get(&c.queue) else {
                 return false;
             };
-            q.reclaimable
-                && c.queue.as_ref() != queue
-                && self
-                    .usage
-                    .allocated(&c.queue)
-                    .iter()
-                    .any(|(k, v)| v > q.guaranteed.get(&k))
+            c.queue.as_ref() != queue && lends(self.usage, q)
         });
         self.cheapest(pod, nodes, &units, true)
     }

@@ -1238,6 +1238,22 @@ impl Scheduler {
             return;
         }
         let queue = self.queue_name(pod);
+        // Reclaim needs the queue within its guarantee; preemption, lower-priority
+        // pods in the queue. Without either, nothing is looked at. Without a guarantee
+        // to reclaim, only lower-priority pods of the same queue are candidates.
+        let mut usage = self.ledger.usage(&self.tree);
+        let can_reclaim = crate::quota::within_guarantee(&self.tree, &usage, &queue, &pod.requests)
+            && self
+                .tree
+                .queues()
+                .any(|q| *q.name != *queue && crate::quota::lends(&usage, q));
+        let can_preempt = self
+            .ledger
+            .lowest_placed_priority(&queue)
+            .is_some_and(|p| p < pod.priority);
+        if !can_reclaim && !can_preempt {
+            return; // nothing could be evicted for it: no need to look at every pod
+        }
         self.evicting
             .retain(|k, until| *until > now && self.cache.pod(k).is_some());
         self.refused.retain(|_, until| *until > now);
@@ -1259,17 +1275,6 @@ impl Scheduler {
             .filter_map(|k| self.cache.pod(k))
             .map(|p| unit_of(p))
             .collect();
-        // Without a guarantee to reclaim, only lower-priority pods of the same queue
-        // can make room: the rest need not be looked at.
-        let mut usage = self.ledger.usage(&self.tree);
-        let can_reclaim = crate::quota::within_guarantee(&self.tree, &usage, &queue, &pod.requests);
-        let can_preempt = self
-            .ledger
-            .lowest_placed_priority(&queue)
-            .is_some_and(|p| p < pod.priority);
-        if !can_reclaim && !can_preempt {
-            return; // nothing could be evicted for it: no need to look at every pod
-        }
         let mut candidates: Vec<crate::quota::Candidate> = Vec::new();
         for key in self.cache.pod_keys() {
             let Some(p) = self.cache.pod(&key) else {

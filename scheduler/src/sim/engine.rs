@@ -80,13 +80,20 @@ impl Policy {
     /// and memory, pod by pod, no gangs, no quota.
     pub fn baseline() -> Self {
         use crate::model::ResourceKind;
+        let mut profile = Profile::with_packing(Packing {
+            strategy: Strategy::LeastAllocated,
+            resources: vec![(ResourceKind::Cpu, 1), (ResourceKind::Memory, 1)],
+        });
+        // kube-scheduler weighs preferred node affinity 2.
+        for (score, weight) in &mut profile.scores {
+            if matches!(score, crate::plugins::Score::NodeAffinity) {
+                *weight = 2;
+            }
+        }
         Policy {
             name: "baseline".into(),
             description: "like kube-scheduler's default profile: LeastAllocated spreading (cpu, memory), pod by pod, no gangs, no quota".into(),
-            profile: Profile::with_packing(Packing {
-                strategy: Strategy::LeastAllocated,
-                resources: vec![(ResourceKind::Cpu, 1), (ResourceKind::Memory, 1)],
-            }),
+            profile,
             gangs: GangMode::PodByPod,
             queue: QueueConfig::default(),
         }
