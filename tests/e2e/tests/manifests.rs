@@ -1,7 +1,8 @@
 //! The manifests in manifests/ against a real API server: every object is accepted,
 //! the shipped config is drover's default, and drover running as the ServiceAccount
 //! with exactly the shipped RBAC can do its whole job (schedule, bind, write
-//! conditions, Events and PodGroup status, hold the leader Lease).
+//! conditions, Events and PodGroup status, hold the leader Lease, read
+//! PodDisruptionBudgets and evict).
 
 use std::time::Duration;
 
@@ -114,7 +115,7 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
         name: "drover".into(),
         duration_seconds: 15,
     });
-    let drover = Drover::start_with(sa, opts);
+    let drover = Drover::start_with(sa.clone(), opts);
     create_pod_group(&admin, "default", "pair", json!({"minMember": 2})).await?;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
     for i in 0..2 {
@@ -165,6 +166,14 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
     );
     let malformed = drover.shared.metrics.malformed_objects.get();
     assert_eq!(malformed, 0);
+    // What reclaim and preemption do, with the same credentials: read the
+    // PodDisruptionBudgets and evict a pod.
+    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::all(sa.clone())
+        .list(&Default::default())
+        .await?;
+    Api::<Pod>::namespaced(sa.clone(), "default")
+        .evict("pair-1", &Default::default())
+        .await?;
     drover.stop().await
 }
 
