@@ -1402,7 +1402,12 @@ impl Scheduler {
             self.gang_tried.remove(g);
         }
         self.queue.backoff(&pod.key, now);
-        let since = *self.waiting_since.entry(pod.key.clone()).or_insert(now);
+        // A gang's wait is its first member's, whichever member was popped.
+        let waiter = match gang {
+            Some(_) => claimants.first().map_or(&pod.key, |c| &c.key),
+            None => &pod.key,
+        };
+        let since = *self.waiting_since.entry(waiter.clone()).or_insert(now);
         if now - since < self.opts.config.reclaim_grace_ms {
             return;
         }
