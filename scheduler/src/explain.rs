@@ -289,21 +289,24 @@ mod tests {
         p.queue = Some("research".into());
         let usage = Usage::from_pods(&tree, [(&held, true), (&p, false)]);
         let fair = tree.fair_shares(&usage, &Resources::cpu_mem(32_000, 0));
-        let out = explain(
-            &Profile::default(),
-            &[],
-            &p,
-            &PodStatus::default(),
-            &cluster(),
-            &GangTracker::new(),
-            &|_| Vec::new(),
-            &QuotaView {
-                tree: &tree,
-                usage: &usage,
-                fair: &fair,
-                source: "its drover.dev/queue label",
-            },
-        );
+        let explain_in_queue = |p: &PodInfo| {
+            explain(
+                &Profile::default(),
+                &[],
+                p,
+                &PodStatus::default(),
+                &cluster(),
+                &GangTracker::new(),
+                &|_| Vec::new(),
+                &QuotaView {
+                    tree: &tree,
+                    usage: &usage,
+                    fair: &fair,
+                    source: "its drover.dev/queue label",
+                },
+            )
+        };
+        let out = explain_in_queue(&p);
         for want in [
             "queue: research (its drover.dev/queue label)",
             "guaranteed cpu=4  max cpu=8  weight 2",
@@ -318,21 +321,7 @@ mod tests {
             s.queue = Some("research".into());
             s
         };
-        let out = explain(
-            &Profile::default(),
-            &[],
-            &small,
-            &PodStatus::default(),
-            &cluster(),
-            &GangTracker::new(),
-            &|_| Vec::new(),
-            &QuotaView {
-                tree: &tree,
-                usage: &usage,
-                fair: &fair,
-                source: "its drover.dev/queue label",
-            },
-        );
+        let out = explain_in_queue(&small);
         assert!(out.contains("admission: within max"), "{out}");
     }
 

@@ -307,3 +307,30 @@ pub fn parse_prometheus_text(
     }
     Ok(families)
 }
+
+/// drover-extender in this process with `client`, on a free loopback port, once it is
+/// ready (nodes, pods, gangs and queues listed). Cancel the token to stop it.
+pub async fn start_extender(
+    client: Client,
+) -> anyhow::Result<(drover_extender::Running, CancellationToken)> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let mut opts = drover_extender::Options::default();
+    opts.server.listen = "127.0.0.1:0".parse()?;
+    let shutdown = CancellationToken::new();
+    let running = drover_extender::start(client, opts, shutdown.clone()).await?;
+    let ext = running.extender.clone();
+    drover_testenv::wait_until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        "drover-extender ready",
+        || {
+            let ext = ext.clone();
+            async move { Ok(ext.ready()) }
+        },
+    )
+    .await?;
+    Ok((running, shutdown))
+}

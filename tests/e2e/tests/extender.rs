@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use drover::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
-use drover_e2e::{QUEUE_CRD, node_of, unschedulable_message};
-use drover_extender::{Options, Running};
+use drover_e2e::{QUEUE_CRD, node_of, start_extender, unschedulable_message};
+use drover_extender::Running;
 use drover_testenv::{ControlPlane, FakeNode, ProcessGuard, TestPod, repo_root, wait_until};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, DynamicObject, PostParams};
@@ -17,31 +17,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const NS: &str = "default";
-
-/// The extender in this process, on a free loopback port, ready (nodes, pods, gangs
-/// and queues listed).
-async fn start_extender(cp: &ControlPlane) -> anyhow::Result<(Running, CancellationToken)> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
-    let mut opts = Options::default();
-    opts.server.listen = "127.0.0.1:0".parse()?;
-    let shutdown = CancellationToken::new();
-    let running = drover_extender::start(cp.client(), opts, shutdown.clone()).await?;
-    let ext = running.extender.clone();
-    wait_until(
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        "drover-extender ready",
-        || {
-            let ext = ext.clone();
-            async move { Ok(ext.ready()) }
-        },
-    )
-    .await?;
-    Ok((running, shutdown))
-}
 
 /// The example KubeSchedulerConfiguration, pointed at `url`, in the given cache mode;
 /// the harness fills in its own kubeconfig.
@@ -63,7 +38,7 @@ async fn with_drover(
     cp: &ControlPlane,
     node_cache_capable: bool,
 ) -> anyhow::Result<(Running, CancellationToken, ProcessGuard)> {
-    let (running, shutdown) = start_extender(cp).await?;
+    let (running, shutdown) = start_extender(cp.client()).await?;
     let url = format!("http://{}", running.addr);
     let ks = cp
         .start_kube_scheduler(Some(&scheduler_config(&url, node_cache_capable)?))
@@ -330,7 +305,7 @@ async fn bind_verb_binds_with_the_pod_uid() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let client = cp.client();
     cp.create_nodes(&[FakeNode::new("n-0").build()]).await?;
-    let (running, shutdown) = start_extender(&cp).await?;
+    let (running, shutdown) = start_extender(cp.client()).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     // A scheduler name nobody serves: only the bind call places it.
     let p = pods

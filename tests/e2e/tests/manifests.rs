@@ -75,6 +75,29 @@ async fn apply(
     Ok(())
 }
 
+/// Applies every document of `files` in `dir`: for real, except Deployments, which the
+/// server only validates (no image runs here).
+async fn apply_files(
+    client: &Client,
+    discovery: &Discovery,
+    dir: &std::path::Path,
+    files: &[&str],
+) -> anyhow::Result<usize> {
+    let mut applied = 0;
+    for f in files {
+        for obj in docs(&dir.join(f))? {
+            let kind = obj
+                .types
+                .as_ref()
+                .map(|t| t.kind.clone())
+                .unwrap_or_default();
+            apply(client, discovery, &obj, kind == "Deployment").await?;
+            applied += 1;
+        }
+    }
+    Ok(applied)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
@@ -82,19 +105,13 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
     cp.install_crds(&[drover_e2e::POD_GROUP_CRD, drover_e2e::QUEUE_CRD])
         .await?;
     let discovery = Discovery::new(admin.clone()).run().await?;
-    let base = repo_root().join("manifests/base");
-    // Everything but the Deployment for real (no image runs here); the Deployment is
-    // validated by the server only.
-    for f in BASE {
-        for obj in docs(&base.join(f))? {
-            let kind = obj
-                .types
-                .as_ref()
-                .map(|t| t.kind.clone())
-                .unwrap_or_default();
-            apply(&admin, &discovery, &obj, kind == "Deployment").await?;
-        }
-    }
+    apply_files(
+        &admin,
+        &discovery,
+        &repo_root().join("manifests/base"),
+        BASE,
+    )
+    .await?;
     // The shipped config file is valid and is exactly the defaults.
     let cm = Api::<ConfigMap>::namespaced(admin.clone(), "drover-system")
         .get("drover-config")
@@ -188,22 +205,19 @@ async fn the_extender_manifests_install_and_their_rbac_is_enough() -> anyhow::Re
         .await?;
     let discovery = Discovery::new(admin.clone()).run().await?;
     let dir = repo_root().join("manifests/extender");
-    for f in [
-        "namespace.yaml",
-        "serviceaccount.yaml",
-        "rbac.yaml",
-        "deployment.yaml",
-        "service.yaml",
-    ] {
-        for obj in docs(&dir.join(f))? {
-            let kind = obj
-                .types
-                .as_ref()
-                .map(|t| t.kind.clone())
-                .unwrap_or_default();
-            apply(&admin, &discovery, &obj, kind == "Deployment").await?;
-        }
-    }
+    apply_files(
+        &admin,
+        &discovery,
+        &dir,
+        &[
+            "namespace.yaml",
+            "serviceaccount.yaml",
+            "rbac.yaml",
+            "deployment.yaml",
+            "service.yaml",
+        ],
+    )
+    .await?;
     // Its config file is valid.
     let text = std::fs::read_to_string(dir.join("config.yaml"))?;
     drover::config::FileConfig::parse(&text, "manifests/extender/config.yaml")?.validate()?;
@@ -214,21 +228,8 @@ async fn the_extender_manifests_install_and_their_rbac_is_enough() -> anyhow::Re
     let sa = cp.client_with_token(&token);
     cp.create_nodes(&[FakeNode::new("n-0").cpu("8").memory("32Gi").build()])
         .await?;
-    let mut opts = drover_extender::Options::default();
-    opts.server.listen = "127.0.0.1:0".parse()?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = drover_extender::start(sa, opts, shutdown.clone()).await?;
-    let ext = running.extender.clone();
-    wait_until(
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        "drover-extender ready as its ServiceAccount",
-        || {
-            let ext = ext.clone();
-            async move { Ok(ext.ready()) }
-        },
-    )
-    .await?;
+    // Ready means every list and watch it needs was allowed.
+    let (_running, shutdown) = drover_e2e::start_extender(sa).await?;
     shutdown.cancel();
     Ok(())
 }
@@ -244,23 +245,23 @@ async fn the_monitoring_manifests_are_accepted() -> anyhow::Result<()> {
     let crds: Vec<&str> = crds.iter().map(String::as_str).collect();
     cp.install_crds(&crds).await?;
     let discovery = Discovery::new(admin.clone()).run().await?;
-    for obj in docs(&repo_root().join("manifests/base/namespace.yaml"))? {
-        apply(&admin, &discovery, &obj, false).await?;
-    }
+    apply_files(
+        &admin,
+        &discovery,
+        &repo_root().join("manifests/base"),
+        &["namespace.yaml"],
+    )
+    .await?;
     let dir = repo_root().join("manifests/monitoring");
     let kustomization: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml"))?)?;
-    let mut applied = 0;
-    for f in kustomization["resources"]
+    let resources: Vec<&str> = kustomization["resources"]
         .as_sequence()
         .ok_or_else(|| anyhow::anyhow!("manifests/monitoring lists no resources"))?
-    {
-        let f = f.as_str().unwrap_or_default();
-        for obj in docs(&dir.join(f))? {
-            apply(&admin, &discovery, &obj, false).await?;
-            applied += 1;
-        }
-    }
+        .iter()
+        .map(|f| f.as_str().unwrap_or_default())
+        .collect();
+    let applied = apply_files(&admin, &discovery, &dir, &resources).await?;
     assert_eq!(applied, 2, "a ServiceMonitor and a PrometheusRule");
     // The generated ConfigMap, as kustomize's configMapGenerator writes it.
     let generator = &kustomization["configMapGenerator"][0];

@@ -78,21 +78,7 @@ async fn metrics_parse_as_prometheus_text() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extender_metrics_parse_as_prometheus_text() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
-    let mut opts = drover_extender::Options::default();
-    opts.server.listen = "127.0.0.1:0".parse()?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = drover_extender::start(cp.client(), opts, shutdown.clone()).await?;
-    let ext = running.extender.clone();
-    wait_until(
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        "drover-extender ready",
-        || {
-            let ext = ext.clone();
-            async move { Ok(ext.ready()) }
-        },
-    )
-    .await?;
+    let (running, shutdown) = drover_e2e::start_extender(cp.client()).await?;
     // One malformed call, so that an error counter has a series.
     let bad = {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -64,6 +64,22 @@ fn ends_at_once(mut p: Pod) -> Pod {
     p
 }
 
+/// Names of the pods in `NS` that are not being deleted.
+async fn remaining(client: &Client) -> anyhow::Result<Vec<String>> {
+    Ok(pods(client, NS)
+        .await?
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect())
+}
+
+/// Of the gang of `size` whose members' names start with `prefix`, all remain or none.
+fn assert_whole_gang(left: &[String], prefix: &str, size: usize) {
+    let n = left.iter().filter(|n| n.starts_with(prefix)).count();
+    assert!(n == 0 || n == size, "half a gang evicted: {left:?}");
+}
+
 /// Bound cpu (millicores) per queue label.
 async fn bound_cpu(client: &Client) -> anyhow::Result<BTreeMap<String, i64>> {
     let mut out = BTreeMap::new();
@@ -501,18 +517,9 @@ async fn an_idle_team_gets_its_guarantee_back_by_reclaim() -> anyhow::Result<()>
         "team-a's 4 cpus restored {:?} after it asked (grace 1 s)",
         asked.elapsed()
     );
-    let left: Vec<String> = pods(&client, NS)
-        .await?
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.metadata.name)
-        .collect();
+    let left = remaining(&client).await?;
     // Whole gangs only: both members stay or both go.
-    let gang_left = left.iter().filter(|n| n.starts_with("b-gang-")).count();
-    assert!(
-        gang_left == 0 || gang_left == 2,
-        "half a gang evicted: {left:?}"
-    );
+    assert_whole_gang(&left, "b-gang-", 2);
     // The PodDisruptionBudget was honoured.
     assert!(
         left.contains(&"b-protected-0".to_string()) && left.contains(&"b-protected-1".to_string()),
@@ -655,17 +662,8 @@ async fn a_high_priority_gang_preempts_whole_lower_priority_units_in_its_queue()
         },
     )
     .await?;
-    let left: Vec<String> = pods(&client, NS)
-        .await?
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.metadata.name)
-        .collect();
-    let gang_left = left.iter().filter(|n| n.starts_with("low-gang-")).count();
-    assert!(
-        gang_left == 0 || gang_left == 2,
-        "half a gang evicted: {left:?}"
-    );
+    let left = remaining(&client).await?;
+    assert_whole_gang(&left, "low-gang-", 2);
     // Only as much as needed: 4 cpus of low-priority work are left.
     let low_cpu: usize = left
         .iter()
