@@ -129,6 +129,8 @@ impl Candidates {
                 chunks,
                 Arc::new(index),
                 cache.generation,
+                // Nodes from the request carry no class: each is evaluated on its own.
+                0,
             )),
             slots,
             names,
@@ -164,6 +166,10 @@ impl<N: NodeSource + ?Sized> NodeSource for Subset<'_, N> {
     #[inline]
     fn get(&self, i: usize) -> Option<&NodeInfo> {
         self.base.get(*self.slots.get(i)?)
+    }
+
+    fn classes(&self) -> usize {
+        self.base.classes()
     }
 }
 

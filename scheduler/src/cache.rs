@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::classes::{ClassId, NodeClasses};
 use crate::model::{NodeInfo, Numa, PodInfo, PodKey, Reservation, Resources};
 use crate::snapshot::{CHUNK, Chunk, Snapshot};
 
@@ -57,6 +58,8 @@ pub struct ClusterCache {
     reserved: Vec<usize>,
     /// NUMA zones by node name (kept for nodes that are not here yet).
     numa: HashMap<Arc<str>, Arc<Numa>>,
+    /// The nodes' equivalence classes.
+    classes: NodeClasses,
 }
 
 impl ClusterCache {
@@ -67,7 +70,12 @@ impl ClusterCache {
 
     /// Publishes the current state. Costs one `Arc` clone per chunk.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot::from_parts(self.chunks.clone(), self.index.clone(), self.generation)
+        Snapshot::from_parts(
+            self.chunks.clone(),
+            self.index.clone(),
+            self.generation,
+            self.classes.len(),
+        )
     }
 
     /// The generation of the newest state.
@@ -134,6 +142,7 @@ impl ClusterCache {
         let name = info.name.clone();
         let slot = self.slot_for_node(&name);
         let numa = self.numa.get(&name).cloned();
+        let mut classes = std::mem::take(&mut self.classes);
         self.with_node(slot, |n| {
             n.numa = numa;
             n.known = true;
@@ -143,8 +152,10 @@ impl ClusterCache {
             n.allocatable = info.allocatable;
             n.max_pods = info.max_pods;
             n.gpu_memory_mib = info.gpu_memory_mib;
+            n.class = classes.reassign(n.class, n);
             n.generation += 1;
         });
+        self.classes = classes;
     }
 
     /// Adds a node together with the pods already on it (fixtures, the simulator's
@@ -166,7 +177,10 @@ impl ClusterCache {
         let Some(&slot) = self.index.get(name) else {
             return;
         };
-        let empty = self.slot(slot).is_some_and(|n| n.pods.is_empty());
+        let (empty, class) = self
+            .slot(slot)
+            .map_or((false, ClassId::NONE), |n| (n.pods.is_empty(), n.class));
+        self.classes.release(class);
         if empty {
             *self.slot_mut(slot) = None;
             Arc::make_mut(&mut self.index).remove(name);
@@ -175,6 +189,7 @@ impl ClusterCache {
         } else {
             self.with_node(slot, |n| {
                 n.known = false;
+                n.class = ClassId::NONE;
                 n.generation += 1;
             });
         }
@@ -494,6 +509,48 @@ mod tests {
 
     fn requested(s: &Snapshot, n: &str) -> i64 {
         s.node(n).map_or(-1, |n| n.requested.cpu)
+    }
+
+    proptest::proptest! {
+        /// Whatever nodes come, change and go, one class id of a snapshot means one
+        /// class key, and every id is below the snapshot's class count.
+        #[test]
+        fn a_class_id_means_one_key(
+            ops in proptest::collection::vec((0u8..8, 0u8..4, proptest::bool::ANY, 0u8..3), 1..60),
+        ) {
+            let mut c = ClusterCache::new();
+            let mut held: Vec<Snapshot> = Vec::new();
+            for (name, pool, delete, pods) in ops {
+                let name = format!("n{name}");
+                if delete {
+                    c.delete_node(&name);
+                } else {
+                    let mut n = node(&name, 4000);
+                    n.labels = crate::model::Labels::new([
+                        (crate::classes::HOSTNAME_LABEL, name.as_str()),
+                        ("pool", ["a", "b", "c", "d"][usize::from(pool)]),
+                    ]);
+                    n.unschedulable = pool == 3;
+                    c.upsert_node_info(n);
+                    for i in 0..pods {
+                        c.upsert_pod(pod(&format!("{name}-{i}"), 10, Some(&name)));
+                    }
+                }
+                held.push(c.snapshot());
+            }
+            for s in &held {
+                let mut keys: HashMap<u32, crate::classes::ClassKey> = HashMap::new();
+                for (_, n) in s.nodes() {
+                    proptest::prop_assert_eq!(n.known, n.class != ClassId::NONE, "{}", n.name);
+                    let Some(id) = n.class.index() else { continue };
+                    proptest::prop_assert!(id < s.classes());
+                    let key = crate::classes::ClassKey::of(n);
+                    let first = keys.entry(n.class.0).or_insert_with(|| key.clone());
+                    proptest::prop_assert_eq!(&*first, &key, "class {} of {}", id, n.name);
+                }
+            }
+            proptest::prop_assert!(c.snapshot().classes() <= 4, "ids are reused");
+        }
     }
 
     #[test]

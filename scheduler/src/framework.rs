@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
@@ -69,6 +70,11 @@ pub trait NodeSource: Sync {
     fn slots(&self) -> usize;
     /// The node in slot `i`, if any.
     fn get(&self, i: usize) -> Option<&NodeInfo>;
+    /// One more than the highest node class id of its nodes (see [`crate::classes`]);
+    /// 0 when they carry none.
+    fn classes(&self) -> usize {
+        0
+    }
 }
 
 impl NodeSource for Snapshot {
@@ -78,6 +84,9 @@ impl NodeSource for Snapshot {
     #[inline]
     fn get(&self, i: usize) -> Option<&NodeInfo> {
         self.slot(i).map(|n| &**n)
+    }
+    fn classes(&self) -> usize {
+        Snapshot::classes(self)
     }
 }
 
@@ -129,6 +138,9 @@ impl NodeSource for Overlay<'_> {
             Some(Some(n)) => Some(n),
             _ => self.base.slot(i).map(|n| &**n),
         }
+    }
+    fn classes(&self) -> usize {
+        self.base.classes()
     }
 }
 
@@ -208,9 +220,170 @@ pub fn feasible(profile: &Profile, pod: &PodInfo, node: &NodeInfo) -> bool {
 
 type Raw = (usize, [i64; MAX_SCORE_PLUGINS]);
 
+/// What a class's memo cell says.
+const UNKNOWN: u8 = 0;
+const PASSES: u8 = 1;
+const FAILS: u8 = 2;
+
+/// The answers of the class-wide plugins for one pod, per node class (see
+/// [`crate::classes`]): filled by the first node of each class that the cycle meets,
+/// read by the others. Threads racing on a cell compute the same answer, so the cells
+/// need no lock; the verdict is published after the scores it guards.
+#[derive(Debug, Default)]
+struct ClassMemo {
+    verdicts: Box<[AtomicU8]>,
+    /// `verdicts.len() * MAX_SCORE_PLUGINS` raw scores.
+    scores: Box<[AtomicI64]>,
+}
+
+impl ClassMemo {
+    fn new(classes: usize) -> Self {
+        ClassMemo {
+            verdicts: (0..classes).map(|_| AtomicU8::new(UNKNOWN)).collect(),
+            scores: (0..classes * MAX_SCORE_PLUGINS)
+                .map(|_| AtomicI64::new(0))
+                .collect(),
+        }
+    }
+}
+
+/// How one cycle evaluates a pod: which score plugins count, which filters and scores
+/// are answered once per node class, which node by node.
+#[derive(Clone, Debug)]
+struct Plan {
+    /// Score plugins that can tell nodes apart for the pod.
+    active: [bool; MAX_SCORE_PLUGINS],
+    /// Active scores answered per class.
+    class_scores: [bool; MAX_SCORE_PLUGINS],
+    /// Indices of the filters answered per class.
+    class_filters: Vec<usize>,
+    /// Indices of the filters answered node by node.
+    node_filters: Vec<usize>,
+    /// Empty when nothing is answered per class.
+    memo: Arc<ClassMemo>,
+}
+
+impl Plan {
+    fn new<N: NodeSource + ?Sized>(profile: &Profile, pod: &PodInfo, nodes: &N) -> Self {
+        assert!(
+            profile.scores.len() <= MAX_SCORE_PLUGINS,
+            "too many score plugins in the profile"
+        );
+        let mut active = [false; MAX_SCORE_PLUGINS];
+        let mut class_scores = [false; MAX_SCORE_PLUGINS];
+        for (k, (s, w)) in profile.scores.iter().enumerate() {
+            active[k] = *w != 0 && !s.is_flat_for(pod);
+            class_scores[k] = active[k] && s.class_wide(pod);
+        }
+        let (class_filters, node_filters): (Vec<usize>, Vec<usize>) =
+            (0..profile.filters.len()).partition(|&i| profile.filters[i].class_wide(pod));
+        let memo = if class_filters.is_empty() && !class_scores.contains(&true) {
+            ClassMemo::default()
+        } else {
+            ClassMemo::new(nodes.classes())
+        };
+        Plan {
+            active,
+            class_scores,
+            class_filters,
+            node_filters,
+            memo: Arc::new(memo),
+        }
+    }
+
+    /// The class-wide filters and scores on `node`: `None` when a filter fails.
+    #[inline]
+    fn class_part(
+        &self,
+        profile: &Profile,
+        pod: &PodInfo,
+        node: &NodeInfo,
+    ) -> Option<[i64; MAX_SCORE_PLUGINS]> {
+        if !self
+            .class_filters
+            .iter()
+            .all(|&f| profile.filters[f].filter(pod, node, &mut |_| {}))
+        {
+            return None;
+        }
+        let mut raw = [0i64; MAX_SCORE_PLUGINS];
+        for (k, (s, _)) in profile.scores.iter().enumerate() {
+            if self.class_scores[k] {
+                raw[k] = s.score(pod, node);
+            }
+        }
+        Some(raw)
+    }
+
+    /// The class-wide part for `node`, from its class's memo cell when the node has a
+    /// class (filling the cell if it is the first of its class).
+    #[inline]
+    fn class_part_memo(
+        &self,
+        profile: &Profile,
+        pod: &PodInfo,
+        node: &NodeInfo,
+    ) -> Option<[i64; MAX_SCORE_PLUGINS]> {
+        let Some(c) = node.class.index().filter(|&c| c < self.memo.verdicts.len()) else {
+            return self.class_part(profile, pod, node);
+        };
+        let cells = &self.memo.scores[c * MAX_SCORE_PLUGINS..(c + 1) * MAX_SCORE_PLUGINS];
+        match self.memo.verdicts[c].load(Ordering::Acquire) {
+            PASSES => {
+                let mut raw = [0i64; MAX_SCORE_PLUGINS];
+                for (k, cell) in cells.iter().enumerate() {
+                    if self.class_scores[k] {
+                        raw[k] = cell.load(Ordering::Relaxed);
+                    }
+                }
+                Some(raw)
+            }
+            FAILS => None,
+            _ => {
+                let part = self.class_part(profile, pod, node);
+                if let Some(raw) = &part {
+                    for (cell, v) in cells.iter().zip(raw) {
+                        cell.store(*v, Ordering::Relaxed);
+                    }
+                }
+                let verdict = if part.is_some() { PASSES } else { FAILS };
+                self.memo.verdicts[c].store(verdict, Ordering::Release);
+                part
+            }
+        }
+    }
+
+    /// Every filter and active score of `node`: `None` when a filter fails.
+    #[inline]
+    fn evaluate(
+        &self,
+        profile: &Profile,
+        pod: &PodInfo,
+        node: &NodeInfo,
+    ) -> Option<[i64; MAX_SCORE_PLUGINS]> {
+        if !node.known {
+            return None;
+        }
+        let mut raw = self.class_part_memo(profile, pod, node)?;
+        if !self
+            .node_filters
+            .iter()
+            .all(|&f| profile.filters[f].filter(pod, node, &mut |_| {}))
+        {
+            return None;
+        }
+        for (k, (s, _)) in profile.scores.iter().enumerate() {
+            if self.active[k] && !self.class_scores[k] {
+                raw[k] = s.score(pod, node);
+            }
+        }
+        Some(raw)
+    }
+}
+
 fn evaluate_range<N: NodeSource + ?Sized>(
     profile: &Profile,
-    active: &[bool; MAX_SCORE_PLUGINS],
+    plan: &Plan,
     pod: &PodInfo,
     nodes: &N,
     range: std::ops::Range<usize>,
@@ -218,44 +391,23 @@ fn evaluate_range<N: NodeSource + ?Sized>(
 ) {
     for i in range {
         let Some(node) = nodes.get(i) else { continue };
-        if !feasible(profile, pod, node) {
-            continue;
+        if let Some(raw) = plan.evaluate(profile, pod, node) {
+            out.push((i, raw));
         }
-        let mut raw = [0i64; MAX_SCORE_PLUGINS];
-        for (k, (s, _)) in profile.scores.iter().enumerate() {
-            if active[k] {
-                raw[k] = s.score(pod, node);
-            }
-        }
-        out.push((i, raw));
     }
-}
-
-/// Which score plugins can tell nodes apart for `pod`.
-fn active_scores(profile: &Profile, pod: &PodInfo) -> [bool; MAX_SCORE_PLUGINS] {
-    assert!(
-        profile.scores.len() <= MAX_SCORE_PLUGINS,
-        "too many score plugins in the profile"
-    );
-    let mut active = [false; MAX_SCORE_PLUGINS];
-    for (k, (s, w)) in profile.scores.iter().enumerate() {
-        active[k] = *w != 0 && !s.is_flat_for(pod);
-    }
-    active
 }
 
 /// Every feasible node with its raw scores per plugin, in slot order.
 fn feasible_nodes<N: NodeSource + ?Sized>(
     profile: &Profile,
-    active: &[bool; MAX_SCORE_PLUGINS],
+    plan: &Plan,
     pod: &PodInfo,
     nodes: &N,
 ) -> Vec<Raw> {
-    let active = *active;
     let slots = nodes.slots();
     if slots < PARALLEL_MIN_SLOTS {
         let mut out = Vec::with_capacity(slots);
-        evaluate_range(profile, &active, pod, nodes, 0..slots, &mut out);
+        evaluate_range(profile, plan, pod, nodes, 0..slots, &mut out);
         return out;
     }
     // Chunks in parallel, each into its own vector, joined once in slot order.
@@ -265,7 +417,7 @@ fn feasible_nodes<N: NodeSource + ?Sized>(
             let mut part = Vec::with_capacity(CHUNK);
             evaluate_range(
                 profile,
-                &active,
+                plan,
                 pod,
                 nodes,
                 c * CHUNK..((c + 1) * CHUNK).min(slots),
@@ -306,7 +458,7 @@ pub fn score_nodes<N: NodeSource + ?Sized>(
     pod: &PodInfo,
     nodes: &N,
 ) -> Vec<(usize, i64)> {
-    let raws = feasible_nodes(profile, &active_scores(profile, pod), pod, nodes);
+    let raws = feasible_nodes(profile, &Plan::new(profile, pod, nodes), pod, nodes);
     let t = totals(profile, &raws);
     raws.iter().map(|r| r.0).zip(t).collect()
 }
@@ -316,19 +468,21 @@ pub fn score_nodes<N: NodeSource + ?Sized>(
 /// re-evaluates only the node it changed instead of every node.
 #[derive(Clone, Debug)]
 pub struct Evaluation {
-    active: [bool; MAX_SCORE_PLUGINS],
+    plan: Plan,
     raws: Vec<Raw>,
 }
 
 impl Evaluation {
     /// Filters and scores every node for `pod`.
     pub fn new<N: NodeSource + ?Sized>(profile: &Profile, pod: &PodInfo, nodes: &N) -> Self {
-        let active = active_scores(profile, pod);
-        let raws = feasible_nodes(profile, &active, pod, nodes);
-        Evaluation { active, raws }
+        let plan = Plan::new(profile, pod, nodes);
+        let raws = feasible_nodes(profile, &plan, pod, nodes);
+        Evaluation { plan, raws }
     }
 
-    /// Re-evaluates the node in `slot` (it changed) for `pod`.
+    /// Re-evaluates the node in `slot` (it changed) for `pod`. `nodes` must hold the
+    /// nodes of the source the evaluation was made over (a changed copy of one of
+    /// them is fine: its class is the same).
     pub fn refresh<N: NodeSource + ?Sized>(
         &mut self,
         profile: &Profile,
@@ -337,16 +491,11 @@ impl Evaluation {
         slot: usize,
     ) {
         let at = self.raws.binary_search_by_key(&slot, |r| r.0);
-        let mut fresh = Vec::with_capacity(1);
-        evaluate_range(
-            profile,
-            &self.active,
-            pod,
-            nodes,
-            slot..slot + 1,
-            &mut fresh,
-        );
-        match (at, fresh.pop()) {
+        let fresh = nodes
+            .get(slot)
+            .and_then(|n| self.plan.evaluate(profile, pod, n))
+            .map(|raw| (slot, raw));
+        match (at, fresh) {
             (Ok(i), Some(r)) => self.raws[i] = r,
             (Ok(i), None) => {
                 self.raws.remove(i);
@@ -569,6 +718,175 @@ mod tests {
             0,
             "the snapshot is untouched"
         );
+    }
+
+    /// The same nodes with their classes hidden: every node is evaluated on its own.
+    struct Classless<'a>(&'a Snapshot);
+
+    impl NodeSource for Classless<'_> {
+        fn slots(&self) -> usize {
+            self.0.slots()
+        }
+        fn get(&self, i: usize) -> Option<&NodeInfo> {
+            self.0.slot(i).map(|n| &**n)
+        }
+    }
+
+    fn requirement(key: &str, op: SelectorOp, values: &[&str], field: bool) -> Requirement {
+        Requirement {
+            key: key.into(),
+            op,
+            values: values.iter().map(|v| Arc::from(*v)).collect(),
+            bound: 0,
+            field,
+        }
+    }
+
+    /// A node of one of a few groups (pool, zone, taint, cordon, GPU memory), with its
+    /// own hostname and some load.
+    fn grouped_node(i: usize, group: u8, load: u8) -> NodeInfo {
+        let name = format!("n{i:04}");
+        let mut n = NodeInfo::new(&name, Resources::cpu_mem(8000, 32 * GI), 110);
+        let pool = ["cpu", "gpu", "mem"][usize::from(group % 3)];
+        let zone = ["a", "b"][usize::from(group / 3 % 2)];
+        n.labels = Labels::new([
+            (crate::classes::HOSTNAME_LABEL, name.as_str()),
+            ("pool", pool),
+            ("zone", zone),
+        ]);
+        if group % 4 == 1 {
+            n.taints.push(Taint {
+                key: "dedicated".into(),
+                value: pool.into(),
+                effect: TaintEffect::NoSchedule,
+            });
+        }
+        if group % 5 == 2 {
+            n.taints.push(Taint {
+                key: "spot".into(),
+                value: "".into(),
+                effect: TaintEffect::PreferNoSchedule,
+            });
+        }
+        n.unschedulable = group % 7 == 3;
+        n.gpu_memory_mib = (group % 2 == 1).then_some(40_960 * i64::from(group % 3));
+        n.add_pod(Arc::new(PodInfo {
+            key: PodKey::new("x", &format!("load-{i}")),
+            requests: Resources::cpu_mem(i64::from(load) * 100, i64::from(load) * GI / 2),
+            ..Default::default()
+        }));
+        n
+    }
+
+    /// A pod whose selectors, tolerations and preferences come from `bits`.
+    fn varied_pod(bits: u16, host: usize) -> PodInfo {
+        let mut p = pod(500 + i64::from(bits % 7) * 500, GI);
+        if bits & 1 != 0 {
+            p.required_affinity = vec![SelectorTerm(vec![requirement(
+                "pool",
+                SelectorOp::In,
+                &["cpu", "mem"],
+                false,
+            )])];
+        }
+        if bits & 2 != 0 {
+            p.tolerations.push(Toleration {
+                key: "dedicated".into(),
+                exists: true,
+                value: "".into(),
+                effect: None,
+            });
+        }
+        if bits & 4 != 0 {
+            p.preferred_affinity.push((
+                30,
+                SelectorTerm(vec![requirement("zone", SelectorOp::In, &["b"], false)]),
+            ));
+        }
+        if bits & 8 != 0 {
+            // Reads the hostname: answered node by node.
+            let name = format!("n{host:04}");
+            p.preferred_affinity.push((
+                70,
+                SelectorTerm(vec![requirement(
+                    crate::classes::HOSTNAME_LABEL,
+                    SelectorOp::In,
+                    &[name.as_str()],
+                    false,
+                )]),
+            ));
+        }
+        if bits & 16 != 0 {
+            let name = format!("n{:04}", host + 1);
+            p.node_selector = SelectorTerm(vec![requirement(
+                "metadata.name",
+                SelectorOp::NotIn,
+                &[name.as_str()],
+                true,
+            )]);
+        }
+        if bits & 32 != 0 {
+            p.gpu_memory_min_mib = Some(40_000);
+        }
+        if bits & 64 != 0 {
+            p.tolerations.push(Toleration {
+                key: crate::plugins::unschedulable::UNSCHEDULABLE_TAINT.into(),
+                exists: true,
+                value: "".into(),
+                effect: None,
+            });
+        }
+        p
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Answering plugins once per class gives exactly what evaluating every node
+        /// gives: the same feasible nodes, the same totals, the same winner.
+        #[test]
+        fn classes_change_no_answer(
+            groups in proptest::collection::vec((0u8..12, 0u8..60), 1..40),
+            big in proptest::bool::ANY,
+            bits in 0u16..128,
+            host in 0usize..40,
+        ) {
+            // Repeat the groups up to 600 nodes (the parallel path) or keep them short.
+            let n = if big { 600 } else { groups.len() };
+            let snap = Snapshot::from_nodes((0..n).map(|i| {
+                let (g, load) = groups[i % groups.len()];
+                grouped_node(i, g, load)
+            }));
+            proptest::prop_assert!(snap.classes() <= 12);
+            let p = varied_pod(bits, host % n);
+            let profile = Profile::default();
+            proptest::prop_assert_eq!(
+                score_nodes(&profile, &p, &snap),
+                score_nodes(&profile, &p, &Classless(&snap))
+            );
+            proptest::prop_assert_eq!(
+                schedule_one(&profile, &p, &snap),
+                schedule_one(&profile, &p, &Classless(&snap))
+            );
+        }
+    }
+
+    #[test]
+    fn a_gang_refresh_keeps_the_class_answers() {
+        // Two nodes of one class; the first placement fills one, the refresh must see
+        // it full while the other still passes on its class's memo cell.
+        let s = Snapshot::from_nodes((0..2).map(|i| grouped_node(i, 0, 0)));
+        assert_eq!(s.classes(), 1);
+        let p = Arc::new(pod(6000, GI));
+        let profile = Profile::default();
+        let mut overlay = Overlay::new(&s);
+        let mut e = Evaluation::new(&profile, &p, &overlay);
+        assert_eq!(e.feasible(), 2);
+        let first = e.best(&profile, &overlay).unwrap();
+        overlay.place(first.slot, p.clone());
+        e.refresh(&profile, &p, &overlay, first.slot);
+        assert_eq!(e.feasible(), 1);
+        let second = e.best(&profile, &overlay).unwrap();
+        assert_ne!(second.slot, first.slot);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! drover: a Kubernetes scheduler for data-science and AI workloads.
 //!
-//! The pure core — [`model`], [`snapshot`], [`cache`], [`plugins`], [`framework`],
+//! The pure core — [`model`], [`snapshot`], [`cache`], [`classes`], [`plugins`], [`framework`],
 //! [`queue`] — holds no I/O, so the scheduler, the extender, the simulator and the
 //! benchmarks all run the very same code. [`k8s`] adapts it to a cluster.
 
 pub mod cache;
+pub mod classes;
 pub mod config;
 pub mod explain;
 pub mod framework;

@@ -24,20 +24,30 @@ pub struct Snapshot {
     index: Arc<HashMap<Arc<str>, usize>>,
     /// Increases with every published change.
     pub generation: u64,
+    /// One more than the highest node class id (see [`crate::classes`]).
+    classes: usize,
 }
 
 impl Snapshot {
     /// A snapshot from its parts (the cache builds these).
+    /// `classes` bounds the class ids its nodes carry (0 when they carry none).
     pub fn from_parts(
         chunks: Vec<Arc<Chunk>>,
         index: Arc<HashMap<Arc<str>, usize>>,
         generation: u64,
+        classes: usize,
     ) -> Self {
         Snapshot {
             chunks,
             index,
             generation,
+            classes,
         }
+    }
+
+    /// One more than the highest node class id: the size of a per-class table.
+    pub fn classes(&self) -> usize {
+        self.classes
     }
 
     /// A snapshot of exactly these nodes and the pods on them, in order (for tests,

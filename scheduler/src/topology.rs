@@ -110,6 +110,9 @@ impl NodeSource for Within<'_, '_> {
     fn get(&self, i: usize) -> Option<&NodeInfo> {
         self.overlay.get(*self.slots.get(i)?)
     }
+    fn classes(&self) -> usize {
+        self.overlay.classes()
+    }
 }
 
 fn free_of(snapshot: &Snapshot, slots: &[usize]) -> Resources {

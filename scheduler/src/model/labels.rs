@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 /// A set of labels, sorted by key for binary search.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Labels(Vec<(Arc<str>, Arc<str>)>);
 
 impl Labels {

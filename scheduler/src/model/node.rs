@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::labels::{Labels, Taint};
 use super::pod::{HostPort, PodInfo, PodKey};
 use super::resources::Resources;
+use crate::classes::ClassId;
 
 /// A node and what is placed on it. Immutable once published in a snapshot: the cache
 /// replaces a changed node with a new `Arc<NodeInfo>`.
@@ -42,6 +43,8 @@ pub struct NodeInfo {
     pub reservation: Option<Arc<Reservation>>,
     /// Per-NUMA-zone resources from the node's `NodeResourceTopology`, if published.
     pub numa: Option<Arc<Numa>>,
+    /// The node's class in its snapshot, stamped by the cache (see [`crate::classes`]).
+    pub class: ClassId,
 }
 
 /// A node's NUMA zones, as node-feature-discovery's topology updater publishes them.

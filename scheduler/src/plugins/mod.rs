@@ -146,6 +146,20 @@ impl Filter {
         }
     }
 
+    /// True when the filter's answer for `pod` depends only on what a node's class
+    /// holds (see [`crate::classes`]), so one node of each class answers for all.
+    pub fn class_wide(&self, pod: &PodInfo) -> bool {
+        match self {
+            Filter::Unschedulable | Filter::Taints | Filter::GpuMemory => true,
+            Filter::NodeAffinity => crate::classes::required_affinity_is_class_wide(pod),
+            Filter::NodeName
+            | Filter::Ports
+            | Filter::Fit
+            | Filter::Numa
+            | Filter::Exclusive { .. } => false,
+        }
+    }
+
     /// Runs the filter.
     #[inline]
     pub fn filter(&self, pod: &PodInfo, node: &NodeInfo, why: &mut dyn FnMut(Reason)) -> bool {
@@ -205,6 +219,16 @@ impl Score {
             Score::Taints => taints::score(pod, node),
             Score::LeastWaste(w) => w.waste(pod, node),
             Score::Numa => numa::score(pod, node),
+        }
+    }
+
+    /// True when the score of `pod` depends only on what a node's class holds (see
+    /// [`crate::classes`]), so one node of each class answers for all.
+    pub fn class_wide(&self, pod: &PodInfo) -> bool {
+        match self {
+            Score::Taints => true,
+            Score::NodeAffinity => crate::classes::preferred_affinity_is_class_wide(pod),
+            Score::Packing(_) | Score::LeastWaste(_) | Score::Numa => false,
         }
     }
 
