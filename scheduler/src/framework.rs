@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use rayon::prelude::*;
 
 use crate::model::{NodeInfo, PodInfo};
-use crate::plugins::{Filter, Reason, Score, packing::Packing};
+use crate::plugins::{Filter, Norm, Reason, Score, packing::Packing};
 use crate::snapshot::{CHUNK, Snapshot};
 
 /// Below this many slots the cycle runs on the calling thread; rayon's overhead would
@@ -397,59 +397,97 @@ fn evaluate_range<N: NodeSource + ?Sized>(
     }
 }
 
-/// Every feasible node with its raw scores per plugin, in slot order.
+/// Below this many feasible nodes, totals are computed on the calling thread.
+const PARALLEL_MIN_FEASIBLE: usize = 2048;
+
+/// Every feasible node with its raw scores per plugin: one part per [`CHUNK`] slots
+/// (part `c` holds the feasible slots of `c * CHUNK..(c + 1) * CHUNK`, in order).
 fn feasible_nodes<N: NodeSource + ?Sized>(
     profile: &Profile,
     plan: &Plan,
     pod: &PodInfo,
     nodes: &N,
-) -> Vec<Raw> {
+) -> Vec<Vec<Raw>> {
     let slots = nodes.slots();
+    let part = |c: usize| {
+        let mut part = Vec::with_capacity(CHUNK);
+        evaluate_range(
+            profile,
+            plan,
+            pod,
+            nodes,
+            c * CHUNK..((c + 1) * CHUNK).min(slots),
+            &mut part,
+        );
+        part
+    };
     if slots < PARALLEL_MIN_SLOTS {
-        let mut out = Vec::with_capacity(slots);
-        evaluate_range(profile, plan, pod, nodes, 0..slots, &mut out);
-        return out;
+        (0..slots.div_ceil(CHUNK)).map(part).collect()
+    } else {
+        (0..slots.div_ceil(CHUNK))
+            .into_par_iter()
+            .map(part)
+            .collect()
     }
-    // Chunks in parallel, each into its own vector, joined once in slot order.
-    let parts: Vec<Vec<Raw>> = (0..slots.div_ceil(CHUNK))
-        .into_par_iter()
-        .map(|c| {
-            let mut part = Vec::with_capacity(CHUNK);
-            evaluate_range(
-                profile,
-                plan,
-                pod,
-                nodes,
-                c * CHUNK..((c + 1) * CHUNK).min(slots),
-                &mut part,
-            );
-            part
-        })
-        .collect();
-    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    for p in parts {
-        out.extend(p);
+}
+
+/// The normalization of every weighted score over the feasible nodes in `parts`
+/// (`None` for a score of weight 0).
+fn norms(
+    profile: &Profile,
+    parts: &[Vec<Raw>],
+    parallel: bool,
+) -> [Option<Norm>; MAX_SCORE_PLUGINS] {
+    type Ranges = Option<[(i64, i64); MAX_SCORE_PLUGINS]>;
+    fn widen(acc: Ranges, raw: &[i64; MAX_SCORE_PLUGINS]) -> Ranges {
+        let mut r = acc.unwrap_or([(i64::MAX, i64::MIN); MAX_SCORE_PLUGINS]);
+        for (k, v) in raw.iter().enumerate() {
+            r[k] = (r[k].0.min(*v), r[k].1.max(*v));
+        }
+        Some(r)
+    }
+    fn join(a: Ranges, b: Ranges) -> Ranges {
+        match (a, b) {
+            (Some(mut a), Some(b)) => {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x = (x.0.min(y.0), x.1.max(y.1));
+                }
+                Some(a)
+            }
+            (a, None) => a,
+            (None, b) => b,
+        }
+    }
+    let part_range = |p: &Vec<Raw>| p.iter().fold(None, |acc, r| widen(acc, &r.1));
+    let ranges = if parallel {
+        parts.par_iter().map(part_range).reduce(|| None, join)
+    } else {
+        parts.iter().map(part_range).fold(None, join)
+    };
+    let mut out = [None; MAX_SCORE_PLUGINS];
+    for (k, (s, w)) in profile.scores.iter().enumerate() {
+        if *w != 0 {
+            let (min, max) = ranges.map_or((0, 0), |r| r[k]);
+            out[k] = Some(s.norm(min, max));
+        }
     }
     out
 }
 
-/// Normalizes and weighs the raw scores; returns the total per feasible node.
-fn totals(profile: &Profile, raws: &[Raw]) -> Vec<i64> {
-    let mut total = vec![0i64; raws.len()];
-    let mut column = vec![0i64; raws.len()];
-    for (k, (s, w)) in profile.scores.iter().enumerate() {
-        if *w == 0 {
-            continue;
-        }
-        for (c, r) in column.iter_mut().zip(raws) {
-            *c = r.1[k];
-        }
-        s.normalize(&mut column);
-        for (t, c) in total.iter_mut().zip(&column) {
-            *t += c * w;
+/// The weighted total of one node's raw scores.
+#[inline]
+fn total(
+    profile: &Profile,
+    norms: &[Option<Norm>; MAX_SCORE_PLUGINS],
+    raw: &[i64; MAX_SCORE_PLUGINS],
+) -> i64 {
+    let mut t = 0;
+    for (k, (_, w)) in profile.scores.iter().enumerate() {
+        if let Some(n) = norms[k] {
+            t += n.apply(raw[k]) * w;
         }
     }
-    total
+    t
 }
 
 /// Scores every feasible node: `(slot, total score)`, in slot order.
@@ -458,9 +496,7 @@ pub fn score_nodes<N: NodeSource + ?Sized>(
     pod: &PodInfo,
     nodes: &N,
 ) -> Vec<(usize, i64)> {
-    let raws = feasible_nodes(profile, &Plan::new(profile, pod, nodes), pod, nodes);
-    let t = totals(profile, &raws);
-    raws.iter().map(|r| r.0).zip(t).collect()
+    Evaluation::new(profile, pod, nodes).totals(profile)
 }
 
 /// The filter and raw score results of one pod over a node source. Kept between
@@ -469,15 +505,22 @@ pub fn score_nodes<N: NodeSource + ?Sized>(
 #[derive(Clone, Debug)]
 pub struct Evaluation {
     plan: Plan,
-    raws: Vec<Raw>,
+    /// The feasible nodes, one part per chunk of slots (see `feasible_nodes`).
+    parts: Vec<Vec<Raw>>,
+    feasible: usize,
 }
 
 impl Evaluation {
     /// Filters and scores every node for `pod`.
     pub fn new<N: NodeSource + ?Sized>(profile: &Profile, pod: &PodInfo, nodes: &N) -> Self {
         let plan = Plan::new(profile, pod, nodes);
-        let raws = feasible_nodes(profile, &plan, pod, nodes);
-        Evaluation { plan, raws }
+        let parts = feasible_nodes(profile, &plan, pod, nodes);
+        let feasible = parts.iter().map(Vec::len).sum();
+        Evaluation {
+            plan,
+            parts,
+            feasible,
+        }
     }
 
     /// Re-evaluates the node in `slot` (it changed) for `pod`. `nodes` must hold the
@@ -490,43 +533,78 @@ impl Evaluation {
         nodes: &N,
         slot: usize,
     ) {
-        let at = self.raws.binary_search_by_key(&slot, |r| r.0);
+        let Some(part) = self.parts.get_mut(slot / CHUNK) else {
+            return;
+        };
+        let at = part.binary_search_by_key(&slot, |r| r.0);
         let fresh = nodes
             .get(slot)
             .and_then(|n| self.plan.evaluate(profile, pod, n))
             .map(|raw| (slot, raw));
         match (at, fresh) {
-            (Ok(i), Some(r)) => self.raws[i] = r,
+            (Ok(i), Some(r)) => part[i] = r,
             (Ok(i), None) => {
-                self.raws.remove(i);
+                part.remove(i);
+                self.feasible -= 1;
             }
-            (Err(i), Some(r)) => self.raws.insert(i, r),
+            (Err(i), Some(r)) => {
+                part.insert(i, r);
+                self.feasible += 1;
+            }
             (Err(_), None) => {}
         }
     }
 
     /// How many nodes pass every filter.
     pub fn feasible(&self) -> usize {
-        self.raws.len()
+        self.feasible
+    }
+
+    /// Every feasible node with its total score, in slot order.
+    pub fn totals(&self, profile: &Profile) -> Vec<(usize, i64)> {
+        let norms = norms(profile, &self.parts, self.feasible >= PARALLEL_MIN_FEASIBLE);
+        self.parts
+            .iter()
+            .flatten()
+            .map(|(slot, raw)| (*slot, total(profile, &norms, raw)))
+            .collect()
     }
 
     /// The best node: the highest total; among equals, the first name.
     pub fn best<N: NodeSource + ?Sized>(&self, profile: &Profile, nodes: &N) -> Option<Placement> {
-        let t = totals(profile, &self.raws);
-        let top = t.iter().copied().max()?;
+        let parallel = self.feasible >= PARALLEL_MIN_FEASIBLE;
+        let norms = norms(profile, &self.parts, parallel);
         let name = |s: usize| nodes.get(s).map_or("", |n| &*n.name);
-        let (slot, score) = self
-            .raws
-            .iter()
-            .zip(&t)
-            .filter(|(_, t)| **t == top)
-            .map(|(r, t)| (r.0, *t))
-            .min_by(|(a, _), (b, _)| name(*a).cmp(name(*b)))?;
+        // The better of two (total, slot) candidates.
+        let better = |a: Option<(i64, usize)>, b: Option<(i64, usize)>| match (a, b) {
+            (Some(x), Some(y)) => {
+                if y.0 > x.0 || (y.0 == x.0 && name(y.1) < name(x.1)) {
+                    Some(y)
+                } else {
+                    Some(x)
+                }
+            }
+            (x, None) => x,
+            (None, y) => y,
+        };
+        let part_best = |p: &Vec<Raw>| {
+            p.iter().fold(None, |acc, (slot, raw)| {
+                better(acc, Some((total(profile, &norms, raw), *slot)))
+            })
+        };
+        let (score, slot) = if parallel {
+            self.parts
+                .par_iter()
+                .map(part_best)
+                .reduce(|| None, better)?
+        } else {
+            self.parts.iter().map(part_best).fold(None, better)?
+        };
         Some(Placement {
             slot,
             node: nodes.get(slot).expect("scored node exists").name.clone(),
             score,
-            feasible: self.raws.len(),
+            feasible: self.feasible,
         })
     }
 }
@@ -839,10 +917,46 @@ mod tests {
         p
     }
 
+    /// Totals the plain way: every node filtered on its own, every score column
+    /// normalized as a whole, the winner the first name among the highest totals.
+    fn reference(
+        profile: &Profile,
+        pod: &PodInfo,
+        nodes: &Snapshot,
+    ) -> (Vec<(usize, i64)>, Option<usize>) {
+        let plan = Plan::new(profile, pod, &Classless(nodes));
+        let rows: Vec<(usize, &NodeInfo)> = nodes
+            .nodes()
+            .filter(|(_, n)| feasible(profile, pod, n))
+            .map(|(i, n)| (i, &**n))
+            .collect();
+        let mut totals = vec![0i64; rows.len()];
+        for (k, (s, w)) in profile.scores.iter().enumerate() {
+            if *w == 0 {
+                continue;
+            }
+            let mut column: Vec<i64> = rows
+                .iter()
+                .map(|(_, n)| if plan.active[k] { s.score(pod, n) } else { 0 })
+                .collect();
+            s.normalize(&mut column);
+            for (t, c) in totals.iter_mut().zip(column) {
+                *t += c * w;
+            }
+        }
+        let best = rows
+            .iter()
+            .zip(&totals)
+            .max_by(|(a, ta), (b, tb)| ta.cmp(tb).then_with(|| b.1.name.cmp(&a.1.name)))
+            .map(|((i, _), _)| *i);
+        (rows.iter().map(|(i, _)| *i).zip(totals).collect(), best)
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
-        /// Answering plugins once per class gives exactly what evaluating every node
-        /// gives: the same feasible nodes, the same totals, the same winner.
+        /// Answering plugins once per class, and normalizing node by node, give
+        /// exactly what evaluating every node and normalizing whole columns give: the
+        /// same feasible nodes, the same totals, the same winner.
         #[test]
         fn classes_change_no_answer(
             groups in proptest::collection::vec((0u8..12, 0u8..60), 1..40),
@@ -850,8 +964,9 @@ mod tests {
             bits in 0u16..128,
             host in 0usize..40,
         ) {
-            // Repeat the groups up to 600 nodes (the parallel path) or keep them short.
-            let n = if big { 600 } else { groups.len() };
+            // Repeat the groups up to 2500 nodes (filters and totals in parallel) or
+            // keep them short.
+            let n = if big { 2500 } else { groups.len() };
             let snap = Snapshot::from_nodes((0..n).map(|i| {
                 let (g, load) = groups[i % groups.len()];
                 grouped_node(i, g, load)
@@ -867,6 +982,13 @@ mod tests {
                 schedule_one(&profile, &p, &snap),
                 schedule_one(&profile, &p, &Classless(&snap))
             );
+            let (totals, best) = reference(&profile, &p, &snap);
+            proptest::prop_assert_eq!(score_nodes(&profile, &p, &snap), totals);
+            let placed = match schedule_one(&profile, &p, &snap) {
+                Outcome::Placed(pl) => Some(pl.slot),
+                Outcome::Unschedulable(_) => None,
+            };
+            proptest::prop_assert_eq!(placed, best);
         }
     }
 

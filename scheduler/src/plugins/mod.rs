@@ -246,13 +246,87 @@ impl Score {
 
     /// Maps the raw scores in place to 0..=MAX_SCORE.
     pub fn normalize(&self, raw: &mut [i64]) {
+        let (min, max) = range(raw.iter().copied());
+        let norm = self.norm(min, max);
+        for s in raw.iter_mut() {
+            *s = norm.apply(*s);
+        }
+    }
+
+    /// The normalization of raw scores whose least is `min` and greatest `max` (both 0
+    /// when there are none): lets a cycle normalize each node's score on its own once
+    /// the range is known, with no column of scores to rewrite.
+    pub fn norm(&self, min: i64, max: i64) -> Norm {
         match self {
             // Already 0..=MAX_SCORE.
-            Score::Packing(_) => {}
-            Score::NodeAffinity => normalize_max(raw, false),
-            Score::Taints => normalize_max(raw, true),
-            Score::LeastWaste(_) => waste::normalize(raw),
-            Score::Numa => numa::normalize(raw),
+            Score::Packing(_) => Norm::Identity,
+            Score::NodeAffinity => Norm::Max {
+                max,
+                reverse: false,
+            },
+            Score::Taints => Norm::Max { max, reverse: true },
+            Score::LeastWaste(_) => Norm::Waste { min, max },
+            Score::Numa => Norm::Numa { min, max },
+        }
+    }
+}
+
+/// The least and greatest of `raw`, `(0, 0)` when it is empty.
+pub fn range(raw: impl Iterator<Item = i64>) -> (i64, i64) {
+    raw.fold(None, |acc: Option<(i64, i64)>, v| match acc {
+        None => Some((v, v)),
+        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+    })
+    .unwrap_or((0, 0))
+}
+
+/// A score plugin's normalization over one set of feasible nodes (see [`Score::norm`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    /// The raw score is already 0..=MAX_SCORE.
+    Identity,
+    /// kube-scheduler's `DefaultNormalizeScore` with the greatest raw score `max`.
+    Max {
+        /// The greatest raw score.
+        max: i64,
+        /// "More is worse".
+        reverse: bool,
+    },
+    /// Least waste (see [`waste::normalized`]).
+    Waste {
+        /// The least raw score.
+        min: i64,
+        /// The greatest raw score.
+        max: i64,
+    },
+    /// Fewest NUMA zones (see [`numa::normalized`]).
+    Numa {
+        /// The least raw score.
+        min: i64,
+        /// The greatest raw score.
+        max: i64,
+    },
+}
+
+impl Norm {
+    /// The normalized score of `raw`.
+    #[inline]
+    pub fn apply(self, raw: i64) -> i64 {
+        match self {
+            Norm::Identity => raw,
+            Norm::Max { max: 0, reverse } => {
+                if reverse {
+                    MAX_SCORE
+                } else {
+                    raw
+                }
+            }
+            Norm::Max { max, reverse } => {
+                let s = raw * MAX_SCORE / max;
+                if reverse { MAX_SCORE - s } else { s }
+            }
+            Norm::Waste { min, max } => waste::normalized(raw, min, max),
+            Norm::Numa { min, max } => numa::normalized(raw, min, max),
         }
     }
 }
@@ -261,17 +335,9 @@ impl Score {
 /// MAX_SCORE; `reverse` turns "more is worse" into "more is better".
 pub fn normalize_max(raw: &mut [i64], reverse: bool) {
     let max = raw.iter().copied().max().unwrap_or(0);
-    if max == 0 {
-        if reverse {
-            raw.iter_mut().for_each(|s| *s = MAX_SCORE);
-        }
-        return;
-    }
+    let norm = Norm::Max { max, reverse };
     for s in raw.iter_mut() {
-        *s = *s * MAX_SCORE / max;
-        if reverse {
-            *s = MAX_SCORE - *s;
-        }
+        *s = norm.apply(*s);
     }
 }
 

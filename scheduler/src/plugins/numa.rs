@@ -73,11 +73,17 @@ pub fn normalize(raw: &mut [i64]) {
         return;
     };
     for s in raw.iter_mut() {
-        *s = if max == min {
-            MAX_SCORE
-        } else {
-            (max - *s) * MAX_SCORE / (max - min)
-        };
+        *s = normalized(*s, min, max);
+    }
+}
+
+/// One raw score normalized against the `min` and `max` of all of them.
+#[inline]
+pub fn normalized(raw: i64, min: i64, max: i64) -> i64 {
+    if max == min {
+        MAX_SCORE
+    } else {
+        (max - raw) * MAX_SCORE / (max - min)
     }
 }
 

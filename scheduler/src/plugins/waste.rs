@@ -123,14 +123,19 @@ pub fn normalize(raw: &mut [i64]) {
     let (Some(min), Some(max)) = (raw.iter().copied().min(), raw.iter().copied().max()) else {
         return;
     };
-    if max == min {
-        raw.iter_mut().for_each(|s| *s = MAX_SCORE);
-        return;
-    }
-    let range = (max - min) as f64;
     for s in raw.iter_mut() {
-        *s = ((max - *s) as f64 * MAX_SCORE as f64 / range) as i64;
+        *s = normalized(*s, min, max);
     }
+}
+
+/// One raw score normalized against the `min` and `max` of all of them: least waste
+/// scores MAX_SCORE, most waste 0; all equal, all MAX_SCORE.
+#[inline]
+pub fn normalized(raw: i64, min: i64, max: i64) -> i64 {
+    if max == min {
+        return MAX_SCORE;
+    }
+    ((max - raw) as f64 * MAX_SCORE as f64 / (max - min) as f64) as i64
 }
 
 #[cfg(test)]
