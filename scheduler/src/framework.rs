@@ -275,8 +275,9 @@ impl Plan {
             active[k] = *w != 0 && !s.is_flat_for(pod);
             class_scores[k] = active[k] && s.class_wide(pod);
         }
-        let (class_filters, node_filters): (Vec<usize>, Vec<usize>) =
-            (0..profile.filters.len()).partition(|&i| profile.filters[i].class_wide(pod));
+        let (class_filters, node_filters): (Vec<usize>, Vec<usize>) = (0..profile.filters.len())
+            .filter(|&i| !profile.filters[i].passes_everywhere(pod))
+            .partition(|&i| profile.filters[i].class_wide(pod));
         let memo = if class_filters.is_empty() && !class_scores.contains(&true) {
             ClassMemo::default()
         } else {
@@ -851,9 +852,24 @@ mod tests {
         n.add_pod(Arc::new(PodInfo {
             key: PodKey::new("x", &format!("load-{i}")),
             requests: Resources::cpu_mem(i64::from(load) * 100, i64::from(load) * GI / 2),
+            host_ports: if load % 6 == 0 {
+                vec![http_port()]
+            } else {
+                vec![]
+            },
+            daemonset: load % 10 == 1,
+            exclusive: load % 10 == 2,
             ..Default::default()
         }));
         n
+    }
+
+    fn http_port() -> HostPort {
+        HostPort {
+            protocol: Protocol::Tcp,
+            ip: "".into(),
+            port: 8080,
+        }
     }
 
     /// A pod whose selectors, tolerations and preferences come from `bits`.
@@ -905,6 +921,18 @@ mod tests {
         }
         if bits & 32 != 0 {
             p.gpu_memory_min_mib = Some(40_000);
+        }
+        if bits & 128 != 0 {
+            p.node_name = Some(format!("n{host:04}").into());
+        }
+        if bits & 256 != 0 {
+            p.host_ports = vec![http_port()];
+        }
+        if bits & 512 != 0 {
+            p.daemonset = true;
+        }
+        if bits & 1024 != 0 {
+            p.exclusive = true;
         }
         if bits & 64 != 0 {
             p.tolerations.push(Toleration {
@@ -961,7 +989,7 @@ mod tests {
         fn classes_change_no_answer(
             groups in proptest::collection::vec((0u8..12, 0u8..60), 1..40),
             big in proptest::bool::ANY,
-            bits in 0u16..128,
+            bits in 0u16..2048,
             host in 0usize..40,
         ) {
             // Repeat the groups up to 2500 nodes (filters and totals in parallel) or

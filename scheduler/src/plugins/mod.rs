@@ -160,6 +160,19 @@ impl Filter {
         }
     }
 
+    /// True when the filter passes every node for `pod`, whatever the node: the pod
+    /// names no node, asks for no host port, or is a system pod (which goes anywhere).
+    pub fn passes_everywhere(&self, pod: &PodInfo) -> bool {
+        match self {
+            Filter::NodeName => pod.node_name.is_none(),
+            Filter::Ports => pod.host_ports.is_empty(),
+            Filter::Exclusive { .. } => pod.daemonset,
+            Filter::GpuMemory => pod.gpu_memory_min_mib.is_none(),
+            Filter::NodeAffinity => !pod.has_node_constraints(),
+            Filter::Unschedulable | Filter::Taints | Filter::Fit | Filter::Numa => false,
+        }
+    }
+
     /// Runs the filter.
     #[inline]
     pub fn filter(&self, pod: &PodInfo, node: &NodeInfo, why: &mut dyn FnMut(Reason)) -> bool {
