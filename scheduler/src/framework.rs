@@ -247,18 +247,19 @@ impl ClassMemo {
     }
 }
 
-/// How one cycle evaluates a pod: which score plugins count, which filters and scores
-/// are answered once per node class, which node by node.
+/// How one cycle evaluates a pod: which filters and scores are answered once per node
+/// class, which node by node; filters that pass every node and scores that cannot tell
+/// nodes apart are left out.
 #[derive(Clone, Debug)]
 struct Plan {
-    /// Score plugins that can tell nodes apart for the pod.
-    active: [bool; MAX_SCORE_PLUGINS],
-    /// Active scores answered per class.
-    class_scores: [bool; MAX_SCORE_PLUGINS],
-    /// Indices of the filters answered per class.
-    class_filters: Vec<usize>,
-    /// Indices of the filters answered node by node.
-    node_filters: Vec<usize>,
+    /// The filters answered per class.
+    class_filters: Vec<Filter>,
+    /// The filters answered node by node.
+    node_filters: Vec<Filter>,
+    /// Columns (indices into the profile's scores) of the scores answered per class.
+    class_scores: Vec<usize>,
+    /// Columns of the scores answered node by node.
+    node_scores: Vec<usize>,
     /// Empty when nothing is answered per class.
     memo: Arc<ClassMemo>,
 }
@@ -269,25 +270,25 @@ impl Plan {
             profile.scores.len() <= MAX_SCORE_PLUGINS,
             "too many score plugins in the profile"
         );
-        let mut active = [false; MAX_SCORE_PLUGINS];
-        let mut class_scores = [false; MAX_SCORE_PLUGINS];
-        for (k, (s, w)) in profile.scores.iter().enumerate() {
-            active[k] = *w != 0 && !s.is_flat_for(pod);
-            class_scores[k] = active[k] && s.class_wide(pod);
-        }
-        let (class_filters, node_filters): (Vec<usize>, Vec<usize>) = (0..profile.filters.len())
-            .filter(|&i| !profile.filters[i].passes_everywhere(pod))
-            .partition(|&i| profile.filters[i].class_wide(pod));
-        let memo = if class_filters.is_empty() && !class_scores.contains(&true) {
+        let (class_scores, node_scores): (Vec<usize>, Vec<usize>) = (0..profile.scores.len())
+            .filter(|&k| profile.scores[k].1 != 0 && !profile.scores[k].0.is_flat_for(pod))
+            .partition(|&k| profile.scores[k].0.class_wide(pod));
+        let (class_filters, node_filters): (Vec<Filter>, Vec<Filter>) = profile
+            .filters
+            .iter()
+            .filter(|f| !f.passes_everywhere(pod))
+            .cloned()
+            .partition(|f| f.class_wide(pod));
+        let memo = if class_filters.is_empty() && class_scores.is_empty() {
             ClassMemo::default()
         } else {
             ClassMemo::new(nodes.classes())
         };
         Plan {
-            active,
-            class_scores,
             class_filters,
             node_filters,
+            class_scores,
+            node_scores,
             memo: Arc::new(memo),
         }
     }
@@ -303,15 +304,13 @@ impl Plan {
         if !self
             .class_filters
             .iter()
-            .all(|&f| profile.filters[f].filter(pod, node, &mut |_| {}))
+            .all(|f| f.filter(pod, node, &mut |_| {}))
         {
             return None;
         }
         let mut raw = [0i64; MAX_SCORE_PLUGINS];
-        for (k, (s, _)) in profile.scores.iter().enumerate() {
-            if self.class_scores[k] {
-                raw[k] = s.score(pod, node);
-            }
+        for &k in &self.class_scores {
+            raw[k] = profile.scores[k].0.score(pod, node);
         }
         Some(raw)
     }
@@ -332,10 +331,8 @@ impl Plan {
         match self.memo.verdicts[c].load(Ordering::Acquire) {
             PASSES => {
                 let mut raw = [0i64; MAX_SCORE_PLUGINS];
-                for (k, cell) in cells.iter().enumerate() {
-                    if self.class_scores[k] {
-                        raw[k] = cell.load(Ordering::Relaxed);
-                    }
+                for &k in &self.class_scores {
+                    raw[k] = cells[k].load(Ordering::Relaxed);
                 }
                 Some(raw)
             }
@@ -343,8 +340,8 @@ impl Plan {
             _ => {
                 let part = self.class_part(profile, pod, node);
                 if let Some(raw) = &part {
-                    for (cell, v) in cells.iter().zip(raw) {
-                        cell.store(*v, Ordering::Relaxed);
+                    for &k in &self.class_scores {
+                        cells[k].store(raw[k], Ordering::Relaxed);
                     }
                 }
                 let verdict = if part.is_some() { PASSES } else { FAILS };
@@ -369,14 +366,12 @@ impl Plan {
         if !self
             .node_filters
             .iter()
-            .all(|&f| profile.filters[f].filter(pod, node, &mut |_| {}))
+            .all(|f| f.filter(pod, node, &mut |_| {}))
         {
             return None;
         }
-        for (k, (s, _)) in profile.scores.iter().enumerate() {
-            if self.active[k] && !self.class_scores[k] {
-                raw[k] = s.score(pod, node);
-            }
+        for &k in &self.node_scores {
+            raw[k] = profile.scores[k].0.score(pod, node);
         }
         Some(raw)
     }
@@ -432,63 +427,74 @@ fn feasible_nodes<N: NodeSource + ?Sized>(
     }
 }
 
-/// The normalization of every weighted score over the feasible nodes in `parts`
-/// (`None` for a score of weight 0).
-fn norms(
-    profile: &Profile,
-    parts: &[Vec<Raw>],
-    parallel: bool,
-) -> [Option<Norm>; MAX_SCORE_PLUGINS] {
-    type Ranges = Option<[(i64, i64); MAX_SCORE_PLUGINS]>;
-    fn widen(acc: Ranges, raw: &[i64; MAX_SCORE_PLUGINS]) -> Ranges {
-        let mut r = acc.unwrap_or([(i64::MAX, i64::MIN); MAX_SCORE_PLUGINS]);
-        for (k, v) in raw.iter().enumerate() {
-            r[k] = (r[k].0.min(*v), r[k].1.max(*v));
-        }
-        Some(r)
-    }
-    fn join(a: Ranges, b: Ranges) -> Ranges {
-        match (a, b) {
-            (Some(mut a), Some(b)) => {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x = (x.0.min(y.0), x.1.max(y.1));
-                }
-                Some(a)
-            }
-            (a, None) => a,
-            (None, b) => b,
-        }
-    }
-    let part_range = |p: &Vec<Raw>| p.iter().fold(None, |acc, r| widen(acc, &r.1));
-    let ranges = if parallel {
-        parts.par_iter().map(part_range).reduce(|| None, join)
-    } else {
-        parts.iter().map(part_range).fold(None, join)
-    };
-    let mut out = [None; MAX_SCORE_PLUGINS];
-    for (k, (s, w)) in profile.scores.iter().enumerate() {
-        if *w != 0 {
-            let (min, max) = ranges.map_or((0, 0), |r| r[k]);
-            out[k] = Some(s.norm(min, max));
-        }
-    }
-    out
+/// How to total a node's raw scores over one set of feasible nodes: the normalization
+/// of each weighted score that differs between them, and the weighted sum of those
+/// that do not (a score all nodes share normalizes to one value: it is added once).
+#[derive(Clone, Copy, Debug)]
+struct Totals {
+    norms: [Option<(Norm, i64)>; MAX_SCORE_PLUGINS],
+    constant: i64,
 }
 
-/// The weighted total of one node's raw scores.
-#[inline]
-fn total(
-    profile: &Profile,
-    norms: &[Option<Norm>; MAX_SCORE_PLUGINS],
-    raw: &[i64; MAX_SCORE_PLUGINS],
-) -> i64 {
-    let mut t = 0;
-    for (k, (_, w)) in profile.scores.iter().enumerate() {
-        if let Some(n) = norms[k] {
-            t += n.apply(raw[k]) * w;
+impl Totals {
+    /// The totalling of the feasible nodes in `parts`.
+    fn new(profile: &Profile, parts: &[Vec<Raw>], parallel: bool) -> Self {
+        type Ranges = Option<[(i64, i64); MAX_SCORE_PLUGINS]>;
+        fn widen(acc: Ranges, raw: &[i64; MAX_SCORE_PLUGINS]) -> Ranges {
+            let mut r = acc.unwrap_or([(i64::MAX, i64::MIN); MAX_SCORE_PLUGINS]);
+            for (k, v) in raw.iter().enumerate() {
+                r[k] = (r[k].0.min(*v), r[k].1.max(*v));
+            }
+            Some(r)
         }
+        fn join(a: Ranges, b: Ranges) -> Ranges {
+            match (a, b) {
+                (Some(mut a), Some(b)) => {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x = (x.0.min(y.0), x.1.max(y.1));
+                    }
+                    Some(a)
+                }
+                (a, None) => a,
+                (None, b) => b,
+            }
+        }
+        let part_range = |p: &Vec<Raw>| p.iter().fold(None, |acc, r| widen(acc, &r.1));
+        let ranges = if parallel {
+            parts.par_iter().map(part_range).reduce(|| None, join)
+        } else {
+            parts.iter().map(part_range).fold(None, join)
+        };
+        let mut t = Totals {
+            norms: [None; MAX_SCORE_PLUGINS],
+            constant: 0,
+        };
+        for (k, (s, w)) in profile.scores.iter().enumerate() {
+            if *w == 0 {
+                continue;
+            }
+            let (min, max) = ranges.map_or((0, 0), |r| r[k]);
+            let norm = s.norm(min, max);
+            if min == max {
+                t.constant += norm.apply(min) * w;
+            } else {
+                t.norms[k] = Some((norm, *w));
+            }
+        }
+        t
     }
-    t
+
+    /// The weighted total of one node's raw scores.
+    #[inline]
+    fn of(&self, raw: &[i64; MAX_SCORE_PLUGINS]) -> i64 {
+        let mut t = self.constant;
+        for (n, r) in self.norms.iter().zip(raw) {
+            if let Some((norm, w)) = n {
+                t += norm.apply(*r) * w;
+            }
+        }
+        t
+    }
 }
 
 /// Scores every feasible node: `(slot, total score)`, in slot order.
@@ -563,18 +569,18 @@ impl Evaluation {
 
     /// Every feasible node with its total score, in slot order.
     pub fn totals(&self, profile: &Profile) -> Vec<(usize, i64)> {
-        let norms = norms(profile, &self.parts, self.feasible >= PARALLEL_MIN_FEASIBLE);
+        let totals = Totals::new(profile, &self.parts, self.feasible >= PARALLEL_MIN_FEASIBLE);
         self.parts
             .iter()
             .flatten()
-            .map(|(slot, raw)| (*slot, total(profile, &norms, raw)))
+            .map(|(slot, raw)| (*slot, totals.of(raw)))
             .collect()
     }
 
     /// The best node: the highest total; among equals, the first name.
     pub fn best<N: NodeSource + ?Sized>(&self, profile: &Profile, nodes: &N) -> Option<Placement> {
         let parallel = self.feasible >= PARALLEL_MIN_FEASIBLE;
-        let norms = norms(profile, &self.parts, parallel);
+        let totals = Totals::new(profile, &self.parts, parallel);
         let name = |s: usize| nodes.get(s).map_or("", |n| &*n.name);
         // The better of two (total, slot) candidates.
         let better = |a: Option<(i64, usize)>, b: Option<(i64, usize)>| match (a, b) {
@@ -590,7 +596,7 @@ impl Evaluation {
         };
         let part_best = |p: &Vec<Raw>| {
             p.iter().fold(None, |acc, (slot, raw)| {
-                better(acc, Some((total(profile, &norms, raw), *slot)))
+                better(acc, Some((totals.of(raw), *slot)))
             })
         };
         let (score, slot) = if parallel {
@@ -953,6 +959,7 @@ mod tests {
         nodes: &Snapshot,
     ) -> (Vec<(usize, i64)>, Option<usize>) {
         let plan = Plan::new(profile, pod, &Classless(nodes));
+        let active = |k: usize| plan.class_scores.contains(&k) || plan.node_scores.contains(&k);
         let rows: Vec<(usize, &NodeInfo)> = nodes
             .nodes()
             .filter(|(_, n)| feasible(profile, pod, n))
@@ -965,7 +972,7 @@ mod tests {
             }
             let mut column: Vec<i64> = rows
                 .iter()
-                .map(|(_, n)| if plan.active[k] { s.score(pod, n) } else { 0 })
+                .map(|(_, n)| if active(k) { s.score(pod, n) } else { 0 })
                 .collect();
             s.normalize(&mut column);
             for (t, c) in totals.iter_mut().zip(column) {
