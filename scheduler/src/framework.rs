@@ -858,7 +858,7 @@ mod tests {
         n.add_pod(Arc::new(PodInfo {
             key: PodKey::new("x", &format!("load-{i}")),
             requests: Resources::cpu_mem(i64::from(load) * 100, i64::from(load) * GI / 2),
-            host_ports: if load % 6 == 0 {
+            host_ports: if load.is_multiple_of(6) {
                 vec![http_port()]
             } else {
                 vec![]
