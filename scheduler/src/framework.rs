@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use rayon::prelude::*;
 
 use crate::model::{NodeInfo, PodInfo};
-use crate::plugins::{Filter, Norm, Reason, Score, packing::Packing};
+use crate::plugins::{Filter, Norm, Reason, Score, ScoreFor, packing::Packing};
 use crate::snapshot::{CHUNK, Snapshot};
 
 /// Below this many slots the cycle runs on the calling thread; rayon's overhead would
@@ -256,10 +256,11 @@ struct Plan {
     class_filters: Vec<Filter>,
     /// The filters answered node by node.
     node_filters: Vec<Filter>,
-    /// Columns (indices into the profile's scores) of the scores answered per class.
-    class_scores: Vec<usize>,
-    /// Columns of the scores answered node by node.
-    node_scores: Vec<usize>,
+    /// The scores answered per class, prepared for the pod, with their columns
+    /// (indices into the profile's scores).
+    class_scores: Vec<(usize, ScoreFor)>,
+    /// The scores answered node by node, prepared, with their columns.
+    node_scores: Vec<(usize, ScoreFor)>,
     /// Empty when nothing is answered per class.
     memo: Arc<ClassMemo>,
 }
@@ -270,9 +271,17 @@ impl Plan {
             profile.scores.len() <= MAX_SCORE_PLUGINS,
             "too many score plugins in the profile"
         );
-        let (class_scores, node_scores): (Vec<usize>, Vec<usize>) = (0..profile.scores.len())
-            .filter(|&k| profile.scores[k].1 != 0 && !profile.scores[k].0.is_flat_for(pod))
-            .partition(|&k| profile.scores[k].0.class_wide(pod));
+        let (class_scores, node_scores): (Vec<_>, Vec<_>) = profile
+            .scores
+            .iter()
+            .enumerate()
+            .filter(|(_, (s, w))| *w != 0 && !s.is_flat_for(pod))
+            .map(|(k, (s, _))| (k, s.prepare(pod), s.class_wide(pod)))
+            .partition(|(_, _, class)| *class);
+        let strip = |v: Vec<(usize, ScoreFor, bool)>| -> Vec<(usize, ScoreFor)> {
+            v.into_iter().map(|(k, s, _)| (k, s)).collect()
+        };
+        let (class_scores, node_scores) = (strip(class_scores), strip(node_scores));
         let (class_filters, node_filters): (Vec<Filter>, Vec<Filter>) = profile
             .filters
             .iter()
@@ -295,12 +304,7 @@ impl Plan {
 
     /// The class-wide filters and scores on `node`: `None` when a filter fails.
     #[inline]
-    fn class_part(
-        &self,
-        profile: &Profile,
-        pod: &PodInfo,
-        node: &NodeInfo,
-    ) -> Option<[i64; MAX_SCORE_PLUGINS]> {
+    fn class_part(&self, pod: &PodInfo, node: &NodeInfo) -> Option<[i64; MAX_SCORE_PLUGINS]> {
         if !self
             .class_filters
             .iter()
@@ -309,8 +313,8 @@ impl Plan {
             return None;
         }
         let mut raw = [0i64; MAX_SCORE_PLUGINS];
-        for &k in &self.class_scores {
-            raw[k] = profile.scores[k].0.score(pod, node);
+        for (k, s) in &self.class_scores {
+            raw[*k] = s.score(pod, node);
         }
         Some(raw)
     }
@@ -318,30 +322,25 @@ impl Plan {
     /// The class-wide part for `node`, from its class's memo cell when the node has a
     /// class (filling the cell if it is the first of its class).
     #[inline]
-    fn class_part_memo(
-        &self,
-        profile: &Profile,
-        pod: &PodInfo,
-        node: &NodeInfo,
-    ) -> Option<[i64; MAX_SCORE_PLUGINS]> {
+    fn class_part_memo(&self, pod: &PodInfo, node: &NodeInfo) -> Option<[i64; MAX_SCORE_PLUGINS]> {
         let Some(c) = node.class.index().filter(|&c| c < self.memo.verdicts.len()) else {
-            return self.class_part(profile, pod, node);
+            return self.class_part(pod, node);
         };
         let cells = &self.memo.scores[c * MAX_SCORE_PLUGINS..(c + 1) * MAX_SCORE_PLUGINS];
         match self.memo.verdicts[c].load(Ordering::Acquire) {
             PASSES => {
                 let mut raw = [0i64; MAX_SCORE_PLUGINS];
-                for &k in &self.class_scores {
-                    raw[k] = cells[k].load(Ordering::Relaxed);
+                for (k, _) in &self.class_scores {
+                    raw[*k] = cells[*k].load(Ordering::Relaxed);
                 }
                 Some(raw)
             }
             FAILS => None,
             _ => {
-                let part = self.class_part(profile, pod, node);
+                let part = self.class_part(pod, node);
                 if let Some(raw) = &part {
-                    for &k in &self.class_scores {
-                        cells[k].store(raw[k], Ordering::Relaxed);
+                    for (k, _) in &self.class_scores {
+                        cells[*k].store(raw[*k], Ordering::Relaxed);
                     }
                 }
                 let verdict = if part.is_some() { PASSES } else { FAILS };
@@ -353,16 +352,11 @@ impl Plan {
 
     /// Every filter and active score of `node`: `None` when a filter fails.
     #[inline]
-    fn evaluate(
-        &self,
-        profile: &Profile,
-        pod: &PodInfo,
-        node: &NodeInfo,
-    ) -> Option<[i64; MAX_SCORE_PLUGINS]> {
+    fn evaluate(&self, pod: &PodInfo, node: &NodeInfo) -> Option<[i64; MAX_SCORE_PLUGINS]> {
         if !node.known {
             return None;
         }
-        let mut raw = self.class_part_memo(profile, pod, node)?;
+        let mut raw = self.class_part_memo(pod, node)?;
         if !self
             .node_filters
             .iter()
@@ -370,15 +364,14 @@ impl Plan {
         {
             return None;
         }
-        for &k in &self.node_scores {
-            raw[k] = profile.scores[k].0.score(pod, node);
+        for (k, s) in &self.node_scores {
+            raw[*k] = s.score(pod, node);
         }
         Some(raw)
     }
 }
 
 fn evaluate_range<N: NodeSource + ?Sized>(
-    profile: &Profile,
     plan: &Plan,
     pod: &PodInfo,
     nodes: &N,
@@ -387,7 +380,7 @@ fn evaluate_range<N: NodeSource + ?Sized>(
 ) {
     for i in range {
         let Some(node) = nodes.get(i) else { continue };
-        if let Some(raw) = plan.evaluate(profile, pod, node) {
+        if let Some(raw) = plan.evaluate(pod, node) {
             out.push((i, raw));
         }
     }
@@ -397,34 +390,69 @@ fn evaluate_range<N: NodeSource + ?Sized>(
 const PARALLEL_MIN_FEASIBLE: usize = 2048;
 
 /// Every feasible node with its raw scores per plugin: one part per [`CHUNK`] slots
-/// (part `c` holds the feasible slots of `c * CHUNK..(c + 1) * CHUNK`, in order).
+/// (part `c` holds the feasible slots of `c * CHUNK..(c + 1) * CHUNK`, in order), and
+/// the ranges of those scores, found in the same pass.
 fn feasible_nodes<N: NodeSource + ?Sized>(
-    profile: &Profile,
     plan: &Plan,
     pod: &PodInfo,
     nodes: &N,
-) -> Vec<Vec<Raw>> {
+) -> (Vec<Vec<Raw>>, Ranges) {
     let slots = nodes.slots();
     let part = |c: usize| {
         let mut part = Vec::with_capacity(CHUNK);
         evaluate_range(
-            profile,
             plan,
             pod,
             nodes,
             c * CHUNK..((c + 1) * CHUNK).min(slots),
             &mut part,
         );
-        part
+        let ranges = ranges_of(std::slice::from_ref(&part));
+        (part, ranges)
     };
-    if slots < PARALLEL_MIN_SLOTS {
+    let parts: Vec<(Vec<Raw>, Ranges)> = if slots < PARALLEL_MIN_SLOTS {
         (0..slots.div_ceil(CHUNK)).map(part).collect()
     } else {
         (0..slots.div_ceil(CHUNK))
             .into_par_iter()
             .map(part)
             .collect()
+    };
+    let ranges = parts.iter().fold(None, |acc, (_, r)| join(acc, *r));
+    (parts.into_iter().map(|(p, _)| p).collect(), ranges)
+}
+
+/// The least and greatest raw score per column over some feasible nodes (`None`: no
+/// node).
+type Ranges = Option<[(i64, i64); MAX_SCORE_PLUGINS]>;
+
+/// `acc` widened to hold `raw`.
+#[inline]
+fn widen(acc: Ranges, raw: &[i64; MAX_SCORE_PLUGINS]) -> Ranges {
+    let mut r = acc.unwrap_or([(i64::MAX, i64::MIN); MAX_SCORE_PLUGINS]);
+    for (k, v) in raw.iter().enumerate() {
+        r[k] = (r[k].0.min(*v), r[k].1.max(*v));
     }
+    Some(r)
+}
+
+/// The ranges of two sets of nodes together.
+fn join(a: Ranges, b: Ranges) -> Ranges {
+    match (a, b) {
+        (Some(mut a), Some(b)) => {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x = (x.0.min(y.0), x.1.max(y.1));
+            }
+            Some(a)
+        }
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// The ranges of the feasible nodes in `parts`.
+fn ranges_of(parts: &[Vec<Raw>]) -> Ranges {
+    parts.iter().flatten().fold(None, |acc, r| widen(acc, &r.1))
 }
 
 /// How to total a node's raw scores over one set of feasible nodes: the normalization
@@ -437,34 +465,8 @@ struct Totals {
 }
 
 impl Totals {
-    /// The totalling of the feasible nodes in `parts`.
-    fn new(profile: &Profile, parts: &[Vec<Raw>], parallel: bool) -> Self {
-        type Ranges = Option<[(i64, i64); MAX_SCORE_PLUGINS]>;
-        fn widen(acc: Ranges, raw: &[i64; MAX_SCORE_PLUGINS]) -> Ranges {
-            let mut r = acc.unwrap_or([(i64::MAX, i64::MIN); MAX_SCORE_PLUGINS]);
-            for (k, v) in raw.iter().enumerate() {
-                r[k] = (r[k].0.min(*v), r[k].1.max(*v));
-            }
-            Some(r)
-        }
-        fn join(a: Ranges, b: Ranges) -> Ranges {
-            match (a, b) {
-                (Some(mut a), Some(b)) => {
-                    for (x, y) in a.iter_mut().zip(b) {
-                        *x = (x.0.min(y.0), x.1.max(y.1));
-                    }
-                    Some(a)
-                }
-                (a, None) => a,
-                (None, b) => b,
-            }
-        }
-        let part_range = |p: &Vec<Raw>| p.iter().fold(None, |acc, r| widen(acc, &r.1));
-        let ranges = if parallel {
-            parts.par_iter().map(part_range).reduce(|| None, join)
-        } else {
-            parts.iter().map(part_range).fold(None, join)
-        };
+    /// The totalling of feasible nodes whose raw scores span `ranges`.
+    fn new(profile: &Profile, ranges: Ranges) -> Self {
         let mut t = Totals {
             norms: [None; MAX_SCORE_PLUGINS],
             constant: 0,
@@ -515,38 +517,36 @@ pub struct Evaluation {
     /// The feasible nodes, one part per chunk of slots (see `feasible_nodes`).
     parts: Vec<Vec<Raw>>,
     feasible: usize,
+    /// The ranges of the raw scores; `None` once a refresh may have changed them.
+    ranges: Option<Ranges>,
 }
 
 impl Evaluation {
     /// Filters and scores every node for `pod`.
     pub fn new<N: NodeSource + ?Sized>(profile: &Profile, pod: &PodInfo, nodes: &N) -> Self {
         let plan = Plan::new(profile, pod, nodes);
-        let parts = feasible_nodes(profile, &plan, pod, nodes);
+        let (parts, ranges) = feasible_nodes(&plan, pod, nodes);
         let feasible = parts.iter().map(Vec::len).sum();
         Evaluation {
             plan,
             parts,
             feasible,
+            ranges: Some(ranges),
         }
     }
 
     /// Re-evaluates the node in `slot` (it changed) for `pod`. `nodes` must hold the
     /// nodes of the source the evaluation was made over (a changed copy of one of
     /// them is fine: its class is the same).
-    pub fn refresh<N: NodeSource + ?Sized>(
-        &mut self,
-        profile: &Profile,
-        pod: &PodInfo,
-        nodes: &N,
-        slot: usize,
-    ) {
+    pub fn refresh<N: NodeSource + ?Sized>(&mut self, pod: &PodInfo, nodes: &N, slot: usize) {
         let Some(part) = self.parts.get_mut(slot / CHUNK) else {
             return;
         };
+        self.ranges = None;
         let at = part.binary_search_by_key(&slot, |r| r.0);
         let fresh = nodes
             .get(slot)
-            .and_then(|n| self.plan.evaluate(profile, pod, n))
+            .and_then(|n| self.plan.evaluate(pod, n))
             .map(|raw| (slot, raw));
         match (at, fresh) {
             (Ok(i), Some(r)) => part[i] = r,
@@ -567,9 +567,14 @@ impl Evaluation {
         self.feasible
     }
 
+    /// The ranges of the raw scores, found again after a refresh.
+    fn ranges(&self) -> Ranges {
+        self.ranges.unwrap_or_else(|| ranges_of(&self.parts))
+    }
+
     /// Every feasible node with its total score, in slot order.
     pub fn totals(&self, profile: &Profile) -> Vec<(usize, i64)> {
-        let totals = Totals::new(profile, &self.parts, self.feasible >= PARALLEL_MIN_FEASIBLE);
+        let totals = Totals::new(profile, self.ranges());
         self.parts
             .iter()
             .flatten()
@@ -580,7 +585,7 @@ impl Evaluation {
     /// The best node: the highest total; among equals, the first name.
     pub fn best<N: NodeSource + ?Sized>(&self, profile: &Profile, nodes: &N) -> Option<Placement> {
         let parallel = self.feasible >= PARALLEL_MIN_FEASIBLE;
-        let totals = Totals::new(profile, &self.parts, parallel);
+        let totals = Totals::new(profile, self.ranges());
         let name = |s: usize| nodes.get(s).map_or("", |n| &*n.name);
         // The better of two (total, slot) candidates.
         let better = |a: Option<(i64, usize)>, b: Option<(i64, usize)>| match (a, b) {
@@ -959,7 +964,12 @@ mod tests {
         nodes: &Snapshot,
     ) -> (Vec<(usize, i64)>, Option<usize>) {
         let plan = Plan::new(profile, pod, &Classless(nodes));
-        let active = |k: usize| plan.class_scores.contains(&k) || plan.node_scores.contains(&k);
+        let active = |k: usize| {
+            plan.class_scores
+                .iter()
+                .chain(&plan.node_scores)
+                .any(|(c, _)| *c == k)
+        };
         let rows: Vec<(usize, &NodeInfo)> = nodes
             .nodes()
             .filter(|(_, n)| feasible(profile, pod, n))
@@ -1040,7 +1050,7 @@ mod tests {
         assert_eq!(e.feasible(), 2);
         let first = e.best(&profile, &overlay).unwrap();
         overlay.place(first.slot, p.clone());
-        e.refresh(&profile, &p, &overlay, first.slot);
+        e.refresh(&p, &overlay, first.slot);
         assert_eq!(e.feasible(), 1);
         let second = e.best(&profile, &overlay).unwrap();
         assert_ne!(second.slot, first.slot);

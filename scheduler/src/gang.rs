@@ -701,7 +701,7 @@ pub fn place_all(profile: &Profile, members: &[Arc<PodInfo>], snapshot: &Snapsho
         match e.best(profile, &overlay) {
             Some(p) => {
                 overlay.place(p.slot, (*pod).clone());
-                e.refresh(profile, pod, &overlay, p.slot);
+                e.refresh(pod, &overlay, p.slot);
                 placed.push((pod.key.clone(), p.slot, p.node));
             }
             None => {

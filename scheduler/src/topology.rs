@@ -173,7 +173,7 @@ pub fn place_within(
                     overlay: &overlay,
                     slots,
                 };
-                e.refresh(profile, pod, &within, p.slot);
+                e.refresh(pod, &within, p.slot);
                 placed.push((pod.key.clone(), slot, p.node));
             }
             None => {

@@ -208,6 +208,35 @@ pub enum Score {
     Numa,
 }
 
+/// A score plugin prepared for one pod (see [`Score::prepare`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScoreFor {
+    /// See [`Score::Packing`].
+    Packing(packing::PackingFor),
+    /// See [`Score::NodeAffinity`].
+    NodeAffinity,
+    /// See [`Score::Taints`].
+    Taints,
+    /// See [`Score::LeastWaste`].
+    LeastWaste(waste::WasteFor),
+    /// See [`Score::Numa`].
+    Numa,
+}
+
+impl ScoreFor {
+    /// The raw score of `node` for the pod it was prepared for.
+    #[inline]
+    pub fn score(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
+        match self {
+            ScoreFor::Packing(p) => p.score(node),
+            ScoreFor::NodeAffinity => node_affinity::score(pod, node),
+            ScoreFor::Taints => taints::score(pod, node),
+            ScoreFor::LeastWaste(w) => w.waste(node),
+            ScoreFor::Numa => numa::score(pod, node),
+        }
+    }
+}
+
 /// The highest score a plugin gives a node, as in kube-scheduler.
 pub const MAX_SCORE: i64 = 100;
 
@@ -226,12 +255,18 @@ impl Score {
     /// The raw score of `node` for `pod`.
     #[inline]
     pub fn score(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
+        self.prepare(pod).score(pod, node)
+    }
+
+    /// The score prepared for `pod`: what does not depend on the node is worked out
+    /// once, for a cycle that scores many nodes.
+    pub fn prepare(&self, pod: &PodInfo) -> ScoreFor {
         match self {
-            Score::Packing(p) => p.score(pod, node),
-            Score::NodeAffinity => node_affinity::score(pod, node),
-            Score::Taints => taints::score(pod, node),
-            Score::LeastWaste(w) => w.waste(pod, node),
-            Score::Numa => numa::score(pod, node),
+            Score::Packing(p) => ScoreFor::Packing(p.prepare(pod)),
+            Score::NodeAffinity => ScoreFor::NodeAffinity,
+            Score::Taints => ScoreFor::Taints,
+            Score::LeastWaste(w) => ScoreFor::LeastWaste(w.prepare(pod)),
+            Score::Numa => ScoreFor::Numa,
         }
     }
 

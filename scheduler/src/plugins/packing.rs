@@ -45,17 +45,45 @@ impl Default for Packing {
 }
 
 impl Packing {
-    /// The score, 0..=MAX_SCORE.
+    /// The raw score of `node` for `pod`: the weighted average of requested (with the
+    /// pod) over allocatable, or of what stays free, per resource.
     #[inline]
     pub fn score(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
+        self.prepare(pod).score(node)
+    }
+
+    /// The resources that count for `pod` (CPU and memory always, the others when
+    /// the pod asks for them), with the pod's request of each: what every node's
+    /// score for the pod starts from.
+    pub fn prepare(&self, pod: &PodInfo) -> PackingFor {
+        PackingFor {
+            strategy: self.strategy,
+            terms: self
+                .resources
+                .iter()
+                .map(|(kind, w)| (kind.clone(), *w, pod.requests.get(kind)))
+                .filter(|(kind, _, want)| {
+                    *want != 0 || matches!(kind, ResourceKind::Cpu | ResourceKind::Memory)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// [`Packing`] prepared for one pod (see [`Packing::prepare`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackingFor {
+    strategy: Strategy,
+    /// Resource, weight, the pod's request.
+    terms: Vec<(ResourceKind, i64, i64)>,
+}
+
+impl PackingFor {
+    /// The raw score of `node`.
+    #[inline]
+    pub fn score(&self, node: &NodeInfo) -> i64 {
         let (mut total, mut weights) = (0i64, 0i64);
-        for (kind, w) in &self.resources {
-            // The pod's side first: it is the same for every node, so the branch
-            // predicts well and a resource the pod does not ask for costs no lookup.
-            let want = pod.requests.get(kind);
-            if want == 0 && !matches!(kind, ResourceKind::Cpu | ResourceKind::Memory) {
-                continue;
-            }
+        for (kind, w, want) in &self.terms {
             let alloc = node.allocatable.get(kind);
             if alloc <= 0 {
                 continue;

@@ -75,42 +75,75 @@ impl Waste {
             .or_else(|| self.prices.values().copied().reduce(f64::max))
     }
 
-    /// GPU memory beyond what the pod asks for, on each GPU it takes (weighed as host
-    /// memory), so the smallest GPU type that satisfies `drover.dev/gpu-memory-min`
-    /// wins.
-    #[inline]
-    fn gpu_memory_waste(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
-        match (pod.gpu_memory_min_mib, node.gpu_memory_mib) {
-            (Some(min), Some(have)) if have >= min && pod.requests.gpu > 0 => {
-                let mem_weight = self
-                    .weights
-                    .iter()
-                    .find(|(k, _)| *k == ResourceKind::Memory)
-                    .map_or(1, |(_, w)| *w);
-                (have - min) * 1000 / 1024 * pod.requests.gpu * mem_weight
-            }
-            _ => 0,
-        }
-    }
-
     /// What would stay unused on `node` with `pod` on it: weighted leftover, or with
     /// prices, micro-dollars per hour of the unused share of the node. Lower is better.
     #[inline]
     pub fn waste(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
-        // Per resource, without building a Resources: this runs for every node.
-        let leftover: i64 = self
+        self.prepare(pod).waste(node)
+    }
+
+    /// The pod's side of every node's waste: its request per weighed resource, and
+    /// what its GPU memory minimum makes of a node's GPU memory.
+    pub fn prepare(&self, pod: &PodInfo) -> WasteFor {
+        let mem_weight = self
             .weights
             .iter()
-            .map(|(k, w)| {
-                let left = node.allocatable.get(k) - node.requested.get(k) - pod.requests.get(k);
+            .find(|(k, _)| *k == ResourceKind::Memory)
+            .map_or(1, |(_, w)| *w);
+        WasteFor {
+            terms: self
+                .weights
+                .iter()
+                .map(|(k, w)| (k.clone(), *w, pod.requests.get(k)))
+                .collect(),
+            gpu_memory: pod
+                .gpu_memory_min_mib
+                .filter(|_| pod.requests.gpu > 0)
+                .map(|min| (min, pod.requests.gpu * mem_weight)),
+            waste: self.clone(),
+        }
+    }
+}
+
+/// [`Waste`] prepared for one pod (see [`Waste::prepare`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WasteFor {
+    /// Resource, weight, the pod's request.
+    terms: Vec<(ResourceKind, i64, i64)>,
+    /// The pod's GPU memory minimum and the weight of a MiB of GPU memory beyond it
+    /// (its GPUs times the weight of memory), when it asks for GPUs with a minimum.
+    gpu_memory: Option<(i64, i64)>,
+    waste: Waste,
+}
+
+impl WasteFor {
+    /// GPU memory beyond what the pod asks for, on each GPU it takes (weighed as host
+    /// memory), so the smallest GPU type that satisfies `drover.dev/gpu-memory-min`
+    /// wins.
+    #[inline]
+    fn gpu_memory_waste(&self, node: &NodeInfo) -> i64 {
+        match (self.gpu_memory, node.gpu_memory_mib) {
+            (Some((min, weight)), Some(have)) if have >= min => (have - min) * 1000 / 1024 * weight,
+            _ => 0,
+        }
+    }
+
+    /// What would stay unused on `node` with the pod on it (see [`Waste::waste`]).
+    #[inline]
+    pub fn waste(&self, node: &NodeInfo) -> i64 {
+        let leftover: i64 = self
+            .terms
+            .iter()
+            .map(|(k, w, want)| {
+                let left = node.allocatable.get(k) - node.requested.get(k) - want;
                 milli_units(k, left.max(0)) * w
             })
             .sum::<i64>()
-            + self.gpu_memory_waste(pod, node);
-        match self.price(node) {
+            + self.gpu_memory_waste(node);
+        match self.waste.price(node) {
             None => leftover,
             Some(p) => {
-                let size = self.weigh(&node.allocatable).max(1);
+                let size = self.waste.weigh(&node.allocatable).max(1);
                 (p * 1e6 * leftover as f64 / size as f64) as i64
             }
         }
