@@ -3,6 +3,7 @@
 
 pub mod binder;
 pub mod convert;
+pub mod events;
 pub mod explain;
 pub mod run;
 pub mod serve;

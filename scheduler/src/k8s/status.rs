@@ -3,7 +3,9 @@
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
+
+use super::events::EventRecorder;
 use serde_json::json;
 
 use crate::gang::{GangKey, PodGroupInfo};
@@ -42,7 +44,7 @@ pub fn pod_group_resource() -> ApiResource {
 #[derive(Clone)]
 pub struct StatusWriter {
     client: Client,
-    recorder: Recorder,
+    recorder: std::sync::Arc<EventRecorder>,
     /// Writes under way (see [`StatusWriter::spawn`]).
     tasks: tokio_util::task::TaskTracker,
     pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -73,13 +75,13 @@ impl StatusWriter {
         instance: &str,
         dropped: prometheus::IntCounter,
     ) -> Self {
-        let recorder = Recorder::new(
+        let recorder = std::sync::Arc::new(EventRecorder::new(
             client.clone(),
             Reporter {
                 controller: controller.into(),
                 instance: Some(instance.into()),
             },
-        );
+        ));
         StatusWriter {
             client,
             recorder,
