@@ -276,12 +276,8 @@ impl Plan {
             .iter()
             .enumerate()
             .filter(|(_, (s, w))| *w != 0 && !s.is_flat_for(pod))
-            .map(|(k, (s, _))| (k, s.prepare(pod), s.class_wide(pod)))
-            .partition(|(_, _, class)| *class);
-        let strip = |v: Vec<(usize, ScoreFor, bool)>| -> Vec<(usize, ScoreFor)> {
-            v.into_iter().map(|(k, s, _)| (k, s)).collect()
-        };
-        let (class_scores, node_scores) = (strip(class_scores), strip(node_scores));
+            .map(|(k, (s, _))| (k, s.prepare(pod)))
+            .partition(|(k, _)| profile.scores[*k].0.class_wide(pod));
         let (class_filters, node_filters): (Vec<Filter>, Vec<Filter>) = profile
             .filters
             .iter()
@@ -386,7 +382,7 @@ fn evaluate_range<N: NodeSource + ?Sized>(
     }
 }
 
-/// Below this many feasible nodes, totals are computed on the calling thread.
+/// Below this many feasible nodes, the best one is found on the calling thread.
 const PARALLEL_MIN_FEASIBLE: usize = 2048;
 
 /// Every feasible node with its raw scores per plugin: one part per [`CHUNK`] slots
