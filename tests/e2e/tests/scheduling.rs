@@ -726,28 +726,42 @@ async fn only_the_leader_binds_and_a_follower_takes_over() -> anyhow::Result<()>
         )
         .await?;
     }
+    fn scheduled(m: &drover::metrics::Metrics) -> u64 {
+        m.attempts.with_label_values(&["scheduled"]).get()
+    }
+    // A bind lands in the API server a moment before the binder's answer reaches the
+    // scheduling loop that counts it: wait for both.
     wait_until(
         Duration::from_secs(30),
         Duration::from_millis(100),
         "20 pods bound by the leader",
         || {
             let c = client.clone();
-            async move { Ok(bound_count(&c, NS).await? == 20) }
+            let m = leader.shared.metrics.clone();
+            async move { Ok(bound_count(&c, NS).await? == 20 && scheduled(&m) == 20) }
         },
     )
     .await?;
-    let scheduled =
-        |m: &drover::metrics::Metrics| m.attempts.with_label_values(&["scheduled"]).get();
-    assert_eq!(scheduled(&leader.shared.metrics), 20);
     assert_eq!(
         scheduled(&follower.shared.metrics),
         0,
         "the follower binds nothing"
     );
-    // The follower's cache is warm: it sees every pod on its node.
-    let snap = follower.shared.snapshot.load();
-    let placed: usize = snap.nodes().map(|(_, n)| n.pods.len()).sum();
-    assert_eq!(placed, 20, "the follower keeps its cache warm");
+    // The follower's cache is warm: its watch brings it every pod on its node.
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        "the follower's cache holds the 20 bound pods",
+        || {
+            let s = follower.shared.snapshot.clone();
+            async move {
+                let snap = s.load();
+                Ok(snap.nodes().map(|(_, n)| n.pods.len()).sum::<usize>() == 20)
+            }
+        },
+    )
+    .await?;
+    assert_eq!(scheduled(&leader.shared.metrics), 20, "each pod bound once");
 
     // The leader stops (and releases the Lease): the follower takes over.
     leader.stop().await?;
@@ -777,11 +791,11 @@ async fn only_the_leader_binds_and_a_follower_takes_over() -> anyhow::Result<()>
         "the rest bound by the new leader",
         || {
             let c = client.clone();
-            async move { Ok(bound_count(&c, NS).await? == 30) }
+            let m = follower.shared.metrics.clone();
+            async move { Ok(bound_count(&c, NS).await? == 30 && scheduled(&m) == 10) }
         },
     )
     .await?;
-    assert_eq!(scheduled(&follower.shared.metrics), 10);
     assert!(overcommitted(&client).await?.is_empty());
     follower.stop().await
 }
