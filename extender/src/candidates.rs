@@ -131,6 +131,8 @@ impl Candidates {
                 cache.generation,
                 // Nodes from the request carry no class: each is evaluated on its own.
                 0,
+                // Their zones come from the cache.
+                cache.may_have_numa(),
             )),
             slots,
             names,
@@ -170,6 +172,10 @@ impl<N: NodeSource + ?Sized> NodeSource for Subset<'_, N> {
 
     fn classes(&self) -> usize {
         self.base.classes()
+    }
+
+    fn may_have_numa(&self) -> bool {
+        self.base.may_have_numa()
     }
 }
 

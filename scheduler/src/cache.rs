@@ -75,6 +75,8 @@ impl ClusterCache {
             self.index.clone(),
             self.generation,
             self.classes.len(),
+            // Nodes get their zones only from this table.
+            !self.numa.is_empty(),
         )
     }
 

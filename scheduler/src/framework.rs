@@ -75,6 +75,10 @@ pub trait NodeSource: Sync {
     fn classes(&self) -> usize {
         0
     }
+    /// False only when no node carries NUMA zones.
+    fn may_have_numa(&self) -> bool {
+        true
+    }
 }
 
 impl NodeSource for Snapshot {
@@ -87,6 +91,9 @@ impl NodeSource for Snapshot {
     }
     fn classes(&self) -> usize {
         Snapshot::classes(self)
+    }
+    fn may_have_numa(&self) -> bool {
+        Snapshot::may_have_numa(self)
     }
 }
 
@@ -141,6 +148,9 @@ impl NodeSource for Overlay<'_> {
     }
     fn classes(&self) -> usize {
         self.base.classes()
+    }
+    fn may_have_numa(&self) -> bool {
+        self.base.may_have_numa()
     }
 }
 
@@ -271,17 +281,23 @@ impl Plan {
             profile.scores.len() <= MAX_SCORE_PLUGINS,
             "too many score plugins in the profile"
         );
+        // Without NUMA zones anywhere, every node counts as one zone: the NUMA filter
+        // passes it and the NUMA score is the same on all (a column left at 0 totals
+        // as a column of equal scores does).
+        let numa = nodes.may_have_numa();
         let (class_scores, node_scores): (Vec<_>, Vec<_>) = profile
             .scores
             .iter()
             .enumerate()
-            .filter(|(_, (s, w))| *w != 0 && !s.is_flat_for(pod))
+            .filter(|(_, (s, w))| {
+                *w != 0 && !s.is_flat_for(pod) && (numa || !matches!(s, Score::Numa))
+            })
             .map(|(k, (s, _))| (k, s.prepare(pod)))
             .partition(|(k, _)| profile.scores[*k].0.class_wide(pod));
         let (class_filters, node_filters): (Vec<Filter>, Vec<Filter>) = profile
             .filters
             .iter()
-            .filter(|f| !f.passes_everywhere(pod))
+            .filter(|f| !f.passes_everywhere(pod) && (numa || **f != Filter::Numa))
             .cloned()
             .partition(|f| f.class_wide(pod));
         let memo = if class_filters.is_empty() && class_scores.is_empty() {
@@ -298,72 +314,92 @@ impl Plan {
         }
     }
 
-    /// The class-wide filters and scores on `node`: `None` when a filter fails.
+    /// The class-wide filters and scores on `node`, scores written into `raw`: false
+    /// when a filter fails.
     #[inline]
-    fn class_part(&self, pod: &PodInfo, node: &NodeInfo) -> Option<[i64; MAX_SCORE_PLUGINS]> {
+    fn class_part(
+        &self,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        raw: &mut [i64; MAX_SCORE_PLUGINS],
+    ) -> bool {
         if !self
             .class_filters
             .iter()
             .all(|f| f.filter(pod, node, &mut |_| {}))
         {
-            return None;
+            return false;
         }
-        let mut raw = [0i64; MAX_SCORE_PLUGINS];
         for (k, s) in &self.class_scores {
             raw[*k] = s.score(pod, node);
         }
-        Some(raw)
+        true
     }
 
     /// The class-wide part for `node`, from its class's memo cell when the node has a
     /// class (filling the cell if it is the first of its class).
     #[inline]
-    fn class_part_memo(&self, pod: &PodInfo, node: &NodeInfo) -> Option<[i64; MAX_SCORE_PLUGINS]> {
+    fn class_part_memo(
+        &self,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        raw: &mut [i64; MAX_SCORE_PLUGINS],
+    ) -> bool {
         let Some(c) = node.class.index().filter(|&c| c < self.memo.verdicts.len()) else {
-            return self.class_part(pod, node);
+            return self.class_part(pod, node, raw);
         };
         let cells = &self.memo.scores[c * MAX_SCORE_PLUGINS..(c + 1) * MAX_SCORE_PLUGINS];
         match self.memo.verdicts[c].load(Ordering::Acquire) {
             PASSES => {
-                let mut raw = [0i64; MAX_SCORE_PLUGINS];
                 for (k, _) in &self.class_scores {
                     raw[*k] = cells[*k].load(Ordering::Relaxed);
                 }
-                Some(raw)
+                true
             }
-            FAILS => None,
+            FAILS => false,
             _ => {
-                let part = self.class_part(pod, node);
-                if let Some(raw) = &part {
+                let passes = self.class_part(pod, node, raw);
+                if passes {
                     for (k, _) in &self.class_scores {
                         cells[*k].store(raw[*k], Ordering::Relaxed);
                     }
                 }
-                let verdict = if part.is_some() { PASSES } else { FAILS };
+                let verdict = if passes { PASSES } else { FAILS };
                 self.memo.verdicts[c].store(verdict, Ordering::Release);
-                part
+                passes
             }
         }
     }
 
-    /// Every filter and active score of `node`: `None` when a filter fails.
+    /// Every filter and active score of `node`, scores written into `raw` (columns
+    /// of inactive scores are left as they are): false when a filter fails.
     #[inline]
-    fn evaluate(&self, pod: &PodInfo, node: &NodeInfo) -> Option<[i64; MAX_SCORE_PLUGINS]> {
-        if !node.known {
-            return None;
+    fn evaluate_into(
+        &self,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        raw: &mut [i64; MAX_SCORE_PLUGINS],
+    ) -> bool {
+        if !node.known || !self.class_part_memo(pod, node, raw) {
+            return false;
         }
-        let mut raw = self.class_part_memo(pod, node)?;
         if !self
             .node_filters
             .iter()
             .all(|f| f.filter(pod, node, &mut |_| {}))
         {
-            return None;
+            return false;
         }
         for (k, s) in &self.node_scores {
             raw[*k] = s.score(pod, node);
         }
-        Some(raw)
+        true
+    }
+
+    /// Every filter and active score of `node`: `None` when a filter fails.
+    fn evaluate(&self, pod: &PodInfo, node: &NodeInfo) -> Option<[i64; MAX_SCORE_PLUGINS]> {
+        let mut raw = [0; MAX_SCORE_PLUGINS];
+        self.evaluate_into(pod, node, &mut raw).then_some(raw)
     }
 }
 
@@ -376,8 +412,11 @@ fn evaluate_range<N: NodeSource + ?Sized>(
 ) {
     for i in range {
         let Some(node) = nodes.get(i) else { continue };
-        if let Some(raw) = plan.evaluate(pod, node) {
-            out.push((i, raw));
+        // Scores are written where they are kept, not copied there.
+        out.push((i, [0; MAX_SCORE_PLUGINS]));
+        let (_, raw) = out.last_mut().expect("pushed above");
+        if !plan.evaluate_into(pod, node, raw) {
+            out.pop();
         }
     }
 }
@@ -1004,15 +1043,35 @@ mod tests {
             big in proptest::bool::ANY,
             bits in 0u16..2048,
             host in 0usize..40,
+            numa in proptest::bool::ANY,
         ) {
             // Repeat the groups up to 2500 nodes (filters and totals in parallel) or
             // keep them short.
             let n = if big { 2500 } else { groups.len() };
-            let snap = Snapshot::from_nodes((0..n).map(|i| {
+            let mut cache = crate::cache::ClusterCache::default();
+            for i in 0..n {
                 let (g, load) = groups[i % groups.len()];
-                grouped_node(i, g, load)
-            }));
+                cache.add_node_with_pods(grouped_node(i, g, load));
+                // Some nodes with NUMA zones: two of 4 cores, one of them
+                // single-NUMA-node.
+                if numa && g % 3 == 0 {
+                    cache.set_numa(&format!("n{i:04}"), Some(Arc::new(Numa {
+                        single_numa_node: g % 2 == 0,
+                        zones: (0..2)
+                            .map(|z| NumaZone {
+                                name: format!("node-{z}").into(),
+                                available: Resources::cpu_mem(4000 - i64::from(load) * 50, 0),
+                            })
+                            .collect(),
+                    })));
+                }
+            }
+            let snap = cache.snapshot();
             proptest::prop_assert!(snap.classes() <= 12);
+            proptest::prop_assert_eq!(
+                snap.may_have_numa(),
+                snap.nodes().any(|(_, n)| n.numa.is_some())
+            );
             let p = varied_pod(bits, host % n);
             let profile = Profile::default();
             proptest::prop_assert_eq!(

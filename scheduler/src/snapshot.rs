@@ -26,23 +26,34 @@ pub struct Snapshot {
     pub generation: u64,
     /// One more than the highest node class id (see [`crate::classes`]).
     classes: usize,
+    /// False when no node carries NUMA zones.
+    numa: bool,
 }
 
 impl Snapshot {
     /// A snapshot from its parts (the cache builds these).
-    /// `classes` bounds the class ids its nodes carry (0 when they carry none).
+    /// `classes` bounds the class ids its nodes carry (0 when they carry none); `numa`
+    /// is false only when no node carries NUMA zones.
     pub fn from_parts(
         chunks: Vec<Arc<Chunk>>,
         index: Arc<HashMap<Arc<str>, usize>>,
         generation: u64,
         classes: usize,
+        numa: bool,
     ) -> Self {
         Snapshot {
             chunks,
             index,
             generation,
             classes,
+            numa,
         }
+    }
+
+    /// False when no node carries NUMA zones (then the NUMA filter passes every node
+    /// and the NUMA score is the same on all).
+    pub fn may_have_numa(&self) -> bool {
+        self.numa
     }
 
     /// One more than the highest node class id: the size of a per-class table.

@@ -113,6 +113,9 @@ impl NodeSource for Within<'_, '_> {
     fn classes(&self) -> usize {
         self.overlay.classes()
     }
+    fn may_have_numa(&self) -> bool {
+        self.overlay.may_have_numa()
+    }
 }
 
 fn free_of(snapshot: &Snapshot, slots: &[usize]) -> Resources {
