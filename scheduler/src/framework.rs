@@ -264,13 +264,22 @@ impl ClassMemo {
 struct Plan {
     /// The filters answered per class.
     class_filters: Vec<Filter>,
-    /// The filters answered node by node.
+    /// The filters answered node by node (but the two below).
     node_filters: Vec<Filter>,
+    /// `NodeResourcesFit` is among them: run without a dispatch.
+    fit: bool,
+    /// `NodeExclusive` is among them, with its `system_pods_count`.
+    exclusive: Option<bool>,
     /// The scores answered per class, prepared for the pod, with their columns
     /// (indices into the profile's scores).
     class_scores: Vec<(usize, ScoreFor)>,
-    /// The scores answered node by node, prepared, with their columns.
+    /// The scores answered node by node (but the two below), prepared, with their
+    /// columns.
     node_scores: Vec<(usize, ScoreFor)>,
+    /// The first packing score with its column: run without a dispatch.
+    packing: Option<(usize, crate::plugins::packing::PackingFor)>,
+    /// The first least-waste score with its column.
+    waste: Option<(usize, crate::plugins::waste::WasteFor)>,
     /// Empty when nothing is answered per class.
     memo: Arc<ClassMemo>,
 }
@@ -294,12 +303,37 @@ impl Plan {
             })
             .map(|(k, (s, _))| (k, s.prepare(pod)))
             .partition(|(k, _)| profile.scores[*k].0.class_wide(pod));
-        let (class_filters, node_filters): (Vec<Filter>, Vec<Filter>) = profile
+        let (class_filters, mut node_filters): (Vec<Filter>, Vec<Filter>) = profile
             .filters
             .iter()
             .filter(|f| !f.passes_everywhere(pod) && (numa || **f != Filter::Numa))
             .cloned()
             .partition(|f| f.class_wide(pod));
+        // The most common node filters and scores run inline; a node must pass every
+        // filter, so their order does not matter here (only `diagnose` keeps it).
+        let fit = node_filters.contains(&Filter::Fit);
+        node_filters.retain(|f| *f != Filter::Fit);
+        let exclusive = node_filters
+            .iter()
+            .position(|f| matches!(f, Filter::Exclusive { .. }))
+            .map(|i| match node_filters.remove(i) {
+                Filter::Exclusive { system_pods_count } => system_pods_count,
+                _ => unreachable!("found above"),
+            });
+        let mut node_scores = node_scores;
+        let mut packing = None;
+        let mut waste = None;
+        node_scores.retain(|(k, s)| match s {
+            ScoreFor::Packing(p) if packing.is_none() => {
+                packing = Some((*k, p.clone()));
+                false
+            }
+            ScoreFor::LeastWaste(w) if waste.is_none() => {
+                waste = Some((*k, w.clone()));
+                false
+            }
+            _ => true,
+        });
         let memo = if class_filters.is_empty() && class_scores.is_empty() {
             ClassMemo::default()
         } else {
@@ -308,10 +342,25 @@ impl Plan {
         Plan {
             class_filters,
             node_filters,
+            fit,
+            exclusive,
             class_scores,
             node_scores,
+            packing,
+            waste,
             memo: Arc::new(memo),
         }
+    }
+
+    /// The columns of the scores the plan computes (the others stay 0).
+    #[cfg(test)]
+    fn active(&self, k: usize) -> bool {
+        self.class_scores
+            .iter()
+            .chain(&self.node_scores)
+            .any(|(c, _)| *c == k)
+            || self.packing.as_ref().is_some_and(|(c, _)| *c == k)
+            || self.waste.as_ref().is_some_and(|(c, _)| *c == k)
     }
 
     /// The class-wide filters and scores on `node`, scores written into `raw`: false
@@ -383,12 +432,26 @@ impl Plan {
         if !node.known || !self.class_part_memo(pod, node, raw) {
             return false;
         }
+        if self.fit && !crate::plugins::fit::filter(pod, node, &mut |_| {}) {
+            return false;
+        }
+        if let Some(system_pods_count) = self.exclusive
+            && !crate::plugins::exclusive::filter(pod, node, system_pods_count, &mut |_| {})
+        {
+            return false;
+        }
         if !self
             .node_filters
             .iter()
             .all(|f| f.filter(pod, node, &mut |_| {}))
         {
             return false;
+        }
+        if let Some((k, p)) = &self.packing {
+            raw[*k] = p.score(node);
+        }
+        if let Some((k, w)) = &self.waste {
+            raw[*k] = w.waste(node);
         }
         for (k, s) in &self.node_scores {
             raw[*k] = s.score(pod, node);
@@ -999,12 +1062,7 @@ mod tests {
         nodes: &Snapshot,
     ) -> (Vec<(usize, i64)>, Option<usize>) {
         let plan = Plan::new(profile, pod, &Classless(nodes));
-        let active = |k: usize| {
-            plan.class_scores
-                .iter()
-                .chain(&plan.node_scores)
-                .any(|(c, _)| *c == k)
-        };
+        let active = |k: usize| plan.active(k);
         let rows: Vec<(usize, &NodeInfo)> = nodes
             .nodes()
             .filter(|(_, n)| feasible(profile, pod, n))
@@ -1044,6 +1102,7 @@ mod tests {
             bits in 0u16..2048,
             host in 0usize..40,
             numa in proptest::bool::ANY,
+            spread in proptest::bool::ANY,
         ) {
             // Repeat the groups up to 2500 nodes (filters and totals in parallel) or
             // keep them short.
@@ -1073,7 +1132,19 @@ mod tests {
                 snap.nodes().any(|(_, n)| n.numa.is_some())
             );
             let p = varied_pod(bits, host % n);
-            let profile = Profile::default();
+            // Drover's default, or spreading (no least waste) with the filters in
+            // another order and one listed twice.
+            let profile = if spread {
+                let mut pr = Profile::with_packing(Packing {
+                    strategy: Strategy::LeastAllocated,
+                    ..Packing::default()
+                });
+                pr.filters.reverse();
+                pr.filters.push(Filter::Exclusive { system_pods_count: true });
+                pr
+            } else {
+                Profile::default()
+            };
             proptest::prop_assert_eq!(
                 score_nodes(&profile, &p, &snap),
                 score_nodes(&profile, &p, &Classless(&snap))

@@ -34,6 +34,19 @@ impl ResourceKind {
         }
     }
 
+    /// The position of a resource that is a field of [`Resources`] (CPU 0, memory 1,
+    /// ephemeral storage 2, GPU 3); `None` for an extended one.
+    #[inline]
+    pub fn builtin(&self) -> Option<usize> {
+        match self {
+            ResourceKind::Cpu => Some(0),
+            ResourceKind::Memory => Some(1),
+            ResourceKind::EphemeralStorage => Some(2),
+            ResourceKind::Gpu => Some(3),
+            ResourceKind::Extended(_) => None,
+        }
+    }
+
     /// The kind for a Kubernetes resource name.
     pub fn from_name(name: &str) -> ResourceKind {
         match name {
@@ -87,6 +100,12 @@ impl Resources {
             ResourceKind::Gpu => self.gpu,
             ResourceKind::Extended(n) => self.extended_amount(n),
         }
+    }
+
+    /// CPU, memory, ephemeral storage and GPUs, in [`ResourceKind::builtin`] order.
+    #[inline]
+    pub fn builtins(&self) -> [i64; 4] {
+        [self.cpu, self.memory, self.ephemeral_storage, self.gpu]
     }
 
     /// The amount of the extended resource `name` (0 when absent).

@@ -410,6 +410,30 @@ pub(crate) mod testutil {
         NodeInfo::new(name, Resources::cpu_mem(cpu, mem), 110)
     }
 
+    /// Resource kinds for property tests: the built-in ones and two extended ones.
+    pub fn kind(i: u8) -> ResourceKind {
+        match i % 6 {
+            0 => ResourceKind::Cpu,
+            1 => ResourceKind::Memory,
+            2 => ResourceKind::EphemeralStorage,
+            3 => ResourceKind::Gpu,
+            4 => ResourceKind::Extended("example.com/fpga".into()),
+            _ => ResourceKind::Extended("hugepages-2Mi".into()),
+        }
+    }
+
+    /// Amounts of the kinds of [`kind`], in that order (memory, storage and hugepages
+    /// in units of 16 MiB).
+    pub fn amounts(v: &[i64]) -> Resources {
+        let mut r = Resources::default();
+        for (i, a) in v.iter().enumerate() {
+            // Bytes for memory and storage, small counts for the rest.
+            let scale = if matches!(i, 1 | 2 | 5) { 1 << 24 } else { 1 };
+            r.set(&kind(i as u8), a * scale);
+        }
+        r
+    }
+
     /// Collects a filter's verdict and reasons.
     pub fn run(f: &super::Filter, p: &PodInfo, n: &NodeInfo) -> (bool, Vec<String>) {
         let mut reasons = Vec::new();

@@ -56,17 +56,25 @@ impl Packing {
     /// the pod asks for them), with the pod's request of each: what every node's
     /// score for the pod starts from.
     pub fn prepare(&self, pod: &PodInfo) -> PackingFor {
-        PackingFor {
+        let mut p = PackingFor {
             strategy: self.strategy,
-            terms: self
-                .resources
-                .iter()
-                .map(|(kind, w)| (kind.clone(), *w, pod.requests.get(kind)))
-                .filter(|(kind, _, want)| {
-                    *want != 0 || matches!(kind, ResourceKind::Cpu | ResourceKind::Memory)
-                })
-                .collect(),
+            weights: [0; 4],
+            wants: pod.requests.builtins(),
+            extended: Vec::new(),
+        };
+        for (kind, w) in &self.resources {
+            let want = pod.requests.get(kind);
+            if want == 0 && !matches!(kind, ResourceKind::Cpu | ResourceKind::Memory) {
+                continue;
+            }
+            match (kind.builtin(), kind) {
+                // A resource listed twice counts with both weights.
+                (Some(i), _) => p.weights[i] += w,
+                (None, ResourceKind::Extended(name)) => p.extended.push((name.clone(), *w, want)),
+                (None, _) => unreachable!("every other kind is built in"),
+            }
         }
+        p
     }
 }
 
@@ -74,8 +82,13 @@ impl Packing {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackingFor {
     strategy: Strategy,
-    /// Resource, weight, the pod's request.
-    terms: Vec<(ResourceKind, i64, i64)>,
+    /// The weight of each built-in resource ([`ResourceKind::builtin`] order); 0: it
+    /// does not count.
+    weights: [i64; 4],
+    /// The pod's request of each built-in resource.
+    wants: [i64; 4],
+    /// Extended resource, weight, the pod's request.
+    extended: Vec<(std::sync::Arc<str>, i64, i64)>,
 }
 
 impl PackingFor {
@@ -83,18 +96,29 @@ impl PackingFor {
     #[inline]
     pub fn score(&self, node: &NodeInfo) -> i64 {
         let (mut total, mut weights) = (0i64, 0i64);
-        for (kind, w, want) in &self.terms {
-            let alloc = node.allocatable.get(kind);
-            if alloc <= 0 {
-                continue;
+        let mut term = |w: i64, want: i64, alloc: i64, requested: i64| {
+            if w == 0 || alloc <= 0 {
+                return;
             }
-            let used = (node.requested.get(kind) + want).min(alloc);
+            let used = (requested + want).min(alloc);
             let s = match self.strategy {
                 Strategy::MostAllocated => used * MAX_SCORE / alloc,
                 Strategy::LeastAllocated => (alloc - used) * MAX_SCORE / alloc,
             };
             total += s * w;
             weights += w;
+        };
+        let (alloc, requested) = (node.allocatable.builtins(), node.requested.builtins());
+        for i in 0..4 {
+            term(self.weights[i], self.wants[i], alloc[i], requested[i]);
+        }
+        for (name, w, want) in &self.extended {
+            term(
+                *w,
+                *want,
+                node.allocatable.extended_amount(name),
+                node.requested.extended_amount(name),
+            );
         }
         if weights == 0 { 0 } else { total / weights }
     }
@@ -137,5 +161,55 @@ mod tests {
         gp.requests.gpu = 8;
         // (50 + 50 + 3*100) / 5
         assert_eq!(Packing::default().score(&gp, &g), 80);
+    }
+
+    /// The score term by term, as the plugin is defined: each listed resource the
+    /// pod counts on (CPU and memory always, others when requested) that the node
+    /// has, weighed.
+    fn by_definition(p: &Packing, pod: &PodInfo, node: &NodeInfo) -> i64 {
+        let (mut total, mut weights) = (0i64, 0i64);
+        for (kind, w) in &p.resources {
+            let want = pod.requests.get(kind);
+            if want == 0 && !matches!(kind, ResourceKind::Cpu | ResourceKind::Memory) {
+                continue;
+            }
+            let alloc = node.allocatable.get(kind);
+            if alloc <= 0 {
+                continue;
+            }
+            let used = (node.requested.get(kind) + want).min(alloc);
+            let s = match p.strategy {
+                Strategy::MostAllocated => used * MAX_SCORE / alloc,
+                Strategy::LeastAllocated => (alloc - used) * MAX_SCORE / alloc,
+            };
+            total += s * w;
+            weights += w;
+        }
+        if weights == 0 { 0 } else { total / weights }
+    }
+
+    proptest::proptest! {
+        /// The prepared score (built-in resources in fixed places, weights of a
+        /// resource listed twice added) equals the definition.
+        #[test]
+        fn prepared_equals_the_definition(
+            resources in proptest::collection::vec((0u8..6, 0i64..5), 0..8),
+            least in proptest::bool::ANY,
+            alloc in proptest::collection::vec(0i64..64, 6),
+            requested in proptest::collection::vec(0i64..80, 6),
+            want in proptest::collection::vec(0i64..16, 6),
+        ) {
+            use super::super::testutil::{amounts, kind};
+            let p = Packing {
+                strategy: if least { Strategy::LeastAllocated } else { Strategy::MostAllocated },
+                resources: resources.iter().map(|(k, w)| (kind(*k), *w)).collect(),
+            };
+            let mut n = node("n", 0, 0);
+            n.allocatable = amounts(&alloc);
+            n.requested = amounts(&requested);
+            let mut pd = pod(0, 0);
+            pd.requests = amounts(&want);
+            proptest::prop_assert_eq!(p.prepare(&pd).score(&n), by_definition(&p, &pd, &n));
+        }
     }
 }

@@ -90,26 +90,40 @@ impl Waste {
             .iter()
             .find(|(k, _)| *k == ResourceKind::Memory)
             .map_or(1, |(_, w)| *w);
-        WasteFor {
-            terms: self
-                .weights
-                .iter()
-                .map(|(k, w)| (k.clone(), *w, pod.requests.get(k)))
-                .collect(),
+        let mut w = WasteFor {
+            weights: [0; 4],
+            wants: pod.requests.builtins(),
+            extended: Vec::new(),
             gpu_memory: pod
                 .gpu_memory_min_mib
                 .filter(|_| pod.requests.gpu > 0)
                 .map(|min| (min, pod.requests.gpu * mem_weight)),
             waste: self.clone(),
+        };
+        for (kind, weight) in &self.weights {
+            match (kind.builtin(), kind) {
+                // A resource listed twice counts with both weights.
+                (Some(i), _) => w.weights[i] += weight,
+                (None, ResourceKind::Extended(name)) => {
+                    w.extended
+                        .push((name.clone(), *weight, pod.requests.get(kind)));
+                }
+                (None, _) => unreachable!("every other kind is built in"),
+            }
         }
+        w
     }
 }
 
 /// [`Waste`] prepared for one pod (see [`Waste::prepare`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct WasteFor {
-    /// Resource, weight, the pod's request.
-    terms: Vec<(ResourceKind, i64, i64)>,
+    /// The weight of each built-in resource ([`ResourceKind::builtin`] order).
+    weights: [i64; 4],
+    /// The pod's request of each built-in resource.
+    wants: [i64; 4],
+    /// Extended resource, weight, the pod's request.
+    extended: Vec<(Arc<str>, i64, i64)>,
     /// The pod's GPU memory minimum and the weight of a MiB of GPU memory beyond it
     /// (its GPUs times the weight of memory), when it asks for GPUs with a minimum.
     gpu_memory: Option<(i64, i64)>,
@@ -131,15 +145,24 @@ impl WasteFor {
     /// What would stay unused on `node` with the pod on it (see [`Waste::waste`]).
     #[inline]
     pub fn waste(&self, node: &NodeInfo) -> i64 {
-        let leftover: i64 = self
-            .terms
+        let (alloc, requested) = (node.allocatable.builtins(), node.requested.builtins());
+        let left = |i: usize| (alloc[i] - requested[i] - self.wants[i]).max(0);
+        // Built-in resources in milli-units (see `milli_units`), each times its weight.
+        let builtin = left(0) * self.weights[0]
+            + ((left(1) >> 20) * 1000 / 1024) * self.weights[1]
+            + ((left(2) >> 20) * 1000 / 1024) * self.weights[2]
+            + left(3) * 1000 * self.weights[3];
+        let extended: i64 = self
+            .extended
             .iter()
-            .map(|(k, w, want)| {
-                let left = node.allocatable.get(k) - node.requested.get(k) - want;
-                milli_units(k, left.max(0)) * w
+            .map(|(name, w, want)| {
+                let left = node.allocatable.extended_amount(name)
+                    - node.requested.extended_amount(name)
+                    - want;
+                left.max(0) * 1000 * w
             })
-            .sum::<i64>()
-            + self.gpu_memory_waste(node);
+            .sum();
+        let leftover = builtin + extended + self.gpu_memory_waste(node);
         match self.waste.price(node) {
             None => leftover,
             Some(p) => {
@@ -303,5 +326,54 @@ mod tests {
             .filter(|n| n.gpu_memory_mib >= p.gpu_memory_min_mib)
             .collect();
         assert_eq!(best(&w, &p, &fits), "l40-48");
+    }
+
+    proptest::proptest! {
+        /// The prepared waste (built-in resources in fixed places, weights of a
+        /// resource listed twice added) equals the definition: each weighed
+        /// resource's leftover in milli-units times its weight, plus GPU memory beyond
+        /// the minimum.
+        #[test]
+        fn prepared_equals_the_definition(
+            weights in proptest::collection::vec((0u8..6, 0i64..2000), 0..8),
+            alloc in proptest::collection::vec(0i64..64, 6),
+            requested in proptest::collection::vec(0i64..80, 6),
+            want in proptest::collection::vec(0i64..16, 6),
+            gpu_memory in proptest::option::of(0i64..100_000),
+            min in proptest::option::of(0i64..100_000),
+        ) {
+            use super::super::testutil::{amounts, kind};
+            let w = Waste {
+                weights: weights.iter().map(|(k, w)| (kind(*k), *w)).collect(),
+                prices: Arc::default(),
+            };
+            let mut n = node("n", 0, 0);
+            n.allocatable = amounts(&alloc);
+            n.requested = amounts(&requested);
+            n.gpu_memory_mib = gpu_memory;
+            let mut p = pod(0, 0);
+            p.requests = amounts(&want);
+            p.gpu_memory_min_mib = min;
+            let mem_weight = w
+                .weights
+                .iter()
+                .find(|(k, _)| *k == ResourceKind::Memory)
+                .map_or(1, |(_, w)| *w);
+            let leftover: i64 = w
+                .weights
+                .iter()
+                .map(|(k, wt)| {
+                    let left = n.allocatable.get(k) - n.requested.get(k) - p.requests.get(k);
+                    milli_units(k, left.max(0)) * wt
+                })
+                .sum();
+            let beyond = match (min.filter(|_| p.requests.gpu > 0), gpu_memory) {
+                (Some(min), Some(have)) if have >= min => {
+                    (have - min) * 1000 / 1024 * p.requests.gpu * mem_weight
+                }
+                _ => 0,
+            };
+            proptest::prop_assert_eq!(w.prepare(&p).waste(&n), leftover + beyond);
+        }
     }
 }
