@@ -5,6 +5,7 @@ pub mod binder;
 pub mod convert;
 pub mod events;
 pub mod explain;
+pub mod lease;
 pub mod run;
 pub mod serve;
 pub mod status;

@@ -2041,8 +2041,8 @@ pub async fn run_with(
     Ok(())
 }
 
-/// Holds the leader Lease while it can, reporting each change to the scheduling task;
-/// releases it on shutdown.
+/// Holds the leader Lease while it can (see [`super::lease`]), reporting each change
+/// to the scheduling task; gives it up on shutdown.
 async fn lead(
     client: Client,
     le: LeaderElection,
@@ -2050,47 +2050,20 @@ async fn lead(
     tx: mpsc::UnboundedSender<Msg>,
     shutdown: CancellationToken,
 ) {
-    use kube_lease_manager::LeaseManagerBuilder;
-    let grace = (le.duration_seconds / 3).max(1);
-    let manager = loop {
-        let built = LeaseManagerBuilder::new(client.clone(), &le.name)
-            .with_namespace(&le.namespace)
-            .with_identity(&identity)
-            .with_duration(le.duration_seconds)
-            .with_grace(grace)
-            .build()
-            .await;
-        match built {
-            Ok(m) => break m,
-            Err(e) => {
-                tracing::warn!(error = %e, lease = %format!("{}/{}", le.namespace, le.name), "cannot use the leader Lease; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-        }
+    let (changes_tx, mut changes) = mpsc::unbounded_channel();
+    let params = super::lease::Params {
+        namespace: le.namespace,
+        name: le.name,
+        identity,
+        duration: Duration::from_secs(le.duration_seconds),
     };
-    let (mut changes, task) = manager.watch().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let leading = *changes.borrow_and_update();
-                if tx.send(Msg::Leader(leading)).is_err() {
-                    break;
-                }
-            }
+    let elector = tokio::spawn(super::lease::run(client, params, changes_tx, shutdown));
+    while let Some(leading) = changes.recv().await {
+        if tx.send(Msg::Leader(leading)).is_err() {
+            break;
         }
     }
-    // Dropping the last receiver makes the manager release the Lease and end.
-    drop(changes);
-    match task.await {
-        Ok(Ok(_)) => tracing::info!("leader Lease released"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "releasing the leader Lease failed"),
-        Err(e) => tracing::warn!(error = %e, "the leader Lease task failed"),
+    if let Err(e) = elector.await {
+        tracing::warn!(error = %e, "the leader Lease task failed");
     }
 }

@@ -800,6 +800,127 @@ async fn only_the_leader_binds_and_a_follower_takes_over() -> anyhow::Result<()>
     follower.stop().await
 }
 
+/// Another replica's write to the Lease (a holder this replica cannot see, say one
+/// that took over while this one could not reach the API server): this replica stops
+/// scheduling at once and takes the Lease back only when it is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lease_stops_scheduling() -> anyhow::Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    cp.create_nodes(&[FakeNode::new("n-0").cpu("8").memory("32Gi").build()])
+        .await?;
+    let mut o = drover::k8s::RunOptions::new("drover");
+    o.identity = "replica-a".into();
+    o.leader_election = Some(drover::k8s::run::LeaderElection {
+        namespace: "default".into(),
+        name: "drover".into(),
+        duration_seconds: 6,
+    });
+    let a = Drover::start_with(client.clone(), o);
+    let leads = |d: &Drover| d.shared.leader.load(std::sync::atomic::Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "replica-a leads",
+        || {
+            let l = a.shared.leader.clone();
+            async move { Ok(l.load(std::sync::atomic::Ordering::SeqCst)) }
+        },
+    )
+    .await?;
+
+    // "replica-b" writes itself into the Lease and keeps renewing it.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let take = {
+        let leases = leases.clone();
+        move |holder: Option<&'static str>| {
+            let leases = leases.clone();
+            async move {
+                let mut l = leases.get("drover").await?;
+                let spec = l.spec.get_or_insert_with(Default::default);
+                spec.holder_identity = holder.map(String::from);
+                spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+                leases.replace("drover", &PostParams::default(), &l).await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    let intruder = {
+        let take = take.clone();
+        tokio::spawn(async move {
+            loop {
+                // A conflict with replica-a's renewal is retried at the next tick.
+                let _ = take(Some("replica-b")).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        "replica-a stops leading",
+        || {
+            let l = a.shared.leader.clone();
+            async move { Ok(!l.load(std::sync::atomic::Ordering::SeqCst)) }
+        },
+    )
+    .await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    api.create(
+        &PostParams::default(),
+        &TestPod::new("while-b-holds")
+            .scheduler("drover")
+            .cpu("500m")
+            .build(),
+    )
+    .await?;
+    // Longer than the lease: replica-a must keep waiting while replica-b renews.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        bound_count(&client, NS).await?,
+        0,
+        "a follower binds nothing"
+    );
+    assert!(
+        !leads(&a),
+        "replica-a does not take a Lease that is renewed"
+    );
+    let held = leases.get("drover").await?;
+    assert_eq!(
+        held.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("replica-b")
+    );
+
+    // replica-b gives the Lease up: replica-a takes it and schedules.
+    intruder.abort();
+    let _ = intruder.await;
+    take(None).await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "replica-a leads again and binds the pod",
+        || {
+            let c = client.clone();
+            async move { Ok(bound_count(&c, NS).await? == 1) }
+        },
+    )
+    .await?;
+    assert!(leads(&a));
+    let lease = leases.get("drover").await?.spec.unwrap_or_default();
+    assert_eq!(lease.holder_identity.as_deref(), Some("replica-a"));
+    assert!(
+        lease.lease_transitions.unwrap_or(0) >= 1,
+        "taking the Lease over counts a transition: {lease:?}"
+    );
+    a.stop().await?;
+    // A clean stop gives the Lease up.
+    let released = leases.get("drover").await?.spec.unwrap_or_default();
+    assert_eq!(released.holder_identity, None);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_says_why_a_pod_waits() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
