@@ -294,7 +294,7 @@ impl Plan {
         // passes it and the NUMA score is the same on all (a column left at 0 totals
         // as a column of equal scores does).
         let numa = nodes.may_have_numa();
-        let (class_scores, node_scores): (Vec<_>, Vec<_>) = profile
+        let (class_scores, mut node_scores): (Vec<_>, Vec<_>) = profile
             .scores
             .iter()
             .enumerate()
@@ -320,7 +320,6 @@ impl Plan {
                 Filter::Exclusive { system_pods_count } => system_pods_count,
                 _ => unreachable!("found above"),
             });
-        let mut node_scores = node_scores;
         let mut packing = None;
         let mut waste = None;
         node_scores.retain(|(k, s)| match s {
