@@ -237,6 +237,44 @@ impl ScoreFor {
     }
 }
 
+/// Weights per resource prepared for one pod, laid out for scoring many nodes: the
+/// built-in resources in fixed places ([`ResourceKind::builtin`] order; 0: not weighed;
+/// a resource listed twice counts with both weights), the extended ones listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weighed {
+    /// The weight of each built-in resource.
+    pub weights: [i64; 4],
+    /// The pod's request of each built-in resource.
+    pub wants: [i64; 4],
+    /// Extended resource, weight, the pod's request.
+    pub extended: Vec<(std::sync::Arc<str>, i64, i64)>,
+}
+
+impl Weighed {
+    /// `weights` (resource, weight) laid out, with the pod's `requests`.
+    pub fn new<'a>(
+        weights: impl IntoIterator<Item = (&'a ResourceKind, i64)>,
+        requests: &crate::model::Resources,
+    ) -> Self {
+        let mut w = Weighed {
+            weights: [0; 4],
+            wants: requests.builtins(),
+            extended: Vec::new(),
+        };
+        for (kind, weight) in weights {
+            match (kind, kind.builtin()) {
+                (ResourceKind::Extended(name), _) => {
+                    w.extended
+                        .push((name.clone(), weight, requests.extended_amount(name)));
+                }
+                (_, Some(i)) => w.weights[i] += weight,
+                (_, None) => unreachable!("every kind but an extended one is built in"),
+            }
+        }
+        w
+    }
+}
+
 /// The highest score a plugin gives a node, as in kube-scheduler.
 pub const MAX_SCORE: i64 = 100;
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{NodeInfo, PodInfo, ResourceKind};
 
-use super::MAX_SCORE;
+use super::{MAX_SCORE, Weighed};
 
 /// How the packing score prefers nodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,25 +56,13 @@ impl Packing {
     /// the pod asks for them), with the pod's request of each: what every node's
     /// score for the pod starts from.
     pub fn prepare(&self, pod: &PodInfo) -> PackingFor {
-        let mut p = PackingFor {
+        let counted = self.resources.iter().filter(|(kind, _)| {
+            pod.requests.get(kind) != 0 || matches!(kind, ResourceKind::Cpu | ResourceKind::Memory)
+        });
+        PackingFor {
             strategy: self.strategy,
-            weights: [0; 4],
-            wants: pod.requests.builtins(),
-            extended: Vec::new(),
-        };
-        for (kind, w) in &self.resources {
-            let want = pod.requests.get(kind);
-            if want == 0 && !matches!(kind, ResourceKind::Cpu | ResourceKind::Memory) {
-                continue;
-            }
-            match (kind.builtin(), kind) {
-                // A resource listed twice counts with both weights.
-                (Some(i), _) => p.weights[i] += w,
-                (None, ResourceKind::Extended(name)) => p.extended.push((name.clone(), *w, want)),
-                (None, _) => unreachable!("every other kind is built in"),
-            }
+            weighed: Weighed::new(counted.map(|(k, w)| (k, *w)), &pod.requests),
         }
-        p
     }
 }
 
@@ -82,13 +70,8 @@ impl Packing {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackingFor {
     strategy: Strategy,
-    /// The weight of each built-in resource ([`ResourceKind::builtin`] order); 0: it
-    /// does not count.
-    weights: [i64; 4],
-    /// The pod's request of each built-in resource.
-    wants: [i64; 4],
-    /// Extended resource, weight, the pod's request.
-    extended: Vec<(std::sync::Arc<str>, i64, i64)>,
+    /// The resources that count for the pod, with their weights.
+    weighed: Weighed,
 }
 
 impl PackingFor {
@@ -109,10 +92,11 @@ impl PackingFor {
             weights += w;
         };
         let (alloc, requested) = (node.allocatable.builtins(), node.requested.builtins());
+        let weighed = &self.weighed;
         for i in 0..4 {
-            term(self.weights[i], self.wants[i], alloc[i], requested[i]);
+            term(weighed.weights[i], weighed.wants[i], alloc[i], requested[i]);
         }
-        for (name, w, want) in &self.extended {
+        for (name, w, want) in &weighed.extended {
             term(
                 *w,
                 *want,

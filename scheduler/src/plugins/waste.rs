@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::model::{NodeInfo, PodInfo, ResourceKind, Resources};
 
-use super::MAX_SCORE;
+use super::{MAX_SCORE, Weighed};
 
 /// The node label that names its price.
 pub const INSTANCE_TYPE_LABEL: &str = "node.kubernetes.io/instance-type";
@@ -90,40 +90,22 @@ impl Waste {
             .iter()
             .find(|(k, _)| *k == ResourceKind::Memory)
             .map_or(1, |(_, w)| *w);
-        let mut w = WasteFor {
-            weights: [0; 4],
-            wants: pod.requests.builtins(),
-            extended: Vec::new(),
+        WasteFor {
+            weighed: Weighed::new(self.weights.iter().map(|(k, w)| (k, *w)), &pod.requests),
             gpu_memory: pod
                 .gpu_memory_min_mib
                 .filter(|_| pod.requests.gpu > 0)
                 .map(|min| (min, pod.requests.gpu * mem_weight)),
             waste: self.clone(),
-        };
-        for (kind, weight) in &self.weights {
-            match (kind.builtin(), kind) {
-                // A resource listed twice counts with both weights.
-                (Some(i), _) => w.weights[i] += weight,
-                (None, ResourceKind::Extended(name)) => {
-                    w.extended
-                        .push((name.clone(), *weight, pod.requests.get(kind)));
-                }
-                (None, _) => unreachable!("every other kind is built in"),
-            }
         }
-        w
     }
 }
 
 /// [`Waste`] prepared for one pod (see [`Waste::prepare`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct WasteFor {
-    /// The weight of each built-in resource ([`ResourceKind::builtin`] order).
-    weights: [i64; 4],
-    /// The pod's request of each built-in resource.
-    wants: [i64; 4],
-    /// Extended resource, weight, the pod's request.
-    extended: Vec<(Arc<str>, i64, i64)>,
+    /// The weighed resources.
+    weighed: Weighed,
     /// The pod's GPU memory minimum and the weight of a MiB of GPU memory beyond it
     /// (its GPUs times the weight of memory), when it asks for GPUs with a minimum.
     gpu_memory: Option<(i64, i64)>,
@@ -146,20 +128,21 @@ impl WasteFor {
     #[inline]
     pub fn waste(&self, node: &NodeInfo) -> i64 {
         let (alloc, requested) = (node.allocatable.builtins(), node.requested.builtins());
-        let left = |i: usize| (alloc[i] - requested[i] - self.wants[i]).max(0);
+        let w = &self.weighed;
+        let left = |i: usize| (alloc[i] - requested[i] - w.wants[i]).max(0);
         // Built-in resources in milli-units (see `milli_units`), each times its weight.
-        let builtin = left(0) * self.weights[0]
-            + ((left(1) >> 20) * 1000 / 1024) * self.weights[1]
-            + ((left(2) >> 20) * 1000 / 1024) * self.weights[2]
-            + left(3) * 1000 * self.weights[3];
-        let extended: i64 = self
+        let builtin = left(0) * w.weights[0]
+            + ((left(1) >> 20) * 1000 / 1024) * w.weights[1]
+            + ((left(2) >> 20) * 1000 / 1024) * w.weights[2]
+            + left(3) * 1000 * w.weights[3];
+        let extended: i64 = w
             .extended
             .iter()
-            .map(|(name, w, want)| {
+            .map(|(name, weight, want)| {
                 let left = node.allocatable.extended_amount(name)
                     - node.requested.extended_amount(name)
                     - want;
-                left.max(0) * 1000 * w
+                left.max(0) * 1000 * weight
             })
             .sum();
         let leftover = builtin + extended + self.gpu_memory_waste(node);
