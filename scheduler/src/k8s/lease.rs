@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How often the Lease is renewed or tried, and how long a holder goes without
@@ -168,12 +167,13 @@ async fn release(api: &Api<Lease>, p: &Params) -> kube::Result<()> {
         .map(|_| ())
 }
 
-/// Holds the Lease while it can, sending `true` when this replica starts leading and
-/// `false` when it stops; gives the Lease up on shutdown.
+/// Holds the Lease while it can, calling `changed(true)` when this replica starts
+/// leading and `changed(false)` when it stops (a `false` return ends the election);
+/// gives the Lease up on shutdown.
 pub async fn run(
     client: kube::Client,
     p: Params,
-    tx: mpsc::UnboundedSender<bool>,
+    mut changed: impl FnMut(bool) -> bool,
     shutdown: CancellationToken,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &p.namespace);
@@ -210,7 +210,7 @@ pub async fn run(
             (true, None) => {
                 tracing::info!(%lease, identity = %p.identity, "holding the leader Lease");
                 leading_since_renewal = Some(Instant::now());
-                if tx.send(true).is_err() {
+                if !changed(true) {
                     break;
                 }
             }
@@ -218,7 +218,7 @@ pub async fn run(
             (false, Some(at)) if at.elapsed() >= deadline || observed_other(&observed, &p) => {
                 tracing::warn!(%lease, identity = %p.identity, "could not renew the leader Lease in time, or another replica holds it");
                 leading_since_renewal = None;
-                if tx.send(false).is_err() {
+                if !changed(false) {
                     break;
                 }
             }

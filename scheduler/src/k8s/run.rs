@@ -2050,20 +2050,12 @@ async fn lead(
     tx: mpsc::UnboundedSender<Msg>,
     shutdown: CancellationToken,
 ) {
-    let (changes_tx, mut changes) = mpsc::unbounded_channel();
     let params = super::lease::Params {
         namespace: le.namespace,
         name: le.name,
         identity,
         duration: Duration::from_secs(le.duration_seconds),
     };
-    let elector = tokio::spawn(super::lease::run(client, params, changes_tx, shutdown));
-    while let Some(leading) = changes.recv().await {
-        if tx.send(Msg::Leader(leading)).is_err() {
-            break;
-        }
-    }
-    if let Err(e) = elector.await {
-        tracing::warn!(error = %e, "the leader Lease task failed");
-    }
+    let changed = move |leading| tx.send(Msg::Leader(leading)).is_ok();
+    super::lease::run(client, params, changed, shutdown).await;
 }
