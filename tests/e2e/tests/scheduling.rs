@@ -668,6 +668,38 @@ async fn restart_mid_run_loses_nothing_and_binds_nothing_twice() -> anyhow::Resu
     second.stop().await
 }
 
+/// A drover replica called `id` that elects a leader on the Lease `default/drover`
+/// (6 s, so a takeover test does not wait long).
+fn replica(client: &Client, id: &str) -> Drover {
+    let mut o = drover::k8s::RunOptions::new("drover");
+    o.identity = id.into();
+    o.leader_election = Some(drover::k8s::run::LeaderElection {
+        namespace: "default".into(),
+        name: "drover".into(),
+        duration_seconds: 6,
+    });
+    Drover::start_with(client.clone(), o)
+}
+
+/// True while `d` leads.
+fn leads(d: &Drover) -> bool {
+    d.shared.leader.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Waits until `d` leads (`leading`) or has stopped leading.
+async fn wait_leading(
+    d: &Drover,
+    leading: bool,
+    within: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    wait_until(within, Duration::from_millis(50), what, || {
+        let l = d.shared.leader.clone();
+        async move { Ok(l.load(std::sync::atomic::Ordering::SeqCst) == leading) }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_binds_and_a_follower_takes_over() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
@@ -681,18 +713,8 @@ async fn only_the_leader_binds_and_a_follower_takes_over() -> anyhow::Result<()>
         })
         .collect();
     cp.create_nodes(&nodes).await?;
-    let replica = |id: &str| {
-        let mut o = drover::k8s::RunOptions::new("drover");
-        o.identity = id.into();
-        o.leader_election = Some(drover::k8s::run::LeaderElection {
-            namespace: "default".into(),
-            name: "drover".into(),
-            duration_seconds: 6,
-        });
-        Drover::start_with(client.clone(), o)
-    };
-    let a = replica("replica-a");
-    let b = replica("replica-b");
+    let a = replica(&client, "replica-a");
+    let b = replica(&client, "replica-b");
     wait_until(
         Duration::from_secs(30),
         Duration::from_millis(100),
@@ -706,15 +728,8 @@ async fn only_the_leader_binds_and_a_follower_takes_over() -> anyhow::Result<()>
         },
     )
     .await?;
-    let a_leads = a.shared.leader.load(std::sync::atomic::Ordering::SeqCst);
-    let (leader, follower) = if a_leads { (a, b) } else { (b, a) };
-    assert!(
-        !follower
-            .shared
-            .leader
-            .load(std::sync::atomic::Ordering::SeqCst),
-        "never two leaders"
-    );
+    let (leader, follower) = if leads(&a) { (a, b) } else { (b, a) };
+    assert!(!leads(&follower), "never two leaders");
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
     for i in 0..20 {
         api.create(
@@ -765,14 +780,11 @@ async fn only_the_leader_binds_and_a_follower_takes_over() -> anyhow::Result<()>
 
     // The leader stops (and releases the Lease): the follower takes over.
     leader.stop().await?;
-    wait_until(
+    wait_leading(
+        &follower,
+        true,
         Duration::from_secs(30),
-        Duration::from_millis(100),
         "the follower leads",
-        || {
-            let l = follower.shared.leader.clone();
-            async move { Ok(l.load(std::sync::atomic::Ordering::SeqCst)) }
-        },
     )
     .await?;
     for i in 0..10 {
@@ -811,25 +823,8 @@ async fn a_leader_that_loses_its_lease_stops_scheduling() -> anyhow::Result<()> 
     let client = cp.client();
     cp.create_nodes(&[FakeNode::new("n-0").cpu("8").memory("32Gi").build()])
         .await?;
-    let mut o = drover::k8s::RunOptions::new("drover");
-    o.identity = "replica-a".into();
-    o.leader_election = Some(drover::k8s::run::LeaderElection {
-        namespace: "default".into(),
-        name: "drover".into(),
-        duration_seconds: 6,
-    });
-    let a = Drover::start_with(client.clone(), o);
-    let leads = |d: &Drover| d.shared.leader.load(std::sync::atomic::Ordering::SeqCst);
-    wait_until(
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        "replica-a leads",
-        || {
-            let l = a.shared.leader.clone();
-            async move { Ok(l.load(std::sync::atomic::Ordering::SeqCst)) }
-        },
-    )
-    .await?;
+    let a = replica(&client, "replica-a");
+    wait_leading(&a, true, Duration::from_secs(30), "replica-a leads").await?;
 
     // "replica-b" writes itself into the Lease and keeps renewing it.
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
@@ -857,14 +852,11 @@ async fn a_leader_that_loses_its_lease_stops_scheduling() -> anyhow::Result<()> 
             }
         })
     };
-    wait_until(
+    wait_leading(
+        &a,
+        false,
         Duration::from_secs(10),
-        Duration::from_millis(50),
         "replica-a stops leading",
-        || {
-            let l = a.shared.leader.clone();
-            async move { Ok(!l.load(std::sync::atomic::Ordering::SeqCst)) }
-        },
     )
     .await?;
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
