@@ -90,7 +90,7 @@ impl Candidates {
         let mut chunks: Vec<Arc<Chunk>> = Vec::with_capacity(nodes.len().div_ceil(CHUNK));
         let mut index: HashMap<Arc<str>, usize> = HashMap::with_capacity(nodes.len());
         let mut names = Vec::with_capacity(nodes.len());
-        let mut chunk: Chunk = Vec::with_capacity(CHUNK);
+        let mut chunk = Chunk::default();
         for (i, node) in nodes.iter().enumerate() {
             let mut info = drover::k8s::convert::node_info(node).map_err(|e| match e {
                 drover::k8s::convert::ConvertError::NoName { .. } => RequestError::MissingField {
@@ -111,16 +111,12 @@ impl Candidates {
             }
             names.push(info.name.to_string());
             index.insert(info.name.clone(), i);
-            chunk.push(Some(Arc::new(info)));
-            if chunk.len() == CHUNK {
-                chunks.push(Arc::new(std::mem::replace(
-                    &mut chunk,
-                    Vec::with_capacity(CHUNK),
-                )));
+            chunk.set(i % CHUNK, Some(Arc::new(info)));
+            if i % CHUNK == CHUNK - 1 {
+                chunks.push(Arc::new(std::mem::take(&mut chunk)));
             }
         }
-        if !chunk.is_empty() {
-            chunk.resize(CHUNK, None);
+        if !nodes.len().is_multiple_of(CHUNK) {
             chunks.push(Arc::new(chunk));
         }
         let slots = (0..nodes.len()).collect();

@@ -100,22 +100,21 @@ impl ClusterCache {
         self.pods.get(key).is_some_and(|s| s.assumed.is_some())
     }
 
-    fn slot_mut(&mut self, slot: usize) -> &mut Option<Arc<NodeInfo>> {
-        &mut Arc::make_mut(&mut self.chunks[slot / CHUNK])[slot % CHUNK]
+    /// Puts `node` in `slot` (`None` frees it), copying the slot's chunk only if shared.
+    fn set_slot(&mut self, slot: usize, node: Option<Arc<NodeInfo>>) {
+        Arc::make_mut(&mut self.chunks[slot / CHUNK]).set(slot % CHUNK, node);
     }
 
     /// Applies `f` to the node in `slot`, copying it (and its chunk) only if shared.
     fn with_node(&mut self, slot: usize, f: impl FnOnce(&mut NodeInfo)) {
-        if let Some(node) = self.slot_mut(slot) {
-            f(Arc::make_mut(node));
-        }
+        Arc::make_mut(&mut self.chunks[slot / CHUNK]).update(slot % CHUNK, f);
         self.generation += 1;
     }
 
     fn alloc_slot(&mut self, name: Arc<str>) -> usize {
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             let s = self.chunks.len() * CHUNK;
-            self.chunks.push(Arc::new(vec![None; CHUNK]));
+            self.chunks.push(Arc::default());
             for i in (s + 1..s + CHUNK).rev() {
                 self.free_slots.push(i);
             }
@@ -130,11 +129,14 @@ impl ClusterCache {
             return s;
         }
         let s = self.alloc_slot(name.clone());
-        *self.slot_mut(s) = Some(Arc::new(NodeInfo {
-            name: name.clone(),
-            known: false,
-            ..Default::default()
-        }));
+        self.set_slot(
+            s,
+            Some(Arc::new(NodeInfo {
+                name: name.clone(),
+                known: false,
+                ..Default::default()
+            })),
+        );
         s
     }
 
@@ -184,7 +186,7 @@ impl ClusterCache {
             .map_or((false, ClassId::NONE), |n| (n.pods.is_empty(), n.class));
         self.classes.release(class);
         if empty {
-            *self.slot_mut(slot) = None;
+            self.set_slot(slot, None);
             Arc::make_mut(&mut self.index).remove(name);
             self.free_slots.push(slot);
             self.generation += 1;
@@ -198,7 +200,7 @@ impl ClusterCache {
     }
 
     fn slot(&self, slot: usize) -> Option<&Arc<NodeInfo>> {
-        self.chunks.get(slot / CHUNK)?.get(slot % CHUNK)?.as_ref()
+        self.chunks.get(slot / CHUNK)?.node(slot % CHUNK)
     }
 
     fn detach(&mut self, key: &PodKey, node: &Arc<str>) {
@@ -211,7 +213,7 @@ impl ClusterCache {
                 .slot(slot)
                 .is_some_and(|n| !n.known && n.pods.is_empty());
             if gone {
-                *self.slot_mut(slot) = None;
+                self.set_slot(slot, None);
                 Arc::make_mut(&mut self.index).remove(node);
                 self.free_slots.push(slot);
             }

@@ -1,10 +1,11 @@
 //! The scheduling cycle for one pod over a snapshot: run every filter on every node,
 //! score the feasible ones, pick the best. No sampling: every node is evaluated.
 //!
-//! The hot path reads `&NodeInfo`s from an immutable [`NodeSource`] in parallel
-//! (rayon, one task per snapshot chunk) without locks, allocates once per decision (the
-//! list of feasible nodes), and builds rejection reasons only when the pod fits
-//! nowhere, in a second pass.
+//! The hot path reads an immutable [`NodeSource`] without locks: on a snapshot, each
+//! chunk's rows of numbers (see [`Row`]), and a node itself only where its row does not
+//! say enough. Large snapshots are split by chunk between threads (rayon). A cycle
+//! allocates the list of feasible nodes and little else, and builds rejection
+//! reasons only when the pod fits nowhere, in a second pass.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,9 +13,10 @@ use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
-use crate::model::{NodeInfo, PodInfo};
-use crate::plugins::{Filter, Norm, Reason, Score, ScoreFor, packing::Packing};
-use crate::snapshot::{CHUNK, Snapshot};
+use crate::classes::ClassId;
+use crate::model::{NodeInfo, PodInfo, Row};
+use crate::plugins::{Filter, Norm, Reason, Score, ScoreFor, fit::FitRow, packing::Packing};
+use crate::snapshot::{CHUNK, Chunk, Snapshot};
 
 /// Below this many slots the cycle runs on the calling thread; rayon's overhead would
 /// outweigh the work.
@@ -79,6 +81,12 @@ pub trait NodeSource: Sync {
     fn may_have_numa(&self) -> bool {
         true
     }
+    /// The chunk that holds slots `c * CHUNK..(c + 1) * CHUNK`, when the source's slots
+    /// are a snapshot's (their rows are then read from it instead of made node by
+    /// node).
+    fn chunk(&self, _c: usize) -> Option<&Chunk> {
+        None
+    }
 }
 
 impl NodeSource for Snapshot {
@@ -95,12 +103,17 @@ impl NodeSource for Snapshot {
     fn may_have_numa(&self) -> bool {
         Snapshot::may_have_numa(self)
     }
+    #[inline]
+    fn chunk(&self, c: usize) -> Option<&Chunk> {
+        self.chunks().get(c).map(|c| &**c)
+    }
 }
 
-/// A snapshot with some nodes replaced by local copies.
+/// A snapshot with some nodes replaced by local copies: the chunks of changed nodes
+/// are copied (copy on write, as the cache does), the others shared with the snapshot.
 pub struct Overlay<'a> {
     base: &'a Snapshot,
-    local: Vec<Option<Box<NodeInfo>>>,
+    chunks: Vec<Arc<Chunk>>,
 }
 
 impl<'a> Overlay<'a> {
@@ -108,30 +121,23 @@ impl<'a> Overlay<'a> {
     pub fn new(base: &'a Snapshot) -> Self {
         Overlay {
             base,
-            local: vec![None; base.slots()],
+            chunks: base.chunks().to_vec(),
         }
     }
 
     /// Counts `pod` on the node in `slot` (a local copy of that node).
     pub fn place(&mut self, slot: usize, pod: Arc<PodInfo>) {
-        let entry = &mut self.local[slot];
-        if entry.is_none() {
-            let base = self.base.slot(slot).expect("placing on an empty slot");
-            *entry = Some(Box::new((**base).clone()));
-        }
-        entry.as_mut().expect("set above").add_pod(pod);
+        assert!(self.get(slot).is_some(), "placing on an empty slot");
+        Arc::make_mut(&mut self.chunks[slot / CHUNK]).update(slot % CHUNK, |n| n.add_pod(pod));
     }
 
     /// Takes the pod with `key` off the node in `slot` (a local copy of that node).
     pub fn remove(&mut self, slot: usize, key: &crate::model::PodKey) {
-        let entry = &mut self.local[slot];
-        if entry.is_none() {
-            let Some(base) = self.base.slot(slot) else {
-                return;
-            };
-            *entry = Some(Box::new((**base).clone()));
+        if self.get(slot).is_some() {
+            Arc::make_mut(&mut self.chunks[slot / CHUNK]).update(slot % CHUNK, |n| {
+                n.remove_pod(key);
+            });
         }
-        entry.as_mut().expect("set above").remove_pod(key);
     }
 }
 
@@ -141,16 +147,17 @@ impl NodeSource for Overlay<'_> {
     }
     #[inline]
     fn get(&self, i: usize) -> Option<&NodeInfo> {
-        match self.local.get(i) {
-            Some(Some(n)) => Some(n),
-            _ => self.base.slot(i).map(|n| &**n),
-        }
+        self.chunks.get(i / CHUNK)?.node(i % CHUNK).map(|n| &**n)
     }
     fn classes(&self) -> usize {
         self.base.classes()
     }
     fn may_have_numa(&self) -> bool {
         self.base.may_have_numa()
+    }
+    #[inline]
+    fn chunk(&self, c: usize) -> Option<&Chunk> {
+        self.chunks.get(c).map(|c| &**c)
     }
 }
 
@@ -228,7 +235,14 @@ pub fn feasible(profile: &Profile, pod: &PodInfo, node: &NodeInfo) -> bool {
             .all(|f| f.filter(pod, node, &mut |_| {}))
 }
 
-type Raw = (usize, [i64; MAX_SCORE_PLUGINS]);
+/// A feasible node: its slot, its class, and its raw score per plugin (the columns of
+/// scores the plan leaves out stay 0).
+#[derive(Clone, Copy, Debug)]
+struct Scored {
+    slot: usize,
+    class: ClassId,
+    raw: [i64; MAX_SCORE_PLUGINS],
+}
 
 /// What a class's memo cell says.
 const UNKNOWN: u8 = 0;
@@ -255,28 +269,41 @@ impl ClassMemo {
                 .collect(),
         }
     }
+
+    /// The raw score in column `k` of class `c` (valid once its verdict is
+    /// [`PASSES`]).
+    #[inline(always)]
+    fn score(&self, c: usize, k: usize) -> &AtomicI64 {
+        &self.scores[c * MAX_SCORE_PLUGINS + k]
+    }
 }
 
 /// How one cycle evaluates a pod: which filters and scores are answered once per node
 /// class, which node by node; filters that pass every node and scores that cannot tell
-/// nodes apart are left out.
+/// nodes apart are left out. The common filters and scores (fit, exclusive, packing,
+/// least waste) read a node's [`Row`], and the node itself only when the row does not
+/// hold what they need.
 #[derive(Clone, Debug)]
 struct Plan {
     /// The filters answered per class.
     class_filters: Vec<Filter>,
-    /// The filters answered node by node (but the two below).
+    /// The filters answered node by node (but fit and exclusive).
     node_filters: Vec<Filter>,
-    /// `NodeResourcesFit` is among them: run without a dispatch.
-    fit: bool,
-    /// `NodeExclusive` is among them, with its `system_pods_count`.
-    exclusive: Option<bool>,
+    /// `NodeResourcesFit` is among the filters; `Some(None)` when the pod requests an
+    /// extended resource (the node is read, not only its row).
+    fit: Option<Option<FitRow>>,
+    /// The row flags that reject a node (`NodeExclusive`, when among the filters).
+    reject: u32,
+    /// Every filter and score but the class-wide ones reads only rows: the cycle runs
+    /// [`evaluate_rows`] over the chunks of a snapshot.
+    rows_only: bool,
     /// The scores answered per class, prepared for the pod, with their columns
     /// (indices into the profile's scores).
     class_scores: Vec<(usize, ScoreFor)>,
     /// The scores answered node by node (but the two below), prepared, with their
     /// columns.
     node_scores: Vec<(usize, ScoreFor)>,
-    /// The first packing score with its column: run without a dispatch.
+    /// The first packing score with its column.
     packing: Option<(usize, crate::plugins::packing::PackingFor)>,
     /// The first least-waste score with its column.
     waste: Option<(usize, crate::plugins::waste::WasteFor)>,
@@ -309,15 +336,19 @@ impl Plan {
             .filter(|f| !f.passes_everywhere(pod) && (numa || **f != Filter::Numa))
             .cloned()
             .partition(|f| f.class_wide(pod));
-        // The most common node filters and scores run inline; a node must pass every
-        // filter, so their order does not matter here (only `diagnose` keeps it).
-        let fit = node_filters.contains(&Filter::Fit);
+        // Fit and exclusive read rows; a node must pass every filter, so their order
+        // does not matter here (only `diagnose` keeps it).
+        let fit = node_filters
+            .contains(&Filter::Fit)
+            .then(|| FitRow::new(pod));
         node_filters.retain(|f| *f != Filter::Fit);
-        let exclusive = node_filters
+        let reject = node_filters
             .iter()
             .position(|f| matches!(f, Filter::Exclusive { .. }))
-            .map(|i| match node_filters.remove(i) {
-                Filter::Exclusive { system_pods_count } => system_pods_count,
+            .map_or(0, |i| match node_filters.remove(i) {
+                Filter::Exclusive { system_pods_count } => {
+                    crate::plugins::exclusive::rejecting_flags(pod, system_pods_count)
+                }
                 _ => unreachable!("found above"),
             });
         let mut packing = None;
@@ -333,6 +364,11 @@ impl Plan {
             }
             _ => true,
         });
+        let rows_only = node_filters.is_empty()
+            && node_scores.is_empty()
+            && fit.as_ref().is_none_or(Option::is_some)
+            && packing.as_ref().is_none_or(|(_, p)| !p.needs_node())
+            && waste.as_ref().is_none_or(|(_, w)| !w.needs_node());
         let memo = if class_filters.is_empty() && class_scores.is_empty() {
             ClassMemo::default()
         } else {
@@ -342,7 +378,8 @@ impl Plan {
             class_filters,
             node_filters,
             fit,
-            exclusive,
+            reject,
+            rows_only,
             class_scores,
             node_scores,
             packing,
@@ -384,23 +421,23 @@ impl Plan {
         true
     }
 
-    /// The class-wide part for `node`, from its class's memo cell when the node has a
-    /// class (filling the cell if it is the first of its class).
-    #[inline]
+    /// The class-wide part for `node` of class `class`, from the class's memo cell when
+    /// the node has a class (filling the cell if it is the first of its class).
+    #[inline(always)]
     fn class_part_memo(
         &self,
         pod: &PodInfo,
         node: &NodeInfo,
+        class: ClassId,
         raw: &mut [i64; MAX_SCORE_PLUGINS],
     ) -> bool {
-        let Some(c) = node.class.index().filter(|&c| c < self.memo.verdicts.len()) else {
+        let Some(c) = class.index().filter(|&c| c < self.memo.verdicts.len()) else {
             return self.class_part(pod, node, raw);
         };
-        let cells = &self.memo.scores[c * MAX_SCORE_PLUGINS..(c + 1) * MAX_SCORE_PLUGINS];
         match self.memo.verdicts[c].load(Ordering::Acquire) {
             PASSES => {
                 for (k, _) in &self.class_scores {
-                    raw[*k] = cells[*k].load(Ordering::Relaxed);
+                    raw[*k] = self.memo.score(c, *k).load(Ordering::Relaxed);
                 }
                 true
             }
@@ -409,7 +446,7 @@ impl Plan {
                 let passes = self.class_part(pod, node, raw);
                 if passes {
                     for (k, _) in &self.class_scores {
-                        cells[*k].store(raw[*k], Ordering::Relaxed);
+                        self.memo.score(c, *k).store(raw[*k], Ordering::Relaxed);
                     }
                 }
                 let verdict = if passes { PASSES } else { FAILS };
@@ -419,24 +456,32 @@ impl Plan {
         }
     }
 
-    /// Every filter and active score of `node`, scores written into `raw` (columns
-    /// of inactive scores are left as they are): false when a filter fails.
+    /// Every filter and active score of `node`, whose row is `row`, scores written
+    /// into `raw` (columns of inactive scores are left as they are): false when a
+    /// filter fails.
     #[inline]
     fn evaluate_into(
         &self,
         pod: &PodInfo,
         node: &NodeInfo,
+        row: &Row,
         raw: &mut [i64; MAX_SCORE_PLUGINS],
     ) -> bool {
-        if !node.known || !self.class_part_memo(pod, node, raw) {
+        if !row.has(Row::KNOWN) || !self.class_part_memo(pod, node, row.class, raw) {
             return false;
         }
-        if self.fit && !crate::plugins::fit::filter(pod, node, &mut |_| {}) {
-            return false;
+        if let Some(fit) = &self.fit {
+            // A reservation's backfill rule and extended resources are read from the
+            // node.
+            let fits = match fit {
+                Some(fit) if !row.has(Row::RESERVED) => fit.fits(row),
+                _ => crate::plugins::fit::filter(pod, node, &mut |_| {}),
+            };
+            if !fits {
+                return false;
+            }
         }
-        if let Some(system_pods_count) = self.exclusive
-            && !crate::plugins::exclusive::filter(pod, node, system_pods_count, &mut |_| {})
-        {
+        if row.flags & self.reject != 0 {
             return false;
         }
         if !self
@@ -447,10 +492,18 @@ impl Plan {
             return false;
         }
         if let Some((k, p)) = &self.packing {
-            raw[*k] = p.score(node);
+            raw[*k] = if p.needs_node() {
+                p.score(node)
+            } else {
+                p.score_row(row)
+            };
         }
         if let Some((k, w)) = &self.waste {
-            raw[*k] = w.waste(node);
+            raw[*k] = if w.needs_node() {
+                w.waste(node)
+            } else {
+                w.waste_row(row)
+            };
         }
         for (k, s) in &self.node_scores {
             raw[*k] = s.score(pod, node);
@@ -458,27 +511,108 @@ impl Plan {
         true
     }
 
-    /// Every filter and active score of `node`: `None` when a filter fails.
-    fn evaluate(&self, pod: &PodInfo, node: &NodeInfo) -> Option<[i64; MAX_SCORE_PLUGINS]> {
+    /// `node` in `slot` with its raw scores, when it passes every filter.
+    fn evaluate(&self, pod: &PodInfo, slot: usize, node: &NodeInfo) -> Option<Scored> {
+        let row = node.row();
         let mut raw = [0; MAX_SCORE_PLUGINS];
-        self.evaluate_into(pod, node, &mut raw).then_some(raw)
+        self.evaluate_into(pod, node, &row, &mut raw)
+            .then_some(Scored {
+                slot,
+                class: row.class,
+                raw,
+            })
     }
 }
 
-fn evaluate_range<N: NodeSource + ?Sized>(
+/// Pushes `node` (in `slot`, with row `row`) onto `out` with its raw scores when it
+/// passes every filter.
+#[inline(always)]
+fn push_feasible(
+    plan: &Plan,
+    pod: &PodInfo,
+    slot: usize,
+    node: &NodeInfo,
+    row: &Row,
+    out: &mut Vec<Scored>,
+) {
+    // Scores are written where they are kept: a copy of scores just stored stalls on
+    // store forwarding.
+    out.push(Scored {
+        slot,
+        class: row.class,
+        raw: [0; MAX_SCORE_PLUGINS],
+    });
+    let raw = &mut out.last_mut().expect("pushed above").raw;
+    if !plan.evaluate_into(pod, node, row, raw) {
+        out.pop();
+    }
+}
+
+/// The loop over a chunk's rows for a plan that reads rows only (and, for the first
+/// node of each class, the class-wide part): no dispatch per plugin, and no pointer to
+/// a node followed but for the class part and a reservation.
+#[inline(always)]
+fn evaluate_rows(plan: &Plan, pod: &PodInfo, chunk: &Chunk, first: usize, out: &mut Vec<Scored>) {
+    let fit = plan.fit.as_ref().and_then(Option::as_ref);
+    let look = Row::KNOWN | Row::RESERVED | plan.reject;
+    for (j, (row, node)) in chunk.rows().iter().zip(chunk.nodes()).enumerate() {
+        let Some(node) = node else { continue };
+        let flags = row.flags & look;
+        if flags != Row::KNOWN {
+            // A placeholder, a node its flags reject, or a reservation whose backfill
+            // rule reads the node.
+            if flags & (Row::KNOWN | plan.reject) == Row::KNOWN {
+                push_feasible(plan, pod, first + j, node, row, out);
+            }
+            continue;
+        }
+        if fit.is_some_and(|f| !f.fits(row)) {
+            continue;
+        }
+        out.push(Scored {
+            slot: first + j,
+            class: row.class,
+            raw: [0; MAX_SCORE_PLUGINS],
+        });
+        let raw = &mut out.last_mut().expect("pushed above").raw;
+        if !plan.class_part_memo(pod, node, row.class, raw) {
+            out.pop();
+            continue;
+        }
+        if let Some((k, p)) = &plan.packing {
+            raw[*k] = p.score_row(row);
+        }
+        if let Some((k, w)) = &plan.waste {
+            raw[*k] = w.waste_row(row);
+        }
+    }
+}
+
+/// The feasible nodes among slots `c * CHUNK..` of `nodes`: read from the snapshot
+/// chunk with its rows when the source has one, else node by node.
+fn evaluate_chunk<N: NodeSource + ?Sized>(
     plan: &Plan,
     pod: &PodInfo,
     nodes: &N,
-    range: std::ops::Range<usize>,
-    out: &mut Vec<Raw>,
+    c: usize,
+    out: &mut Vec<Scored>,
 ) {
-    for i in range {
-        let Some(node) = nodes.get(i) else { continue };
-        // Scores are written where they are kept, not copied there.
-        out.push((i, [0; MAX_SCORE_PLUGINS]));
-        let (_, raw) = out.last_mut().expect("pushed above");
-        if !plan.evaluate_into(pod, node, raw) {
-            out.pop();
+    let first = c * CHUNK;
+    match nodes.chunk(c) {
+        Some(chunk) if plan.rows_only => evaluate_rows(plan, pod, chunk, first, out),
+        Some(chunk) => {
+            for (j, (node, row)) in chunk.nodes().iter().zip(chunk.rows()).enumerate() {
+                if let Some(node) = node {
+                    push_feasible(plan, pod, first + j, node, row, out);
+                }
+            }
+        }
+        None => {
+            for i in first..(first + CHUNK).min(nodes.slots()) {
+                if let Some(node) = nodes.get(i) {
+                    push_feasible(plan, pod, i, node, &node.row(), out);
+                }
+            }
         }
     }
 }
@@ -493,21 +627,15 @@ fn feasible_nodes<N: NodeSource + ?Sized>(
     plan: &Plan,
     pod: &PodInfo,
     nodes: &N,
-) -> (Vec<Vec<Raw>>, Ranges) {
+) -> (Vec<Vec<Scored>>, Ranges) {
     let slots = nodes.slots();
     let part = |c: usize| {
         let mut part = Vec::with_capacity(CHUNK);
-        evaluate_range(
-            plan,
-            pod,
-            nodes,
-            c * CHUNK..((c + 1) * CHUNK).min(slots),
-            &mut part,
-        );
+        evaluate_chunk(plan, pod, nodes, c, &mut part);
         let ranges = ranges_of(std::slice::from_ref(&part));
         (part, ranges)
     };
-    let parts: Vec<(Vec<Raw>, Ranges)> = if slots < PARALLEL_MIN_SLOTS {
+    let parts: Vec<(Vec<Scored>, Ranges)> = if slots < PARALLEL_MIN_SLOTS {
         (0..slots.div_ceil(CHUNK)).map(part).collect()
     } else {
         (0..slots.div_ceil(CHUNK))
@@ -522,16 +650,6 @@ fn feasible_nodes<N: NodeSource + ?Sized>(
 /// The least and greatest raw score per column over some feasible nodes (`None`: no
 /// node).
 type Ranges = Option<[(i64, i64); MAX_SCORE_PLUGINS]>;
-
-/// `acc` widened to hold `raw`.
-#[inline]
-fn widen(acc: Ranges, raw: &[i64; MAX_SCORE_PLUGINS]) -> Ranges {
-    let mut r = acc.unwrap_or([(i64::MAX, i64::MIN); MAX_SCORE_PLUGINS]);
-    for (k, v) in raw.iter().enumerate() {
-        r[k] = (r[k].0.min(*v), r[k].1.max(*v));
-    }
-    Some(r)
-}
 
 /// The ranges of two sets of nodes together.
 fn join(a: Ranges, b: Ranges) -> Ranges {
@@ -548,25 +666,47 @@ fn join(a: Ranges, b: Ranges) -> Ranges {
 }
 
 /// The ranges of the feasible nodes in `parts`.
-fn ranges_of(parts: &[Vec<Raw>]) -> Ranges {
-    parts.iter().flatten().fold(None, |acc, r| widen(acc, &r.1))
+fn ranges_of(parts: &[Vec<Scored>]) -> Ranges {
+    let mut r = [(i64::MAX, i64::MIN); MAX_SCORE_PLUGINS];
+    let mut any = false;
+    for s in parts.iter().flatten() {
+        any = true;
+        for (r, v) in r.iter_mut().zip(s.raw) {
+            *r = (r.0.min(v), r.1.max(v));
+        }
+    }
+    any.then_some(r)
 }
+
+/// A weighted score that differs between the feasible nodes: its column, its
+/// normalization over them, its weight.
+type Varying = (usize, Norm, i64);
 
 /// How to total a node's raw scores over one set of feasible nodes: the normalization
 /// of each weighted score that differs between them, and the weighted sum of those
 /// that do not (a score all nodes share normalizes to one value: it is added once).
-#[derive(Clone, Copy, Debug)]
+/// The class-wide scores of a node of a class are the class's: their weighted sum is
+/// worked out once per class.
+#[derive(Clone, Debug)]
 struct Totals {
-    norms: [Option<(Norm, i64)>; MAX_SCORE_PLUGINS],
+    /// The weighted sum of the scores every feasible node shares.
     constant: i64,
+    /// The scores answered node by node that differ.
+    node: Vec<Varying>,
+    /// The scores answered per class that differ.
+    class: Vec<Varying>,
+    /// The weighted sum of `class` for each class whose memo cell passes (by class id).
+    by_class: Vec<i64>,
 }
 
 impl Totals {
     /// The totalling of feasible nodes whose raw scores span `ranges`.
-    fn new(profile: &Profile, ranges: Ranges) -> Self {
+    fn new(profile: &Profile, plan: &Plan, ranges: Ranges) -> Self {
         let mut t = Totals {
-            norms: [None; MAX_SCORE_PLUGINS],
             constant: 0,
+            node: Vec::new(),
+            class: Vec::new(),
+            by_class: Vec::new(),
         };
         for (k, (s, w)) in profile.scores.iter().enumerate() {
             if *w == 0 {
@@ -576,24 +716,48 @@ impl Totals {
             let norm = s.norm(min, max);
             if min == max {
                 t.constant += norm.apply(min) * w;
+            } else if plan.class_scores.iter().any(|(c, _)| *c == k) {
+                t.class.push((k, norm, *w));
             } else {
-                t.norms[k] = Some((norm, *w));
+                t.node.push((k, norm, *w));
             }
+        }
+        if !t.class.is_empty() {
+            let memo = &plan.memo;
+            t.by_class = (0..memo.verdicts.len())
+                .map(|c| {
+                    if memo.verdicts[c].load(Ordering::Acquire) != PASSES {
+                        return 0;
+                    }
+                    sum(&t.class, |k| memo.score(c, k).load(Ordering::Relaxed))
+                })
+                .collect();
         }
         t
     }
 
     /// The weighted total of one node's raw scores.
     #[inline]
-    fn of(&self, raw: &[i64; MAX_SCORE_PLUGINS]) -> i64 {
-        let mut t = self.constant;
-        for (n, r) in self.norms.iter().zip(raw) {
-            if let Some((norm, w)) = n {
-                t += norm.apply(*r) * w;
-            }
+    fn of(&self, s: &Scored) -> i64 {
+        let mut t = self.constant + sum(&self.node, |k| s.raw[k]);
+        if !self.class.is_empty() {
+            // A node's class answered for it exactly when the class is in the memo.
+            t += match s.class.index().and_then(|c| self.by_class.get(c)) {
+                Some(v) => *v,
+                None => sum(&self.class, |k| s.raw[k]),
+            };
         }
         t
     }
+}
+
+/// The weighted sum of the normalized scores of `columns`, raw scores read by `raw`.
+#[inline]
+fn sum(columns: &[Varying], raw: impl Fn(usize) -> i64) -> i64 {
+    columns
+        .iter()
+        .map(|(k, norm, w)| norm.apply(raw(*k)) * w)
+        .sum()
 }
 
 /// Scores every feasible node: `(slot, total score)`, in slot order.
@@ -612,7 +776,7 @@ pub fn score_nodes<N: NodeSource + ?Sized>(
 pub struct Evaluation {
     plan: Plan,
     /// The feasible nodes, one part per chunk of slots (see `feasible_nodes`).
-    parts: Vec<Vec<Raw>>,
+    parts: Vec<Vec<Scored>>,
     feasible: usize,
     /// The ranges of the raw scores; `None` once a refresh may have changed them.
     ranges: Option<Ranges>,
@@ -640,11 +804,10 @@ impl Evaluation {
             return;
         };
         self.ranges = None;
-        let at = part.binary_search_by_key(&slot, |r| r.0);
+        let at = part.binary_search_by_key(&slot, |s| s.slot);
         let fresh = nodes
             .get(slot)
-            .and_then(|n| self.plan.evaluate(pod, n))
-            .map(|raw| (slot, raw));
+            .and_then(|n| self.plan.evaluate(pod, slot, n));
         match (at, fresh) {
             (Ok(i), Some(r)) => part[i] = r,
             (Ok(i), None) => {
@@ -671,18 +834,18 @@ impl Evaluation {
 
     /// Every feasible node with its total score, in slot order.
     pub fn totals(&self, profile: &Profile) -> Vec<(usize, i64)> {
-        let totals = Totals::new(profile, self.ranges());
+        let totals = Totals::new(profile, &self.plan, self.ranges());
         self.parts
             .iter()
             .flatten()
-            .map(|(slot, raw)| (*slot, totals.of(raw)))
+            .map(|s| (s.slot, totals.of(s)))
             .collect()
     }
 
     /// The best node: the highest total; among equals, the first name.
     pub fn best<N: NodeSource + ?Sized>(&self, profile: &Profile, nodes: &N) -> Option<Placement> {
         let parallel = self.feasible >= PARALLEL_MIN_FEASIBLE;
-        let totals = Totals::new(profile, self.ranges());
+        let totals = Totals::new(profile, &self.plan, self.ranges());
         let name = |s: usize| nodes.get(s).map_or("", |n| &*n.name);
         // The better of two (total, slot) candidates.
         let better = |a: Option<(i64, usize)>, b: Option<(i64, usize)>| match (a, b) {
@@ -696,10 +859,9 @@ impl Evaluation {
             (x, None) => x,
             (None, y) => y,
         };
-        let part_best = |p: &Vec<Raw>| {
-            p.iter().fold(None, |acc, (slot, raw)| {
-                better(acc, Some((totals.of(raw), *slot)))
-            })
+        let part_best = |p: &Vec<Scored>| {
+            p.iter()
+                .fold(None, |acc, s| better(acc, Some((totals.of(s), s.slot))))
         };
         let (score, slot) = if parallel {
             self.parts
@@ -854,13 +1016,16 @@ mod tests {
 
     #[test]
     fn parallel_and_sequential_agree() {
-        let big = cluster(2000);
+        // Enough slots and feasible nodes for both passes to run in parallel.
+        let big = cluster(4000);
+        assert!(big.slots() >= PARALLEL_MIN_SLOTS);
         let scored = score_nodes(&Profile::default(), &pod(1000, GI), &big);
         let slots: Vec<usize> = scored.iter().map(|s| s.0).collect();
         let mut sorted = slots.clone();
         sorted.sort();
         assert_eq!(slots, sorted, "results come back in slot order");
-        assert_eq!(scored.len(), 2000 - 400, "every untainted node is feasible");
+        assert_eq!(scored.len(), 4000 - 800, "every untainted node is feasible");
+        assert!(scored.len() >= PARALLEL_MIN_FEASIBLE);
         let Outcome::Placed(p) = schedule_one(&Profile::default(), &pod(1000, GI), &big) else {
             panic!()
         };
@@ -957,9 +1122,21 @@ mod tests {
         }
         n.unschedulable = group % 7 == 3;
         n.gpu_memory_mib = (group % 2 == 1).then_some(40_960 * i64::from(group % 3));
+        if group % 4 == 3 {
+            n.allocatable.gpu = 8;
+        }
+        if load % 8 == 5 {
+            // Full: its one pod is all it takes.
+            n.max_pods = 1;
+        }
+        if group % 6 == 4 {
+            n.allocatable.set(&ResourceKind::from_name(FPGA), 2);
+        }
+        let mut requests = Resources::cpu_mem(i64::from(load) * 100, i64::from(load) * GI / 2);
+        requests.gpu = i64::from(load % 9).min(n.allocatable.gpu);
         n.add_pod(Arc::new(PodInfo {
             key: PodKey::new("x", &format!("load-{i}")),
-            requests: Resources::cpu_mem(i64::from(load) * 100, i64::from(load) * GI / 2),
+            requests,
             host_ports: if load.is_multiple_of(6) {
                 vec![http_port()]
             } else {
@@ -971,6 +1148,9 @@ mod tests {
         }));
         n
     }
+
+    /// An extended resource some nodes have and some pods request.
+    const FPGA: &str = "example.com/fpga";
 
     fn http_port() -> HostPort {
         HostPort {
@@ -1050,17 +1230,35 @@ mod tests {
                 effect: None,
             });
         }
+        if bits & 2048 != 0 {
+            p.requests.gpu = 2;
+        }
+        if bits & 4096 != 0 {
+            p.requests.set(&ResourceKind::from_name(FPGA), 1);
+        }
+        if bits & 8192 != 0 {
+            // Above the reservation's priority: backfill does not hold it back.
+            p.priority = 10;
+        }
         p
     }
 
-    /// Totals the plain way: every node filtered on its own, every score column
-    /// normalized as a whole, the winner the first name among the highest totals.
+    /// The plain way: every node filtered on its own, every score column normalized
+    /// as a whole, the winner the first name among the highest totals. Gives the
+    /// totals, the winner, and the raw scores before normalization.
+    #[allow(clippy::type_complexity)]
     fn reference(
         profile: &Profile,
         pod: &PodInfo,
         nodes: &Snapshot,
-    ) -> (Vec<(usize, i64)>, Option<usize>) {
-        let plan = Plan::new(profile, pod, &Classless(nodes));
+    ) -> (
+        Vec<(usize, i64)>,
+        Option<usize>,
+        Vec<(usize, [i64; MAX_SCORE_PLUGINS])>,
+    ) {
+        // The columns the cycle leaves out (NUMA without NUMA zones, flat scores) are
+        // left out here too: raw scores compare column by column.
+        let plan = Plan::new(profile, pod, nodes);
         let active = |k: usize| plan.active(k);
         let rows: Vec<(usize, &NodeInfo)> = nodes
             .nodes()
@@ -1068,6 +1266,7 @@ mod tests {
             .map(|(i, n)| (i, &**n))
             .collect();
         let mut totals = vec![0i64; rows.len()];
+        let mut raws = vec![[0i64; MAX_SCORE_PLUGINS]; rows.len()];
         for (k, (s, w)) in profile.scores.iter().enumerate() {
             if *w == 0 {
                 continue;
@@ -1076,6 +1275,9 @@ mod tests {
                 .iter()
                 .map(|(_, n)| if active(k) { s.score(pod, n) } else { 0 })
                 .collect();
+            for (raw, c) in raws.iter_mut().zip(&column) {
+                raw[k] = *c;
+            }
             s.normalize(&mut column);
             for (t, c) in totals.iter_mut().zip(column) {
                 *t += c * w;
@@ -1086,11 +1288,26 @@ mod tests {
             .zip(&totals)
             .max_by(|(a, ta), (b, tb)| ta.cmp(tb).then_with(|| b.1.name.cmp(&a.1.name)))
             .map(|((i, _), _)| *i);
-        (rows.iter().map(|(i, _)| *i).zip(totals).collect(), best)
+        let slots = || rows.iter().map(|(i, _)| *i);
+        (
+            slots().zip(totals).collect(),
+            best,
+            slots().zip(raws).collect(),
+        )
+    }
+
+    /// The raw scores of every feasible node, as a cycle finds them.
+    fn raw_scores<N: NodeSource + ?Sized>(
+        profile: &Profile,
+        pod: &PodInfo,
+        nodes: &N,
+    ) -> Vec<(usize, [i64; MAX_SCORE_PLUGINS])> {
+        let e = Evaluation::new(profile, pod, nodes);
+        e.parts.iter().flatten().map(|s| (s.slot, s.raw)).collect()
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
         /// Answering plugins once per class, and normalizing node by node, give
         /// exactly what evaluating every node and normalizing whole columns give: the
         /// same feasible nodes, the same totals, the same winner.
@@ -1098,14 +1315,20 @@ mod tests {
         fn classes_change_no_answer(
             groups in proptest::collection::vec((0u8..12, 0u8..60), 1..40),
             big in proptest::bool::ANY,
-            bits in 0u16..2048,
+            // Each feature of the pod in one case of eight, so that most pods read
+            // rows only (the common case) and some combine features.
+            bits in proptest::strategy::Strategy::prop_map(
+                (0u16..16384, 0u16..16384, 0u16..16384),
+                |(a, b, c)| a & b & c,
+            ),
+            reserved in proptest::collection::vec(0usize..3200, 0..6),
             host in 0usize..40,
             numa in proptest::bool::ANY,
             spread in proptest::bool::ANY,
         ) {
-            // Repeat the groups up to 2500 nodes (filters and totals in parallel) or
+            // Repeat the groups up to 3200 nodes (filters and totals in parallel) or
             // keep them short.
-            let n = if big { 2500 } else { groups.len() };
+            let n = if big { 3200 } else { groups.len() };
             let mut cache = crate::cache::ClusterCache::default();
             for i in 0..n {
                 let (g, load) = groups[i % groups.len()];
@@ -1124,6 +1347,19 @@ mod tests {
                     })));
                 }
             }
+            // A gang's reservation on a few nodes, and a pod bound to a node the cache
+            // does not know (a placeholder).
+            let plan = reserved
+                .iter()
+                .map(|s| (s % n, (Resources::cpu_mem(3000, 8 * GI), 1)))
+                .collect();
+            cache.reserve("x", "waiting", 0, &plan);
+            cache.upsert_pod(PodInfo {
+                key: PodKey::new("x", "on-a-ghost"),
+                node_name: Some("ghost".into()),
+                requests: Resources::cpu_mem(100, GI),
+                ..Default::default()
+            });
             let snap = cache.snapshot();
             proptest::prop_assert!(snap.classes() <= 12);
             proptest::prop_assert_eq!(
@@ -1152,7 +1388,8 @@ mod tests {
                 schedule_one(&profile, &p, &snap),
                 schedule_one(&profile, &p, &Classless(&snap))
             );
-            let (totals, best) = reference(&profile, &p, &snap);
+            let (totals, best, raws) = reference(&profile, &p, &snap);
+            proptest::prop_assert_eq!(raw_scores(&profile, &p, &snap), raws);
             proptest::prop_assert_eq!(score_nodes(&profile, &p, &snap), totals);
             let placed = match schedule_one(&profile, &p, &snap) {
                 Outcome::Placed(pl) => Some(pl.slot),

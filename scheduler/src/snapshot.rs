@@ -4,18 +4,69 @@
 //! Nodes live in fixed slots grouped into chunks of [`CHUNK`]. Publishing a snapshot
 //! clones one `Arc` per chunk, and changing a node copies only its chunk, so a new
 //! snapshot costs about `nodes / CHUNK` reference-count increments, not a copy of every
-//! node.
+//! node. Each chunk keeps its nodes' [`Row`]s beside them, made when a node is put in
+//! its slot, so that a scheduling cycle reads the numbers it needs most from one array.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::NodeInfo;
+use crate::model::{NodeInfo, Row};
 
 /// Nodes per chunk.
 pub const CHUNK: usize = 64;
 
-/// One chunk of node slots; `None` is a free slot.
-pub type Chunk = Vec<Option<Arc<NodeInfo>>>;
+/// One chunk of node slots, with the [`Row`] of each node. A slot's row is made from
+/// its node whenever the slot changes, so the two always agree.
+#[derive(Clone, Debug)]
+pub struct Chunk {
+    nodes: [Option<Arc<NodeInfo>>; CHUNK],
+    rows: [Row; CHUNK],
+}
+
+impl Default for Chunk {
+    fn default() -> Self {
+        Chunk {
+            nodes: [const { None }; CHUNK],
+            rows: [Row::EMPTY; CHUNK],
+        }
+    }
+}
+
+impl Chunk {
+    /// The node in slot `i` of the chunk; `None` for a free slot.
+    #[inline]
+    pub fn node(&self, i: usize) -> Option<&Arc<NodeInfo>> {
+        self.nodes.get(i)?.as_ref()
+    }
+
+    /// Every slot of the chunk.
+    #[inline]
+    pub fn nodes(&self) -> &[Option<Arc<NodeInfo>>; CHUNK] {
+        &self.nodes
+    }
+
+    /// The row of every slot ([`Row::EMPTY`] for a free one).
+    #[inline]
+    pub fn rows(&self) -> &[Row; CHUNK] {
+        &self.rows
+    }
+
+    /// Puts `node` in slot `i` (`None` frees it).
+    pub fn set(&mut self, i: usize, node: Option<Arc<NodeInfo>>) {
+        self.rows[i] = node.as_deref().map_or(Row::EMPTY, NodeInfo::row);
+        self.nodes[i] = node;
+    }
+
+    /// Applies `f` to the node in slot `i`, copying the node only if it is shared; does
+    /// nothing on a free slot.
+    pub fn update(&mut self, i: usize, f: impl FnOnce(&mut NodeInfo)) {
+        if let Some(node) = &mut self.nodes[i] {
+            let node = Arc::make_mut(node);
+            f(node);
+            self.rows[i] = node.row();
+        }
+    }
+}
 
 /// An immutable view of the cluster's nodes.
 #[derive(Clone, Debug, Default)]
@@ -79,7 +130,7 @@ impl Snapshot {
     /// The node in slot `i`.
     #[inline]
     pub fn slot(&self, i: usize) -> Option<&Arc<NodeInfo>> {
-        self.chunks.get(i / CHUNK)?.get(i % CHUNK)?.as_ref()
+        self.chunks.get(i / CHUNK)?.node(i % CHUNK)
     }
 
     /// Number of nodes the cache knows (placeholders excluded).
@@ -101,6 +152,7 @@ impl Snapshot {
     pub fn nodes(&self) -> impl Iterator<Item = (usize, &Arc<NodeInfo>)> {
         self.chunks.iter().enumerate().flat_map(|(c, chunk)| {
             chunk
+                .nodes()
                 .iter()
                 .enumerate()
                 .filter_map(move |(i, n)| Some((c * CHUNK + i, n.as_ref()?)))

@@ -9,6 +9,6 @@ pub mod resources;
 
 pub use labels::{Labels, Requirement, SelectorOp, SelectorTerm, Taint, TaintEffect, Toleration};
 pub use node::NodeInfo;
-pub use node::{Numa, NumaZone, Reservation};
+pub use node::{Numa, NumaZone, Reservation, Row};
 pub use pod::{GangRef, HostPort, Phase, PodInfo, PodKey, Protocol};
 pub use resources::{GPU, ResourceKind, Resources};

@@ -144,4 +144,76 @@ impl NodeInfo {
         f.sub(&self.requested);
         f
     }
+
+    /// The node's [`Row`].
+    pub fn row(&self) -> Row {
+        let mut flags = 0;
+        for (set, flag) in [
+            (self.known, Row::KNOWN),
+            (self.reservation.is_some(), Row::RESERVED),
+            (self.exclusive_pods > 0, Row::HELD),
+            (!self.pods.is_empty(), Row::PODS),
+            (self.pod_count() > self.system_pods, Row::WORKLOAD),
+        ] {
+            if set {
+                flags |= flag;
+            }
+        }
+        Row {
+            alloc: self.allocatable.builtins(),
+            used: self.requested.builtins(),
+            room: self.max_pods - self.pod_count(),
+            class: self.class,
+            flags,
+        }
+    }
+}
+
+/// The numbers of a node that the common filters and scores read (resource fit,
+/// exclusive pods, packing, least waste, the node's class), in a few words. A snapshot
+/// keeps each node's row beside it in its chunk (see [`crate::snapshot::Chunk`]), so a
+/// scheduling cycle reads one contiguous array of rows instead of following a pointer
+/// to every node; plugins read the node itself only for what its row does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Row {
+    /// Allocatable CPU, memory, ephemeral storage and GPUs, in
+    /// [`super::ResourceKind::builtin`] order.
+    pub alloc: [i64; 4],
+    /// What the node's pods request of them, in the same order.
+    pub used: [i64; 4],
+    /// How many more pods the node takes (its pod limit minus its pods).
+    pub room: i64,
+    /// The node's class.
+    pub class: ClassId,
+    /// [`Row::KNOWN`], [`Row::RESERVED`], [`Row::HELD`], [`Row::PODS`],
+    /// [`Row::WORKLOAD`].
+    pub flags: u32,
+}
+
+impl Row {
+    /// The slot holds a node the cache knows (not a placeholder).
+    pub const KNOWN: u32 = 1;
+    /// The node holds capacity for a waiting gang.
+    pub const RESERVED: u32 = 1 << 1;
+    /// The node runs a pod that asked for it exclusively.
+    pub const HELD: u32 = 1 << 2;
+    /// The node runs at least one pod.
+    pub const PODS: u32 = 1 << 3;
+    /// The node runs at least one pod that is not a system pod.
+    pub const WORKLOAD: u32 = 1 << 4;
+
+    /// The row of an empty slot: no filter passes it.
+    pub const EMPTY: Row = Row {
+        alloc: [0; 4],
+        used: [0; 4],
+        room: 0,
+        class: ClassId::NONE,
+        flags: 0,
+    };
+
+    /// True when every flag of `flags` is set.
+    #[inline]
+    pub fn has(&self, flags: u32) -> bool {
+        self.flags & flags == flags
+    }
 }

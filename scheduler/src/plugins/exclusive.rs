@@ -6,7 +6,7 @@
 //! and static pods) go anywhere and, unless configured otherwise, do not make a node
 //! "used".
 
-use crate::model::{NodeInfo, PodInfo};
+use crate::model::{NodeInfo, PodInfo, Row};
 
 use super::Reason;
 
@@ -19,26 +19,47 @@ pub fn filter(
     system_pods_count: bool,
     why: &mut dyn FnMut(Reason),
 ) -> bool {
-    if pod.daemonset {
-        return true;
-    }
-    if node.exclusive_pods > 0 {
-        why(Reason::HeldExclusively);
-        return false;
-    }
-    if pod.exclusive {
-        let others = node.pod_count()
-            - if system_pods_count {
-                0
-            } else {
-                node.system_pods
-            };
-        if others > 0 {
-            why(Reason::NotEmpty);
-            return false;
+    match verdict(pod, &node.row(), system_pods_count) {
+        Ok(()) => true,
+        Err(r) => {
+            why(r);
+            false
         }
     }
-    true
+}
+
+/// The row flags that reject a node for `pod` (see [`Row`]): a node held by an
+/// exclusive pod and, for an exclusive pod, a node that runs other pods. A system pod
+/// goes anywhere.
+#[inline]
+pub fn rejecting_flags(pod: &PodInfo, system_pods_count: bool) -> u32 {
+    if pod.daemonset {
+        return 0;
+    }
+    let others = match (pod.exclusive, system_pods_count) {
+        (false, _) => 0,
+        (true, true) => Row::PODS,
+        (true, false) => Row::WORKLOAD,
+    };
+    Row::HELD | others
+}
+
+/// The filter read from a node's row.
+#[inline]
+pub fn admits_row(pod: &PodInfo, row: &Row, system_pods_count: bool) -> bool {
+    row.flags & rejecting_flags(pod, system_pods_count) == 0
+}
+
+#[inline]
+fn verdict(pod: &PodInfo, row: &Row, system_pods_count: bool) -> Result<(), Reason> {
+    let hit = row.flags & rejecting_flags(pod, system_pods_count);
+    if hit & Row::HELD != 0 {
+        Err(Reason::HeldExclusively)
+    } else if hit != 0 {
+        Err(Reason::NotEmpty)
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{NodeInfo, PodInfo, ResourceKind};
+use crate::model::{NodeInfo, PodInfo, ResourceKind, Row};
 
 use super::{MAX_SCORE, Weighed};
 
@@ -59,9 +59,20 @@ impl Packing {
         let counted = self.resources.iter().filter(|(kind, _)| {
             pod.requests.get(kind) != 0 || matches!(kind, ResourceKind::Cpu | ResourceKind::Memory)
         });
+        let weighed = Weighed::new(counted.map(|(k, w)| (k, *w)), &pod.requests);
+        let mut builtin = [(0, 0, 0); 4];
+        let mut n = 0;
+        for i in 0..4 {
+            if weighed.weights[i] != 0 {
+                builtin[n] = (i, weighed.weights[i], weighed.wants[i]);
+                n += 1;
+            }
+        }
         PackingFor {
             strategy: self.strategy,
-            weighed: Weighed::new(counted.map(|(k, w)| (k, *w)), &pod.requests),
+            weighed,
+            builtin,
+            n,
         }
     }
 }
@@ -72,39 +83,86 @@ pub struct PackingFor {
     strategy: Strategy,
     /// The resources that count for the pod, with their weights.
     weighed: Weighed,
+    /// The first `n` entries: the built-in resources of `weighed` with a weight, as
+    /// (position, weight, the pod's request).
+    builtin: [(usize, i64, i64); 4],
+    n: usize,
 }
 
 impl PackingFor {
     /// The raw score of `node`.
     #[inline]
     pub fn score(&self, node: &NodeInfo) -> i64 {
-        let (mut total, mut weights) = (0i64, 0i64);
-        let mut term = |w: i64, want: i64, alloc: i64, requested: i64| {
-            if w == 0 || alloc <= 0 {
-                return;
-            }
-            let used = (requested + want).min(alloc);
-            let s = match self.strategy {
-                Strategy::MostAllocated => used * MAX_SCORE / alloc,
-                Strategy::LeastAllocated => (alloc - used) * MAX_SCORE / alloc,
-            };
-            total += s * w;
-            weights += w;
-        };
-        let (alloc, requested) = (node.allocatable.builtins(), node.requested.builtins());
-        let weighed = &self.weighed;
-        for i in 0..4 {
-            term(weighed.weights[i], weighed.wants[i], alloc[i], requested[i]);
-        }
-        for (name, w, want) in &weighed.extended {
-            term(
+        let mut sum = self.builtin(&node.allocatable.builtins(), &node.requested.builtins());
+        for (name, w, want) in &self.weighed.extended {
+            sum.add(
+                self.strategy,
                 *w,
                 *want,
                 node.allocatable.extended_amount(name),
                 node.requested.extended_amount(name),
             );
         }
-        if weights == 0 { 0 } else { total / weights }
+        sum.score()
+    }
+
+    /// True when an extended resource counts for the pod: then the score reads the
+    /// node, not only its row.
+    #[inline]
+    pub fn needs_node(&self) -> bool {
+        !self.weighed.extended.is_empty()
+    }
+
+    /// The raw score from a node's row, when no extended resource counts (see
+    /// [`PackingFor::needs_node`]).
+    #[inline(always)]
+    pub fn score_row(&self, row: &Row) -> i64 {
+        self.builtin(&row.alloc, &row.used).score()
+    }
+
+    /// The terms of the built-in resources.
+    #[inline(always)]
+    fn builtin(&self, alloc: &[i64; 4], requested: &[i64; 4]) -> Sum {
+        let mut sum = Sum::default();
+        for &(i, w, want) in &self.builtin[..self.n] {
+            sum.add(self.strategy, w, want, alloc[i], requested[i]);
+        }
+        sum
+    }
+}
+
+/// The weighted terms of a packing score, added up resource by resource.
+#[derive(Default)]
+struct Sum {
+    total: i64,
+    weights: i64,
+}
+
+impl Sum {
+    /// Adds the term of one resource: `want` more of it on a node with `alloc`, of
+    /// which `requested` is taken. A resource the node does not have is skipped.
+    #[inline(always)]
+    fn add(&mut self, strategy: Strategy, w: i64, want: i64, alloc: i64, requested: i64) {
+        if w == 0 || alloc <= 0 {
+            return;
+        }
+        let used = (requested + want).min(alloc);
+        let s = match strategy {
+            Strategy::MostAllocated => used * MAX_SCORE / alloc,
+            Strategy::LeastAllocated => (alloc - used) * MAX_SCORE / alloc,
+        };
+        self.total += s * w;
+        self.weights += w;
+    }
+
+    /// The weighted average.
+    #[inline]
+    fn score(&self) -> i64 {
+        if self.weights == 0 {
+            0
+        } else {
+            self.total / self.weights
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::model::{NodeInfo, PodInfo, ResourceKind, Resources};
+use crate::model::{NodeInfo, PodInfo, ResourceKind, Resources, Row};
 
 use super::{MAX_SCORE, Weighed};
 
@@ -124,17 +124,39 @@ impl WasteFor {
         }
     }
 
+    /// True when the waste reads more of the node than its row: extended resources
+    /// are weighed, the pod has a GPU memory minimum, or prices are set.
+    #[inline]
+    pub fn needs_node(&self) -> bool {
+        !self.weighed.extended.is_empty()
+            || self.gpu_memory.is_some()
+            || !self.waste.prices.is_empty()
+    }
+
+    /// The waste from a node's row, when it needs nothing else (see
+    /// [`WasteFor::needs_node`]).
+    #[inline(always)]
+    pub fn waste_row(&self, row: &Row) -> i64 {
+        self.builtin(&row.alloc, &row.used)
+    }
+
+    /// The weighted leftover of the built-in resources, in milli-units (see
+    /// `milli_units`).
+    #[inline(always)]
+    fn builtin(&self, alloc: &[i64; 4], requested: &[i64; 4]) -> i64 {
+        let w = &self.weighed;
+        let left = |i: usize| (alloc[i] - requested[i] - w.wants[i]).max(0);
+        left(0) * w.weights[0]
+            + ((left(1) >> 20) * 1000 / 1024) * w.weights[1]
+            + ((left(2) >> 20) * 1000 / 1024) * w.weights[2]
+            + left(3) * 1000 * w.weights[3]
+    }
+
     /// What would stay unused on `node` with the pod on it (see [`Waste::waste`]).
     #[inline]
     pub fn waste(&self, node: &NodeInfo) -> i64 {
-        let (alloc, requested) = (node.allocatable.builtins(), node.requested.builtins());
+        let builtin = self.builtin(&node.allocatable.builtins(), &node.requested.builtins());
         let w = &self.weighed;
-        let left = |i: usize| (alloc[i] - requested[i] - w.wants[i]).max(0);
-        // Built-in resources in milli-units (see `milli_units`), each times its weight.
-        let builtin = left(0) * w.weights[0]
-            + ((left(1) >> 20) * 1000 / 1024) * w.weights[1]
-            + ((left(2) >> 20) * 1000 / 1024) * w.weights[2]
-            + left(3) * 1000 * w.weights[3];
         let extended: i64 = w
             .extended
             .iter()
