@@ -1,7 +1,8 @@
 //! The hot path: one-pod decisions, gang placement, and applying an event to the cache
 //! and publishing the next snapshot. Every node is evaluated (no sampling).
 //!
-//! Run: `cargo bench -p drover-bench --bench hot_path`
+//! Run: `cargo bench -p drover-bench --bench hot_path` (`RAYON_NUM_THREADS` sets the
+//! scoring pool's size; one cpu each by default).
 
 use std::sync::Arc;
 
@@ -13,7 +14,11 @@ use drover_bench::{cluster, gpu_gang, pending_pod, pending_pod_with_affinity, ru
 use rand::SeedableRng;
 
 fn main() {
-    divan::main();
+    // Decisions are timed on a thread of a scoring pool, where drover's scheduling loop
+    // takes them (see `drover::pool`).
+    drover::pool::build("bench")
+        .expect("starting the scoring pool")
+        .install(divan::main);
 }
 
 /// One pod, every node filtered and scored.

@@ -14,6 +14,7 @@ pub mod k8s;
 pub mod metrics;
 pub mod model;
 pub mod plugins;
+pub mod pool;
 pub mod quantity;
 pub mod queue;
 pub mod quota;

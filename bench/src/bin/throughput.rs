@@ -237,12 +237,6 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    // drover scores nodes on rayon's global pool; named threads let the CPU report
-    // tell drover's time from the harness's.
-    rayon::ThreadPoolBuilder::new()
-        .thread_name(|i| format!("drover-rayon-{i}"))
-        .build_global()
-        .context("setting up rayon's pool")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .thread_name("bench")
         .enable_all()
@@ -773,7 +767,8 @@ fn sample_cpu(pids: &[(String, u32)]) -> CpuSample {
             procs.insert(name.clone(), t);
         }
     }
-    // This process: drover's threads (its runtime and rayon's pool) apart from the rest.
+    // This process: drover's threads apart from the rest: its scoring pool (named by
+    // `run_with`; one of its threads runs the scheduling loop) and its runtime.
     if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
         for entry in dir.flatten() {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -782,8 +777,8 @@ fn sample_cpu(pids: &[(String, u32)]) -> CpuSample {
             let (Some(name), Some(t)) = (thread_name(&stat), proc_ticks(&stat)) else {
                 continue;
             };
-            let role = if name.starts_with("drover-rayon") {
-                "drover scoring pool"
+            let role = if name.starts_with("drover-scoring") {
+                "drover loop and scoring pool"
             } else if name.starts_with("drover-") {
                 "drover runtime"
             } else {

@@ -1964,6 +1964,48 @@ pub async fn run_with(
         pdbs: HashMap::new(),
         pdb_relist: None,
     };
+    // The loop runs on a thread of a scoring pool of its own, so that each decision
+    // starts at once on that thread (see `crate::pool`).
+    let pool = crate::pool::build("drover-scoring")?;
+    let stop = shutdown.clone();
+    let (mut s, mut rx) = on_pool(&pool, async move {
+        schedule_until_stopped(&mut s, &mut rx, &stop).await;
+        (s, rx)
+    })
+    .await;
+    // Binds already sent to the API server finish and are accounted for, so that a
+    // restarted instance sees them bound and the metrics count each bind once.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_BIND_WAIT;
+    while s.binds_in_flight > 0 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(m @ Msg::Bound { .. })) => s.handle(m, now_ms()),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                tracing::warn!(
+                    in_flight = s.binds_in_flight,
+                    "stopping with binds still unanswered"
+                );
+                break;
+            }
+        }
+    }
+    // Events of the last binds (and other writes under way) go out before drover stops.
+    s.status.flush(SHUTDOWN_BIND_WAIT).await;
+    if let Some(task) = lease {
+        // The lease task releases the Lease on shutdown so a follower takes over at once.
+        let _ = tokio::time::timeout(SHUTDOWN_BIND_WAIT, task).await;
+    }
+    s.shared.leader.store(false, Ordering::SeqCst);
+    tracing::info!("drover stopped");
+    Ok(())
+}
+
+/// Takes in what arrives and decides pods one at a time, until `shutdown`.
+async fn schedule_until_stopped(
+    s: &mut Scheduler,
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
+    shutdown: &CancellationToken,
+) {
     let mut next_expire = 0;
     while !shutdown.is_cancelled() {
         // Take in everything that has arrived, then decide one pod.
@@ -2014,31 +2056,25 @@ pub async fn run_with(
             _ = tokio::time::sleep(Duration::from_millis(wake as u64)) => {}
         }
     }
-    // Binds already sent to the API server finish and are accounted for, so that a
-    // restarted instance sees them bound and the metrics count each bind once.
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_BIND_WAIT;
-    while s.binds_in_flight > 0 {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(m @ Msg::Bound { .. })) => s.handle(m, now_ms()),
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
-                tracing::warn!(
-                    in_flight = s.binds_in_flight,
-                    "stopping with binds still unanswered"
-                );
-                break;
-            }
-        }
+}
+
+/// Runs `fut` to its end on a thread of `pool` (on this task's runtime, whose tasks
+/// and timers it may use), and gives back its output; a panic in it resumes here.
+async fn on_pool<F>(pool: &rayon::ThreadPool, fut: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    pool.spawn(move || {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(fut)));
+        let _ = tx.send(out);
+    });
+    match rx.await.expect("the pool thread answers before it ends") {
+        Ok(out) => out,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
-    // Events of the last binds (and other writes under way) go out before drover stops.
-    s.status.flush(SHUTDOWN_BIND_WAIT).await;
-    if let Some(task) = lease {
-        // The lease task releases the Lease on shutdown so a follower takes over at once.
-        let _ = tokio::time::timeout(SHUTDOWN_BIND_WAIT, task).await;
-    }
-    s.shared.leader.store(false, Ordering::SeqCst);
-    tracing::info!("drover stopped");
-    Ok(())
 }
 
 /// Holds the leader Lease while it can (see [`super::lease`]), reporting each change

@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
 use serde::Serialize;
 
 pub use engine::{GangMode, Policy, Simulation};
@@ -218,7 +219,7 @@ fn progress_bars(show: bool, hours: f64, names: &[&str]) -> (MultiProgress, Vec<
     (multi, bars)
 }
 
-/// Runs both policies over `input` (in parallel, one thread each) and gathers the
+/// Runs both policies over `input` (side by side on a scoring pool) and gathers the
 /// report. `progress` shows a bar per policy on stderr.
 pub fn simulate(input: &Input, progress: bool) -> Report {
     let scenario = &input.scenario;
@@ -229,23 +230,19 @@ pub fn simulate(input: &Input, progress: bool) -> Report {
     let policies = [Policy::drover(), Policy::baseline()];
     let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
     let (_multi, bars) = progress_bars(progress, input.hours, &names);
-    let outputs: Vec<engine::RunOutput> = std::thread::scope(|s| {
-        let handles: Vec<_> = policies
-            .iter()
+    // On a scoring pool, so that each decision starts on the thread that asks for it
+    // (see `crate::pool`); the two policies run side by side on it.
+    let pool = crate::pool::build("drover-sim").expect("starting the simulator's threads");
+    let outputs: Vec<engine::RunOutput> = pool.install(|| {
+        policies
+            .par_iter()
             .zip(&bars)
             .map(|(p, bar)| {
-                let (nodes, teams, jobs) = (&nodes, &teams, &input.jobs);
-                s.spawn(move || {
-                    let out = Simulation::new(p, nodes, teams, jobs, horizon)
-                        .run(|now| bar.set_position((now / 60_000) as u64));
-                    bar.finish_and_clear();
-                    out
-                })
+                let out = Simulation::new(p, &nodes, &teams, &input.jobs, horizon)
+                    .run(|now| bar.set_position((now / 60_000) as u64));
+                bar.finish_and_clear();
+                out
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a simulation thread panicked"))
             .collect()
     });
     let total_gpus: i64 = nodes.iter().map(|n| n.allocatable.gpu).sum();
