@@ -1,7 +1,7 @@
 //! Scheduling throughput, side by side, on a real control plane (etcd, kube-apiserver and
 //! kwok from `drover-testenv`): drover, the real kube-scheduler at the same client QPS
 //! and at its defaults, and a trivial binder that makes no decision at all (the ceiling
-//! the API server allows here).
+//! the API server allows here), without and with a `Scheduled` Event per pod.
 //!
 //! Each contender gets a fresh control plane: N kwok nodes are created, the contender is
 //! started, then M small pending pods are created by several concurrent creators, and
@@ -119,17 +119,21 @@ enum Contender {
     KubeSchedulerDefaults,
     /// A watch-and-bind loop that binds pods round-robin without any decision.
     Ceiling,
+    /// The same loop writing a `Scheduled` Event for each pod it binds, as drover and
+    /// kube-scheduler do: the ceiling for a scheduler that reports its decisions.
+    CeilingEvents,
     /// drover with its client limited to kube-scheduler's defaults (QPS 50, burst 100);
     /// only with `--only`.
     DroverDefaults,
 }
 
 impl Contender {
-    const DEFAULT_SET: [Contender; 4] = [
+    const DEFAULT_SET: [Contender; 5] = [
         Contender::Drover,
         Contender::KubeScheduler,
         Contender::KubeSchedulerDefaults,
         Contender::Ceiling,
+        Contender::CeilingEvents,
     ];
 
     fn name(self) -> &'static str {
@@ -138,6 +142,7 @@ impl Contender {
             Contender::KubeScheduler => "kube-scheduler",
             Contender::KubeSchedulerDefaults => "kube-scheduler-defaults",
             Contender::Ceiling => "ceiling",
+            Contender::CeilingEvents => "ceiling-events",
             Contender::DroverDefaults => "drover-defaults",
         }
     }
@@ -146,7 +151,7 @@ impl Contender {
         match self {
             Contender::Drover | Contender::DroverDefaults => "drover",
             Contender::KubeScheduler | Contender::KubeSchedulerDefaults => "default-scheduler",
-            Contender::Ceiling => CEILING_SCHEDULER,
+            Contender::Ceiling | Contender::CeilingEvents => CEILING_SCHEDULER,
         }
     }
 
@@ -157,7 +162,7 @@ impl Contender {
             Contender::KubeSchedulerDefaults | Contender::DroverDefaults => {
                 Some(KUBE_SCHEDULER_DEFAULT_QPS)
             }
-            Contender::Ceiling => None,
+            Contender::Ceiling | Contender::CeilingEvents => None,
         }
     }
 }
@@ -450,12 +455,14 @@ impl Drop for DroverHandle {
 }
 
 /// The trivial binder: a watch on this scheduler's unbound pods feeding binds, many in
-/// flight, to nodes in turn.
+/// flight, to nodes in turn; optionally a `Scheduled` Event for each pod bound.
 struct CeilingHandle {
     shutdown: CancellationToken,
     errors: Arc<AtomicU64>,
     conflicts: Arc<AtomicU64>,
     binds: Arc<AtomicU64>,
+    /// Events written and failed, when it writes them.
+    events: Option<(Arc<AtomicU64>, Arc<AtomicU64>)>,
 }
 
 impl CeilingHandle {
@@ -463,11 +470,24 @@ impl CeilingHandle {
         client: Client,
         node_names: Vec<String>,
         in_flight: usize,
+        with_events: bool,
     ) -> anyhow::Result<CeilingHandle> {
         let shutdown = CancellationToken::new();
         let errors = Arc::new(AtomicU64::new(0));
         let conflicts = Arc::new(AtomicU64::new(0));
         let binds = Arc::new(AtomicU64::new(0));
+        let events =
+            with_events.then(|| (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))));
+        // drover's own Event recorder, so that the Events are the ones drover writes.
+        let recorder = with_events.then(|| {
+            Arc::new(drover::k8s::events::EventRecorder::new(
+                client.clone(),
+                kube::runtime::events::Reporter {
+                    controller: CEILING_SCHEDULER.into(),
+                    instance: None,
+                },
+            ))
+        });
         let (tx, rx) = futures::channel::mpsc::unbounded::<(String, String)>();
         let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
 
@@ -520,6 +540,7 @@ impl CeilingHandle {
             binds.clone(),
             shutdown.clone(),
         );
+        let counted = events.clone();
         tokio::spawn(async move {
             let work = rx
                 .map(|(name, uid)| {
@@ -527,14 +548,25 @@ impl CeilingHandle {
                     let node = nodes[next.fetch_add(1, Ordering::Relaxed) % nodes.len()].clone();
                     async move {
                         let r = bind(&api, &name, &uid, &node).await;
-                        (name, uid, r)
+                        (name, uid, node, r)
                     }
                 })
                 .buffer_unordered(in_flight)
-                .for_each(|(name, uid, r)| {
+                .for_each(|(name, uid, node, r)| {
                     match r {
                         Ok(()) => {
                             b.fetch_add(1, Ordering::Relaxed);
+                            if let (Some(rec), Some((written, failed))) = (&recorder, &counted) {
+                                // In a task of its own, as drover writes its Events.
+                                let (rec, written, failed) =
+                                    (rec.clone(), written.clone(), failed.clone());
+                                tokio::spawn(async move {
+                                    match scheduled_event(&rec, &name, &uid, &node).await {
+                                        Ok(()) => written.fetch_add(1, Ordering::Relaxed),
+                                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                                    };
+                                });
+                            }
                         }
                         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
                             c.fetch_add(1, Ordering::Relaxed);
@@ -563,19 +595,52 @@ impl CeilingHandle {
             errors,
             conflicts,
             binds,
+            events,
         })
     }
 
     fn notes(&self) -> BTreeMap<String, String> {
-        [
+        let mut counts = vec![
             ("binds", &self.binds),
             ("bind_conflicts", &self.conflicts),
             ("bind_errors", &self.errors),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed).to_string()))
-        .collect()
+        ];
+        if let Some((written, failed)) = &self.events {
+            counts.push(("events", written));
+            counts.push(("event_errors", failed));
+        }
+        counts
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed).to_string()))
+            .collect()
     }
+}
+
+/// The Event drover writes for a pod it bound.
+async fn scheduled_event(
+    recorder: &drover::k8s::events::EventRecorder,
+    name: &str,
+    uid: &str,
+    node: &str,
+) -> Result<(), kube::Error> {
+    let pod = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(NAMESPACE.into()),
+        name: Some(name.into()),
+        uid: Some(uid.into()),
+        ..Default::default()
+    };
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Normal,
+        reason: "Scheduled".into(),
+        note: Some(format!(
+            "Successfully assigned {NAMESPACE}/{name} to {node}"
+        )),
+        action: "Scheduling".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &pod).await
 }
 
 impl Drop for CeilingHandle {
@@ -850,8 +915,14 @@ async fn start_contender(
             let cfg = kube_scheduler_config(limit.expect("kube-scheduler always has a limit"));
             Running::KubeScheduler(cp.start_kube_scheduler(cfg.as_deref()).await?)
         }
-        Contender::Ceiling => Running::Ceiling(
-            CeilingHandle::start(cp.client(), node_names, args.ceiling_binds).await?,
+        Contender::Ceiling | Contender::CeilingEvents => Running::Ceiling(
+            CeilingHandle::start(
+                cp.client(),
+                node_names,
+                args.ceiling_binds,
+                c == Contender::CeilingEvents,
+            )
+            .await?,
         ),
     })
 }
@@ -1152,6 +1223,7 @@ fn ratios(results: &[RunResult]) -> BTreeMap<String, f64> {
                 Contender::KubeSchedulerDefaults,
             ),
             ("drover/ceiling", Contender::Ceiling),
+            ("drover/ceiling-events", Contender::CeilingEvents),
         ] {
             if let Some(o) = rate(other).filter(|o| *o > 0.0) {
                 out.insert(key.to_string(), d / o);
