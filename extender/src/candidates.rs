@@ -166,6 +166,11 @@ impl<N: NodeSource + ?Sized> NodeSource for Subset<'_, N> {
         self.base.get(*self.slots.get(i)?)
     }
 
+    #[inline]
+    fn get_with_row(&self, i: usize) -> Option<(&NodeInfo, drover::model::Row)> {
+        self.base.get_with_row(*self.slots.get(i)?)
+    }
+
     fn classes(&self) -> usize {
         self.base.classes()
     }

@@ -76,6 +76,12 @@ pub trait NodeSource: Sync {
     fn slots(&self) -> usize;
     /// The node in slot `i`, if any.
     fn get(&self, i: usize) -> Option<&NodeInfo>;
+    /// The node in slot `i` with its [`Row`] (made from the node unless the source
+    /// keeps rows).
+    #[inline]
+    fn get_with_row(&self, i: usize) -> Option<(&NodeInfo, Row)> {
+        self.get(i).map(|n| (n, n.row()))
+    }
     /// One more than the highest node class id of its nodes (see [`crate::classes`]);
     /// 0 when they carry none.
     fn classes(&self) -> usize {
@@ -100,6 +106,12 @@ impl NodeSource for Snapshot {
     #[inline]
     fn get(&self, i: usize) -> Option<&NodeInfo> {
         self.slot(i).map(|n| &**n)
+    }
+    #[inline]
+    fn get_with_row(&self, i: usize) -> Option<(&NodeInfo, Row)> {
+        let chunk = self.chunks().get(i / CHUNK)?;
+        let node = chunk.node(i % CHUNK)?;
+        Some((node, chunk.rows()[i % CHUNK]))
     }
     fn classes(&self) -> usize {
         Snapshot::classes(self)
@@ -152,6 +164,12 @@ impl NodeSource for Overlay<'_> {
     #[inline]
     fn get(&self, i: usize) -> Option<&NodeInfo> {
         self.chunks.get(i / CHUNK)?.node(i % CHUNK).map(|n| &**n)
+    }
+    #[inline]
+    fn get_with_row(&self, i: usize) -> Option<(&NodeInfo, Row)> {
+        let chunk = self.chunks.get(i / CHUNK)?;
+        let node = chunk.node(i % CHUNK)?;
+        Some((node, chunk.rows()[i % CHUNK]))
     }
     fn classes(&self) -> usize {
         self.base.classes()
@@ -515,11 +533,11 @@ impl Plan {
         true
     }
 
-    /// `node` in `slot` with its raw scores, when it passes every filter.
-    fn evaluate(&self, pod: &PodInfo, slot: usize, node: &NodeInfo) -> Option<Scored> {
-        let row = node.row();
+    /// `node` in `slot`, whose row is `row`, with its raw scores, when it passes every
+    /// filter.
+    fn evaluate(&self, pod: &PodInfo, slot: usize, node: &NodeInfo, row: &Row) -> Option<Scored> {
         let mut raw = [0; MAX_SCORE_PLUGINS];
-        self.evaluate_into(pod, node, &row, &mut raw)
+        self.evaluate_into(pod, node, row, &mut raw)
             .then_some(Scored {
                 slot,
                 class: row.class,
@@ -613,8 +631,8 @@ fn evaluate_chunk<N: NodeSource + ?Sized>(
         }
         None => {
             for i in first..(first + CHUNK).min(nodes.slots()) {
-                if let Some(node) = nodes.get(i) {
-                    push_feasible(plan, pod, i, node, &node.row(), out);
+                if let Some((node, row)) = nodes.get_with_row(i) {
+                    push_feasible(plan, pod, i, node, &row, out);
                 }
             }
         }
@@ -811,8 +829,8 @@ impl Evaluation {
         self.ranges = None;
         let at = part.binary_search_by_key(&slot, |s| s.slot);
         let fresh = nodes
-            .get(slot)
-            .and_then(|n| self.plan.evaluate(pod, slot, n));
+            .get_with_row(slot)
+            .and_then(|(n, row)| self.plan.evaluate(pod, slot, n, &row));
         match (at, fresh) {
             (Ok(i), Some(r)) => part[i] = r,
             (Ok(i), None) => {

@@ -110,6 +110,10 @@ impl NodeSource for Within<'_, '_> {
     fn get(&self, i: usize) -> Option<&NodeInfo> {
         self.overlay.get(*self.slots.get(i)?)
     }
+    #[inline]
+    fn get_with_row(&self, i: usize) -> Option<(&NodeInfo, crate::model::Row)> {
+        self.overlay.get_with_row(*self.slots.get(i)?)
+    }
     fn classes(&self) -> usize {
         self.overlay.classes()
     }
