@@ -76,11 +76,17 @@ pub trait NodeSource: Sync {
     fn slots(&self) -> usize;
     /// The node in slot `i`, if any.
     fn get(&self, i: usize) -> Option<&NodeInfo>;
-    /// The node in slot `i` with its [`Row`] (made from the node unless the source
-    /// keeps rows).
+    /// The node in slot `i` with its [`Row`]: read from the slot's chunk when the
+    /// source has one, else made from the node.
     #[inline]
     fn get_with_row(&self, i: usize) -> Option<(&NodeInfo, Row)> {
-        self.get(i).map(|n| (n, n.row()))
+        match self.chunk(i / CHUNK) {
+            Some(chunk) => {
+                let node = chunk.node(i % CHUNK)?;
+                Some((node, chunk.rows()[i % CHUNK]))
+            }
+            None => self.get(i).map(|n| (n, n.row())),
+        }
     }
     /// One more than the highest node class id of its nodes (see [`crate::classes`]);
     /// 0 when they carry none.
@@ -106,12 +112,6 @@ impl NodeSource for Snapshot {
     #[inline]
     fn get(&self, i: usize) -> Option<&NodeInfo> {
         self.slot(i).map(|n| &**n)
-    }
-    #[inline]
-    fn get_with_row(&self, i: usize) -> Option<(&NodeInfo, Row)> {
-        let chunk = self.chunks().get(i / CHUNK)?;
-        let node = chunk.node(i % CHUNK)?;
-        Some((node, chunk.rows()[i % CHUNK]))
     }
     fn classes(&self) -> usize {
         Snapshot::classes(self)
@@ -164,12 +164,6 @@ impl NodeSource for Overlay<'_> {
     #[inline]
     fn get(&self, i: usize) -> Option<&NodeInfo> {
         self.chunks.get(i / CHUNK)?.node(i % CHUNK).map(|n| &**n)
-    }
-    #[inline]
-    fn get_with_row(&self, i: usize) -> Option<(&NodeInfo, Row)> {
-        let chunk = self.chunks.get(i / CHUNK)?;
-        let node = chunk.node(i % CHUNK)?;
-        Some((node, chunk.rows()[i % CHUNK]))
     }
     fn classes(&self) -> usize {
         self.base.classes()

@@ -44,12 +44,6 @@ pub fn rejecting_flags(pod: &PodInfo, system_pods_count: bool) -> u32 {
     Row::HELD | others
 }
 
-/// The filter read from a node's row.
-#[inline]
-pub fn admits_row(pod: &PodInfo, row: &Row, system_pods_count: bool) -> bool {
-    row.flags & rejecting_flags(pod, system_pods_count) == 0
-}
-
 #[inline]
 fn verdict(pod: &PodInfo, row: &Row, system_pods_count: bool) -> Result<(), Reason> {
     let hit = row.flags & rejecting_flags(pod, system_pods_count);

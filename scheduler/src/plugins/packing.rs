@@ -70,9 +70,9 @@ impl Packing {
         }
         PackingFor {
             strategy: self.strategy,
-            weighed,
             builtin,
             n,
+            extended: weighed.extended,
         }
     }
 }
@@ -81,12 +81,12 @@ impl Packing {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackingFor {
     strategy: Strategy,
-    /// The resources that count for the pod, with their weights.
-    weighed: Weighed,
-    /// The first `n` entries: the built-in resources of `weighed` with a weight, as
+    /// The first `n` entries: the built-in resources that count for the pod, as
     /// (position, weight, the pod's request).
     builtin: [(usize, i64, i64); 4],
     n: usize,
+    /// The extended resources that count for the pod: name, weight, the pod's request.
+    extended: Vec<(std::sync::Arc<str>, i64, i64)>,
 }
 
 impl PackingFor {
@@ -94,7 +94,7 @@ impl PackingFor {
     #[inline]
     pub fn score(&self, node: &NodeInfo) -> i64 {
         let mut sum = self.builtin(&node.allocatable.builtins(), &node.requested.builtins());
-        for (name, w, want) in &self.weighed.extended {
+        for (name, w, want) in &self.extended {
             sum.add(
                 self.strategy,
                 *w,
@@ -110,7 +110,7 @@ impl PackingFor {
     /// node, not only its row.
     #[inline]
     pub fn needs_node(&self) -> bool {
-        !self.weighed.extended.is_empty()
+        !self.extended.is_empty()
     }
 
     /// The raw score from a node's row, when no extended resource counts (see
