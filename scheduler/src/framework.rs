@@ -604,8 +604,9 @@ fn evaluate_rows(plan: &Plan, pod: &PodInfo, chunk: &Chunk, first: usize, out: &
     }
 }
 
-/// The feasible nodes among slots `c * CHUNK..` of `nodes`: read from the snapshot
-/// chunk with its rows when the source has one, else node by node.
+/// The feasible nodes among slots `c * CHUNK..` of `nodes`: by [`evaluate_rows`] when
+/// the plan reads rows only and the source has the chunk, else node by node (each with
+/// its row, from the chunk when there is one).
 fn evaluate_chunk<N: NodeSource + ?Sized>(
     plan: &Plan,
     pod: &PodInfo,
@@ -614,21 +615,14 @@ fn evaluate_chunk<N: NodeSource + ?Sized>(
     out: &mut Vec<Scored>,
 ) {
     let first = c * CHUNK;
-    match nodes.chunk(c) {
-        Some(chunk) if plan.rows_only => evaluate_rows(plan, pod, chunk, first, out),
-        Some(chunk) => {
-            for (j, (node, row)) in chunk.nodes().iter().zip(chunk.rows()).enumerate() {
-                if let Some(node) = node {
-                    push_feasible(plan, pod, first + j, node, row, out);
-                }
-            }
-        }
-        None => {
-            for i in first..(first + CHUNK).min(nodes.slots()) {
-                if let Some((node, row)) = nodes.get_with_row(i) {
-                    push_feasible(plan, pod, i, node, &row, out);
-                }
-            }
+    if plan.rows_only
+        && let Some(chunk) = nodes.chunk(c)
+    {
+        return evaluate_rows(plan, pod, chunk, first, out);
+    }
+    for i in first..(first + CHUNK).min(nodes.slots()) {
+        if let Some((node, row)) = nodes.get_with_row(i) {
+            push_feasible(plan, pod, i, node, &row, out);
         }
     }
 }
