@@ -1523,7 +1523,7 @@ impl Scheduler {
         }
         let counts = self.gangs.counts(gang);
         let note = format!(
-            "gang {gang}: binding {} to {node} failed ({why}); {} member(s) bound, placing it again ahead of other work",
+            "gang {gang}: binding {} to {node} failed ({why}); {} member(s) bound or binding, placing it again ahead of other work",
             pod.key, counts.scheduled
         );
         tracing::warn!(%note, "gang repair");
