@@ -160,6 +160,30 @@ pub async fn events_for(
         .collect())
 }
 
+/// Waits up to ten seconds for an Event about `name` in `namespace` that `matches`
+/// its `(reason, note)`, and returns all the object's Events. drover writes Events
+/// from their own tasks, so one can land after the change it reports is visible.
+pub async fn wait_event(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    what: &str,
+    matches: impl Fn(&str, &str) -> bool,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let start = std::time::Instant::now();
+    loop {
+        let events = events_for(client, namespace, name).await?;
+        if events.iter().any(|(r, n)| matches(r, n)) {
+            return Ok(events);
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "no Event about {namespace}/{name} {what} within 10s; its Events: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The message of a pod's `PodScheduled=False` condition, if it has one.
 pub fn unschedulable_message(p: &Pod) -> Option<String> {
     p.status

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use drover::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
 use drover_e2e::{
     Drover, POD_GROUP_CRD, create_pod_group, events_for, gang_counts, node_of, overcommitted,
-    pod_group_status, pods, unschedulable_message,
+    pod_group_status, pods, unschedulable_message, wait_event,
 };
 use drover_testenv::{ControlPlane, FakeNode, TestPod, wait_until};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -113,13 +113,14 @@ async fn two_gangs_on_room_for_one_never_deadlock() -> anyhow::Result<()> {
         msg.contains(&format!("gang default/{loser}")) && msg.contains("members placeable"),
         "{msg}"
     );
-    let events = events_for(&client, NS, &format!("{loser}-0")).await?;
-    assert!(
-        events
-            .iter()
-            .any(|(r, n)| r == "FailedScheduling" && n.contains("gang default/")),
-        "{events:?}"
-    );
+    wait_event(
+        &client,
+        NS,
+        &format!("{loser}-0"),
+        "FailedScheduling naming its gang",
+        |r, n| r == "FailedScheduling" && n.contains("gang default/"),
+    )
+    .await?;
 
     delete_gang(&client, winner).await?;
     wait_until(
@@ -616,11 +617,11 @@ async fn a_failed_bind_is_repaired_ahead_of_other_work() -> anyhow::Result<()> {
             && n.contains("3 member(s) bound or binding")),
         "{notes:?}"
     );
-    let group_events = events_for(&client, NS, "ring").await?;
-    assert!(
-        group_events.iter().any(|(r, _)| r == "GangRepair"),
-        "the PodGroup shows the repair too: {group_events:?}"
-    );
+    // The PodGroup shows the repair too.
+    wait_event(&client, NS, "ring", "reason GangRepair", |r, _| {
+        r == "GangRepair"
+    })
+    .await?;
     // The cause goes away: the member is bound and the gang is whole.
     bindings
         .delete("reject-ring-3", &DeleteParams::default())
@@ -745,18 +746,20 @@ async fn bad_gang_input_is_reported_and_blocks_nothing() -> anyhow::Result<()> {
     wait_until(
         Duration::from_secs(30),
         Duration::from_millis(200),
-        "PodGroup too-big timed out",
+        "PodGroup too-big timed out, with a ScheduleTimeout Event",
         || {
             let c = client.clone();
             async move {
+                // The status and the Event are written by separate tasks; wait for both.
                 let s = pod_group_status(&c, NS, "too-big").await?;
-                Ok(s["conditions"][0]["type"] == "ScheduleTimedOut" && s["phase"] == "Scheduling")
+                let ev = events_for(&c, NS, "too-big").await?;
+                Ok(s["conditions"][0]["type"] == "ScheduleTimedOut"
+                    && s["phase"] == "Scheduling"
+                    && ev.iter().any(|(r, _)| r == "ScheduleTimeout"))
             }
         },
     )
     .await?;
-    let ev = events_for(&client, NS, "too-big").await?;
-    assert!(ev.iter().any(|(r, _)| r == "ScheduleTimeout"), "{ev:?}");
     assert_eq!(
         pods(&client, NS)
             .await?

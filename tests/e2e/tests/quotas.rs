@@ -540,12 +540,10 @@ async fn an_idle_team_gets_its_guarantee_back_by_reclaim() -> anyhow::Result<()>
         .collect();
     assert!(!evicted.is_empty());
     for v in &evicted {
-        let ev = drover_e2e::events_for(&client, NS, v).await?;
-        assert!(
-            ev.iter()
-                .any(|(r, n)| r == "Reclaimed" && n.contains("queue team-a reclaims")),
-            "{v}: {ev:?}"
-        );
+        drover_e2e::wait_event(&client, NS, v, "Reclaimed by queue team-a", |r, n| {
+            r == "Reclaimed" && n.contains("queue team-a reclaims")
+        })
+        .await?;
     }
     assert!(
         drover
@@ -690,12 +688,14 @@ async fn a_high_priority_gang_preempts_whole_lower_priority_units_in_its_queue()
     .filter(|n| !left.iter().any(|l| l == n))
     .collect();
     for v in &evicted {
-        let ev = drover_e2e::events_for(&client, NS, v).await?;
-        assert!(
-            ev.iter()
-                .any(|(r, n)| r == "Preempted" && n.contains("gang default/urgent")),
-            "{v}: {ev:?}"
-        );
+        drover_e2e::wait_event(
+            &client,
+            NS,
+            v,
+            "Preempted for gang default/urgent",
+            |r, n| r == "Preempted" && n.contains("gang default/urgent"),
+        )
+        .await?;
     }
     let counted = drover
         .shared

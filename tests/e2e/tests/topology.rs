@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use drover::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
-use drover_e2e::{Drover, events_for, node_of, overcommitted, pods, unschedulable_message};
+use drover_e2e::{Drover, node_of, overcommitted, pods, unschedulable_message, wait_event};
 use drover_testenv::{ControlPlane, FakeNode, TestPod, wait_until};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -122,14 +122,19 @@ async fn gangs_land_inside_one_rack_or_across_the_fewest() -> anyhow::Result<()>
     .await?;
     let racks = wait_bound(&client, "tight", 4).await?;
     assert_eq!(racks.len(), 1, "{racks:?}");
-    let ev = events_for(&client, NS, "tight-0").await?;
-    assert!(
-        ev.iter().any(|(r, n)| r == "GangPlaced"
-            && n.contains("gang default/tight: 4 members")
-            && n.contains("nvidia.com/gpu=32")
-            && n.contains("required level example.com/rack")),
-        "{ev:?}"
-    );
+    wait_event(
+        &client,
+        NS,
+        "tight-0",
+        "GangPlaced naming its GPUs and required level",
+        |r, n| {
+            r == "GangPlaced"
+                && n.contains("gang default/tight: 4 members")
+                && n.contains("nvidia.com/gpu=32")
+                && n.contains("required level example.com/rack")
+        },
+    )
+    .await?;
     Api::<Pod>::namespaced(client.clone(), NS)
         .delete_collection(
             &DeleteParams::default().grace_period(0),
