@@ -67,6 +67,23 @@ async fn bound_of(client: &Client, gang: &str) -> anyhow::Result<usize> {
     Ok(gang_counts(client, NS).await?.get(gang).map_or(0, |c| c.0))
 }
 
+/// Waits up to `secs` seconds until exactly `n` members of `gang` are bound.
+async fn wait_bound_of(
+    client: &Client,
+    gang: &str,
+    n: usize,
+    secs: u64,
+    what: &str,
+) -> anyhow::Result<()> {
+    wait_until(
+        Duration::from_secs(secs),
+        Duration::from_millis(100),
+        what,
+        || async move { Ok(bound_of(client, gang).await? == n) },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gangs_on_room_for_one_never_deadlock() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
@@ -123,16 +140,7 @@ async fn two_gangs_on_room_for_one_never_deadlock() -> anyhow::Result<()> {
     .await?;
 
     delete_gang(&client, winner).await?;
-    wait_until(
-        Duration::from_secs(60),
-        Duration::from_millis(100),
-        "the second gang bound in full",
-        || {
-            let c = client.clone();
-            async move { Ok(bound_of(&c, loser).await? == 6) }
-        },
-    )
-    .await?;
+    wait_bound_of(&client, loser, 6, 60, "the second gang bound in full").await?;
     assert!(overcommitted(&client).await?.is_empty());
     drover.stop().await
 }
@@ -600,16 +608,7 @@ async fn a_failed_bind_is_repaired_ahead_of_other_work() -> anyhow::Result<()> {
     .await?;
     // The other members' binds may still be in flight when ring-3's fails; they
     // land while ring-3 keeps being refused.
-    wait_until(
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        "the other three members bound",
-        || {
-            let c = client.clone();
-            async move { Ok(bound_of(&c, "ring").await? == 3) }
-        },
-    )
-    .await?;
+    wait_bound_of(&client, "ring", 3, 30, "the other three members bound").await?;
     let notes = events_for(&client, NS, "ring-3").await?;
     assert!(
         notes.iter().any(|(r, n)| r == "GangRepair"
@@ -626,16 +625,7 @@ async fn a_failed_bind_is_repaired_ahead_of_other_work() -> anyhow::Result<()> {
     bindings
         .delete("reject-ring-3", &DeleteParams::default())
         .await?;
-    wait_until(
-        Duration::from_secs(60),
-        Duration::from_millis(100),
-        "the gang whole again",
-        || {
-            let c = client.clone();
-            async move { Ok(bound_of(&c, "ring").await? == 4) }
-        },
-    )
-    .await?;
+    wait_bound_of(&client, "ring", 4, 60, "the gang whole again").await?;
     drover.stop().await
 }
 
