@@ -160,28 +160,31 @@ pub async fn events_for(
         .collect())
 }
 
-/// Waits up to ten seconds for an Event about `name` in `namespace` that `matches`
-/// its `(reason, note)`, and returns all the object's Events. drover writes Events
-/// from their own tasks, so one can land after the change it reports is visible.
+/// Waits up to `timeout` for an Event about `name` in `namespace` that `matches` its
+/// `(reason, note)`; on timeout the error lists the object's Events. drover writes
+/// Events from their own tasks, so one can land after the change it reports is visible.
 pub async fn wait_event(
     client: &Client,
     namespace: &str,
     name: &str,
+    timeout: Duration,
     what: &str,
     matches: impl Fn(&str, &str) -> bool,
-) -> anyhow::Result<Vec<(String, String)>> {
-    let start = std::time::Instant::now();
-    loop {
+) -> anyhow::Result<()> {
+    let matches = &matches;
+    let what = format!("an Event about {namespace}/{name}: {what}");
+    let found = drover_testenv::wait_until(timeout, Duration::from_millis(100), &what, || async {
+        Ok(events_for(client, namespace, name)
+            .await?
+            .iter()
+            .any(|(r, n)| matches(r, n)))
+    })
+    .await;
+    if let Err(e) = found {
         let events = events_for(client, namespace, name).await?;
-        if events.iter().any(|(r, n)| matches(r, n)) {
-            return Ok(events);
-        }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(10),
-            "no Event about {namespace}/{name} {what} within 10s; its Events: {events:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        return Err(e.context(format!("its Events: {events:?}")));
     }
+    Ok(())
 }
 
 /// The message of a pod's `PodScheduled=False` condition, if it has one.

@@ -134,6 +134,7 @@ async fn two_gangs_on_room_for_one_never_deadlock() -> anyhow::Result<()> {
         &client,
         NS,
         &format!("{loser}-0"),
+        Duration::from_secs(10),
         "FailedScheduling naming its gang",
         |r, n| r == "FailedScheduling" && n.contains("gang default/"),
     )
@@ -591,19 +592,13 @@ async fn a_failed_bind_is_repaired_ahead_of_other_work() -> anyhow::Result<()> {
             .collect(),
     )
     .await?;
-    wait_until(
+    wait_event(
+        &client,
+        NS,
+        "ring-3",
         Duration::from_secs(30),
-        Duration::from_millis(100),
-        "a GangRepair Event on ring-3",
-        || {
-            let c = client.clone();
-            async move {
-                Ok(events_for(&c, NS, "ring-3")
-                    .await?
-                    .iter()
-                    .any(|(r, _)| r == "GangRepair"))
-            }
-        },
+        "reason GangRepair",
+        |r, _| r == "GangRepair",
     )
     .await?;
     // The other members' binds may still be in flight when ring-3's fails; they
@@ -617,9 +612,14 @@ async fn a_failed_bind_is_repaired_ahead_of_other_work() -> anyhow::Result<()> {
         "{notes:?}"
     );
     // The PodGroup shows the repair too.
-    wait_event(&client, NS, "ring", "reason GangRepair", |r, _| {
-        r == "GangRepair"
-    })
+    wait_event(
+        &client,
+        NS,
+        "ring",
+        Duration::from_secs(10),
+        "reason GangRepair",
+        |r, _| r == "GangRepair",
+    )
     .await?;
     // The cause goes away: the member is bound and the gang is whole.
     bindings

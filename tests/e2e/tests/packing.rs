@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use drover_e2e::{Drover, events_for, node_of, overcommitted, pods};
+use drover_e2e::{Drover, node_of, overcommitted, pods, wait_event};
 use drover_testenv::{ControlPlane, FakeNode, TestPod, wait_until};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{ListParams, PostParams};
@@ -147,19 +147,13 @@ async fn notebooks_get_the_smallest_node_that_fits_and_keep_it() -> anyhow::Resu
     }
     // The pod without requests: the smallest node, and a Warning that says why.
     assert_eq!(group_of(&placed["no-requests"]), 4, "{placed:?}");
-    wait_until(
+    wait_event(
+        &client,
+        NS,
+        "no-requests",
         Duration::from_secs(10),
-        Duration::from_millis(100),
-        "a NoRequests Warning Event",
-        || {
-            let c = client.clone();
-            async move {
-                Ok(events_for(&c, NS, "no-requests")
-                    .await?
-                    .iter()
-                    .any(|(r, n)| r == "NoRequests" && n.contains("declares no resource requests")))
-            }
-        },
+        "a NoRequests Warning",
+        |r, n| r == "NoRequests" && n.contains("declares no resource requests"),
     )
     .await?;
     // A further exclusive pod finds no free 4 GiB node... and takes the next size up

@@ -540,9 +540,14 @@ async fn an_idle_team_gets_its_guarantee_back_by_reclaim() -> anyhow::Result<()>
         .collect();
     assert!(!evicted.is_empty());
     for v in &evicted {
-        drover_e2e::wait_event(&client, NS, v, "Reclaimed by queue team-a", |r, n| {
-            r == "Reclaimed" && n.contains("queue team-a reclaims")
-        })
+        drover_e2e::wait_event(
+            &client,
+            NS,
+            v,
+            Duration::from_secs(10),
+            "Reclaimed by queue team-a",
+            |r, n| r == "Reclaimed" && n.contains("queue team-a reclaims"),
+        )
         .await?;
     }
     assert!(
@@ -692,6 +697,7 @@ async fn a_high_priority_gang_preempts_whole_lower_priority_units_in_its_queue()
             &client,
             NS,
             v,
+            Duration::from_secs(10),
             "Preempted for gang default/urgent",
             |r, n| r == "Preempted" && n.contains("gang default/urgent"),
         )

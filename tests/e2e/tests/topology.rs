@@ -126,6 +126,7 @@ async fn gangs_land_inside_one_rack_or_across_the_fewest() -> anyhow::Result<()>
         &client,
         NS,
         "tight-0",
+        Duration::from_secs(10),
         "GangPlaced naming its GPUs and required level",
         |r, n| {
             r == "GangPlaced"
