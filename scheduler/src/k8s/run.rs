@@ -39,6 +39,7 @@ use super::convert::{node_info, node_resource_topology, pod_group, pod_info};
 use super::serve;
 use super::status::{
     StatusSink, StatusTarget, StatusWriter, node_resource_topology_resource, pod_group_resource,
+    unschedulable_condition,
 };
 
 /// Log output format.
@@ -1028,17 +1029,25 @@ impl Scheduler {
     }
 
     /// Parks a pending pod as unschedulable with `message`, writing the condition and
-    /// an Event when the message is new for it.
+    /// a `FailedScheduling` Event when the message is new for it. The condition goes
+    /// through the status sink, so an older message never lands after a newer one.
     fn wait(&mut self, pod: &Arc<PodInfo>, message: &str, now: i64) {
         self.queue.unschedulable(&pod.key, now);
         if self.last_message.get(&pod.key).map(String::as_str) != Some(message) {
             tracing::info!(pod = %pod.key, %message, "unschedulable");
             self.last_message
                 .insert(pod.key.clone(), message.to_string());
+            self.status_sink.write(
+                StatusTarget::Pod(pod.key.clone()),
+                unschedulable_condition(message),
+            );
             let status = self.status.clone();
             let (pod, message) = (pod.clone(), message.to_string());
-            self.status
-                .spawn(async move { status.unschedulable(&pod, &message).await });
+            self.status.spawn(async move {
+                status
+                    .event(&pod, EventType::Warning, "FailedScheduling", &message)
+                    .await;
+            });
         }
     }
 

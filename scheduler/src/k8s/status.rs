@@ -9,7 +9,7 @@ use super::events::EventRecorder;
 use serde_json::json;
 
 use crate::gang::{GangKey, PodGroupInfo};
-use crate::model::PodInfo;
+use crate::model::{PodInfo, PodKey};
 
 /// The API group of `PodGroup`.
 pub const POD_GROUP_GROUP: &str = "scheduling.x-k8s.io";
@@ -132,49 +132,37 @@ impl StatusWriter {
         }
     }
 
-    /// Sets `PodScheduled=False, reason=Unschedulable` with `message` (what
-    /// cluster-autoscaler and Karpenter look for) and records a `FailedScheduling`
-    /// Warning Event.
-    pub async fn unschedulable(&self, pod: &PodInfo, message: &str) {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.key.namespace);
-        let now = jiff_now();
-        let patch = json!({"status": {"conditions": [{
-            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-            "message": message, "lastTransitionTime": now, "lastProbeTime": null
-        }]}});
-        if let Err(e) = api
-            .patch_status(
-                &pod.key.name,
-                &PatchParams::default(),
-                &Patch::Strategic(&patch),
-            )
-            .await
-        {
-            tracing::warn!(pod = %pod.key, error = %e, "could not set the PodScheduled condition");
-        }
-        self.event(pod, EventType::Warning, "FailedScheduling", message)
-            .await;
-    }
-
-    /// Merges `status` into the status subresource of `target`. Errors are
-    /// logged here; the caller decides whether to try again.
+    /// Merges `status` into the status subresource of `target` (a strategic merge
+    /// for a pod, so that its other conditions stay). Errors are logged here; the
+    /// caller decides whether to try again.
     pub async fn write_status(
         &self,
         target: &StatusTarget,
         status: &serde_json::Value,
     ) -> Result<(), kube::Error> {
         let patch = json!({ "status": status });
-        let (api, name): (Api<DynamicObject>, &str) = match target {
-            StatusTarget::PodGroup(g) => (
-                Api::namespaced_with(self.client.clone(), &g.namespace, &pod_group_resource()),
-                &g.name,
-            ),
-            StatusTarget::Queue(q) => (Api::all_with(self.client.clone(), &queue_resource()), q),
-        };
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        let params = PatchParams::default();
+        let written = match target {
+            StatusTarget::PodGroup(g) => Api::<DynamicObject>::namespaced_with(
+                self.client.clone(),
+                &g.namespace,
+                &pod_group_resource(),
+            )
+            .patch_status(&g.name, &params, &Patch::Merge(&patch))
             .await
-        {
+            .map(drop),
+            StatusTarget::Queue(q) => {
+                Api::<DynamicObject>::all_with(self.client.clone(), &queue_resource())
+                    .patch_status(q, &params, &Patch::Merge(&patch))
+                    .await
+                    .map(drop)
+            }
+            StatusTarget::Pod(p) => Api::<Pod>::namespaced(self.client.clone(), &p.namespace)
+                .patch_status(&p.name, &params, &Patch::Strategic(&patch))
+                .await
+                .map(drop),
+        };
+        match written {
             Ok(_) => Ok(()),
             // The object is gone: nothing to write, nothing to retry.
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -235,13 +223,25 @@ fn jiff_now() -> String {
         .unwrap_or_default()
 }
 
-/// An object whose status subresource drover writes.
+/// An object whose status subresource drover writes. The sink writes them in
+/// this order, so a flood of pod conditions never holds up PodGroups and Queues.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StatusTarget {
     /// A PodGroup.
     PodGroup(GangKey),
     /// A Queue (cluster-scoped).
     Queue(String),
+    /// A pod's `PodScheduled` condition (see [`unschedulable_condition`]).
+    Pod(PodKey),
+}
+
+/// The status that sets a pod's `PodScheduled=False, reason=Unschedulable` with
+/// `message`: what cluster-autoscaler and Karpenter look for.
+pub fn unschedulable_condition(message: &str) -> serde_json::Value {
+    json!({"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": message, "lastTransitionTime": jiff_now(), "lastProbeTime": null
+    }]})
 }
 
 enum StatusCmd {
@@ -251,8 +251,8 @@ enum StatusCmd {
 }
 
 /// Status writes in order, one object at a time, the latest value per object
-/// winning: two patches for the same PodGroup can never land out of order and
-/// leave an older status behind. A failed write is retried (a few times, with a
+/// winning: two patches for the same PodGroup, or two messages for the same
+/// unschedulable pod, can never land out of order and leave the older behind. A failed write is retried (a few times, with a
 /// pause) unless a newer value for the same object has arrived meanwhile.
 #[derive(Clone)]
 pub struct StatusSink {
@@ -354,5 +354,34 @@ mod tests {
             MAX_PENDING_WRITES
         );
         assert_eq!(w.pending.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn the_latest_value_per_object_wins_and_pod_conditions_come_last() {
+        let mut pending = std::collections::BTreeMap::new();
+        let pod = StatusTarget::Pod(PodKey::new("ns", "p"));
+        let queue = StatusTarget::Queue("q".into());
+        let older = unschedulable_condition("gang ns/g: 4 of minMember 6 pods exist");
+        let newer = unschedulable_condition("gang ns/g: 3/6 members placeable at once");
+        apply(&mut pending, StatusCmd::Write(pod.clone(), older));
+        apply(
+            &mut pending,
+            StatusCmd::Write(queue.clone(), json!({"x": 1})),
+        );
+        apply(&mut pending, StatusCmd::Write(pod.clone(), newer.clone()));
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending.pop_first().map(|(t, _)| t), Some(queue));
+        assert_eq!(pending.pop_first(), Some((pod, (newer.clone(), 0))));
+        assert_eq!(
+            newer["conditions"][0]["message"],
+            "gang ns/g: 3/6 members placeable at once"
+        );
+        assert_eq!(newer["conditions"][0]["reason"], "Unschedulable");
+        apply(
+            &mut pending,
+            StatusCmd::Write(StatusTarget::Queue("q".into()), json!({})),
+        );
+        apply(&mut pending, StatusCmd::Clear);
+        assert!(pending.is_empty());
     }
 }
