@@ -10,9 +10,9 @@
 use std::time::{Duration, Instant};
 
 use divan::Bencher;
-use drover::config::Config;
-use drover::model::NodeInfo;
 use drover_bench::cluster;
+use drover_core::config::Config;
+use drover_core::model::NodeInfo;
 use drover_extender::{Extender, Verb};
 use serde_json::{Value, json};
 

@@ -7,16 +7,16 @@
 use std::sync::Arc;
 
 use divan::Bencher;
-use drover::framework::{Outcome, Profile, schedule_one};
-use drover::gang::{GangOutcome, place_all};
-use drover::model::PodKey;
 use drover_bench::{cluster, gpu_gang, pending_pod, pending_pod_with_affinity, running_pod};
+use drover_core::framework::{Outcome, Profile, schedule_one};
+use drover_core::gang::{GangOutcome, place_all};
+use drover_core::model::PodKey;
 use rand::SeedableRng;
 
 fn main() {
     // Decisions are timed on a thread of a scoring pool, where drover's scheduling loop
-    // takes them (see `drover::pool`).
-    drover::pool::build("bench")
+    // takes them (see `drover_core::pool`).
+    drover_core::pool::build("bench")
         .expect("starting the scoring pool")
         .install(divan::main);
 }
@@ -63,15 +63,15 @@ fn gang_placement_required_block(b: Bencher, size: usize) {
     let snap = cluster(5_000, 50_000).snapshot();
     let profile = Profile::default();
     let gang = gpu_gang(size);
-    let c = drover::topology::Constraint {
+    let c = drover_core::topology::Constraint {
         level: "network.topology.nvidia.com/block".into(),
         required: true,
     };
     b.bench_local(|| {
-        let out = drover::topology::place(&profile, &gang, &snap, &c);
+        let out = drover_core::topology::place(&profile, &gang, &snap, &c);
         assert!(matches!(
             out,
-            drover::topology::TopologyOutcome::Placed { .. }
+            drover_core::topology::TopologyOutcome::Placed { .. }
         ));
         out
     });

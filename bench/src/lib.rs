@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use drover::cache::ClusterCache;
-use drover::model::*;
+use drover_core::cache::ClusterCache;
+use drover_core::model::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

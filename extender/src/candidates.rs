@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use drover::framework::NodeSource;
-use drover::model::NodeInfo;
-use drover::snapshot::{CHUNK, Chunk, Snapshot};
+use drover_core::framework::NodeSource;
+use drover_core::model::NodeInfo;
+use drover_core::snapshot::{CHUNK, Chunk, Snapshot};
 use k8s_openapi::api::core::v1::Node;
 
 use crate::error::RequestError;
@@ -136,6 +136,18 @@ impl Candidates {
         })
     }
 
+    /// The same candidates over a newer snapshot.
+    pub fn refresh(
+        self,
+        verb: &'static str,
+        snapshot: Arc<Snapshot>,
+    ) -> Result<Candidates, RequestError> {
+        match self.whole {
+            Some(nodes) => Candidates::whole(verb, &snapshot, nodes),
+            None => Candidates::by_name(verb, snapshot, self.names),
+        }
+    }
+
     /// The position of the candidate called `name`.
     pub fn position(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
@@ -167,7 +179,7 @@ impl<N: NodeSource + ?Sized> NodeSource for Subset<'_, N> {
     }
 
     #[inline]
-    fn get_with_row(&self, i: usize) -> Option<(&NodeInfo, drover::model::Row)> {
+    fn get_with_row(&self, i: usize) -> Option<(&NodeInfo, drover_core::model::Row)> {
         self.base.get_with_row(*self.slots.get(i)?)
     }
 
@@ -183,7 +195,7 @@ impl<N: NodeSource + ?Sized> NodeSource for Subset<'_, N> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover::model::{PodInfo, PodKey, Resources};
+    use drover_core::model::{PodInfo, PodKey, Resources};
 
     fn cache() -> Snapshot {
         let mut a = NodeInfo::new("a", Resources::cpu_mem(4000, 1 << 30), 110);

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use drover::config::{Config, FileConfig};
-use drover::k8s::{LogFormat, RunOptions, Shared};
+use drover::k8s::LogFormat;
+use drover_core::config::Config;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -100,7 +100,7 @@ impl Args {
     /// Validates the flags and the config file; errors name the flag.
     pub fn options(&self) -> anyhow::Result<Options> {
         let config = match &self.config {
-            Some(p) => FileConfig::load(&p.to_string_lossy())?,
+            Some(p) => drover::k8s::load_config(p)?,
             None => Config::default(),
         };
         let listen: SocketAddr = self.listen.parse().map_err(|e| {
@@ -109,7 +109,7 @@ impl Args {
                 self.listen
             )
         })?;
-        let body_limit = drover::quantity::parse_resource("memory", self.body_limit.trim())
+        let body_limit = drover_core::quantity::parse_resource("memory", self.body_limit.trim())
             .ok()
             .and_then(|b| usize::try_from(b).ok())
             .filter(|b| *b >= 1024)
@@ -160,67 +160,53 @@ impl Args {
 pub struct Running {
     /// The address the server listens on.
     pub addr: SocketAddr,
-    /// The extender (its index, readiness).
+    /// The extender (its engine, readiness).
     pub extender: Arc<Extender>,
-    /// drover's cache: snapshot, readiness, metrics.
-    pub shared: Shared,
-    cache: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// drover's metrics of the watches and cache, served beside the extender's.
+    pub metrics: drover::metrics::Metrics,
+    watches: tokio::task::JoinHandle<()>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    /// Waits until it stops (after the shutdown token is cancelled, or the cache
-    /// fails).
+    /// Waits until it stops (after the shutdown token is cancelled).
     pub async fn wait(self) -> anyhow::Result<()> {
-        let cache = self.cache.await.context("drover's cache task")?;
+        self.watches.await.context("the task feeding the watches")?;
         let _ = self.server.await;
-        cache
+        Ok(())
     }
 }
 
-/// Starts drover's cache (cache only: it never schedules, binds or writes), the
-/// index's watches and the server. Fails at once if the address is taken or the TLS
-/// files are bad.
+/// Starts the engine (extender mode: it never binds or writes on its own), the
+/// watches that feed it and the server. Fails at once if the address is taken or the
+/// TLS files are bad.
 pub async fn start(
     client: Client,
     opts: Options,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let shared = Shared::new();
-    // No pod names this scheduler, so the cache queues nothing.
-    let mut run_opts = RunOptions::new("drover-extender");
-    run_opts.config = opts.config.clone();
-    run_opts.cache_only = true;
-    run_opts.metrics_addr = None;
-    let extender = Arc::new(
-        Extender::new(
-            opts.config.clone(),
-            shared.snapshot.clone(),
-            shared.synced.clone(),
-            opts.plan_ttl,
-        )
-        .with_client(client.clone()),
-    );
+    let drover_metrics = drover::metrics::Metrics::new();
+    let extender =
+        Arc::new(Extender::new(opts.config.clone(), opts.plan_ttl).with_client(client.clone()));
     let metrics = ExtenderMetrics::new(extender.gangs_planned());
     let router = server::router(
         extender.clone(),
         metrics,
-        Some(shared.metrics.clone()),
+        Some(drover_metrics.clone()),
         &opts.server,
     );
     let server = server::serve(router, &opts.server, shutdown.clone()).await?;
-    let cache = tokio::spawn(drover::k8s::run_with(
-        client.clone(),
-        run_opts,
-        shared.clone(),
-        shutdown.clone(),
-    ));
-    crate::watch::spawn_watches(client, extender.clone(), shutdown);
+    let watches = crate::watch::spawn_watches_into(
+        &client,
+        extender.clone(),
+        drover_metrics.clone(),
+        shutdown,
+    );
     Ok(Running {
         addr: server.addr,
         extender,
-        shared,
-        cache,
+        metrics: drover_metrics,
+        watches,
         server: server.task,
     })
 }

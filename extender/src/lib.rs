@@ -6,11 +6,11 @@
 //! the same core and the same kind of snapshot as the standalone scheduler:
 //!
 //! - [`wire`]: the JSON types, key for key as kube-scheduler sends and reads them;
-//! - [`verbs`]: the answers ([`Extender`]), over a snapshot and an [`index`] of gangs,
-//!   plans and queues; [`candidates`] turns a request's node names or Node objects
-//!   into a view the framework runs over;
-//! - [`watch`]: the watches that keep the index; drover's own cache
-//!   (`drover::k8s::run_with`, cache only) keeps the snapshot;
+//! - [`verbs`]: the answers ([`Extender`]), from drover's engine in extender mode
+//!   (gangs, plans, queues, admissions: the same state and code as `drover run`);
+//!   [`candidates`] turns a request's node names or Node objects into a view the
+//!   framework runs over;
+//! - [`watch`]: the watches of `drover run`, feeding the engine;
 //! - [`server`]: the HTTP(S) server with body limits, timeouts and `/metrics`
 //!   ([`metrics`]); [`cli`]: flags and start-up.
 //!
@@ -19,7 +19,6 @@
 pub mod candidates;
 pub mod cli;
 pub mod error;
-pub mod index;
 pub mod metrics;
 pub mod server;
 pub mod verbs;

@@ -1,14 +1,18 @@
-//! The verbs: kube-scheduler's questions answered by drover's own core.
+//! The verbs: kube-scheduler's questions answered by drover's own engine.
 //!
-//! - **filter** runs drover's profile filters (`drover::framework::feasible`, and
-//!   `rejections` for the reasons) over the candidates, after drover's rules that
-//!   kube-scheduler lacks: gang readiness (a gang is decided all together by
-//!   `drover::gang::decide`; until it fits, every node fails for its members; once it
-//!   fits, each member is filtered to exactly its planned node), required topology
-//!   (part of the gang decision) and fair-share queue admission
-//!   (`drover::quota::QueueTree::admit`).
+//! The extender holds one [`Engine`] in extender mode, fed by the same watches as
+//! `drover run`; every rule kube-scheduler lacks is the engine's
+//! ([`Engine::extender_verdict`]), the same code that decides on its own:
+//!
+//! - **filter** asks the engine first — gang readiness (a gang is decided all
+//!   together; until it fits, every node fails for its members; once it fits, its
+//!   members are held on their planned nodes in the engine's cache until the watch
+//!   shows each bound, and each member is filtered to exactly its node), required
+//!   topology and fair-share queue admission — then runs drover's profile filters
+//!   (`drover_core::framework::feasible`, `rejections` for the reasons) over the
+//!   candidates, lock-free over the engine's published snapshot.
 //! - **prioritize** maps drover's weighted score totals
-//!   (`drover::framework::score_nodes`) onto 0..=10, keeping their order.
+//!   (`drover_core::framework::score_nodes`) onto 0..=10, keeping their order.
 //! - **preempt** passes kube-scheduler's victims through, but never a part of a gang
 //!   that would leave it below minMember.
 //! - **bind** binds through the `binding` subresource with the pod's UID.
@@ -18,25 +22,24 @@
 //! any input.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use drover::config::Config;
-use drover::framework::{NodeSource, Overlay, feasible, rejections, score_nodes};
-use drover::gang::{self, GangDecision, GangKey, GangProblem};
 use drover::k8s::convert::{ConvertError, pod_info};
-use drover::model::{PodInfo, PodKey, Resources};
-use drover::plugins::Reason;
-use drover::snapshot::Snapshot;
+use drover_core::config::Config;
+use drover_core::engine::{Engine, Mode, Options, Resource, Verdict};
+use drover_core::framework::{NodeSource, feasible, rejections, score_nodes};
+use drover_core::gang::GangKey;
+use drover_core::model::{PodInfo, PodKey};
+use drover_core::plugins::Reason;
+use drover_core::snapshot::Snapshot;
 use k8s_openapi::api::core::v1::Pod;
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::candidates::{Candidates, Subset};
 use crate::error::RequestError;
-use crate::index::{ClusterIndex, Plan};
 use crate::wire::{
     ErrorResult, ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult,
     ExtenderPreemptionArgs, ExtenderPreemptionResult, FailedNodesMap, HostPriority,
@@ -46,9 +49,14 @@ use crate::wire::{
 /// Below this many candidates the filters run on the calling thread.
 const PARALLEL_MIN: usize = 512;
 
-/// How long a gang plan holds by default: its members must all have come through
-/// filter by then, or the gang is decided again.
+/// How long a gang plan holds by default: its members must all be bound by then, or
+/// the ones that are not go back to pending and the gang is decided again.
 pub const DEFAULT_PLAN_TTL: Duration = Duration::from_secs(60);
+
+/// How long a pod the extender admitted counts against its queue before the watch
+/// shows it bound (or it is deleted). kube-scheduler binds within a second or two of
+/// the filter call; a pod it never binds stops counting after this.
+pub const ADMISSION_TTL_MS: i64 = 30_000;
 
 /// One of kube-scheduler's extender calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -151,65 +159,75 @@ fn parse<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// A gang that waits for more members is asked about again within this long of a
-/// change to its members: the watch that feeds the index may lag kube-scheduler's own
-/// informer by a few milliseconds, and a member that was held on a stale count would
-/// wait for the next unrelated cluster event (up to 5 minutes in a quiet cluster).
-const GANG_GRACE_MS: i64 = 250;
+/// A pod drover has not seen yet, or a gang that waits for members that may be
+/// arriving, is asked about again within this long: the watch that feeds the engine
+/// may lag kube-scheduler's own informer by a few milliseconds, and a pod held on a
+/// stale view would wait for the next unrelated cluster event (up to 5 minutes in a
+/// quiet cluster).
+const GRACE_MS: i64 = 250;
 /// How recent a change to a gang must be for the grace to apply.
 const GANG_RECENT_MS: i64 = 2_000;
-
-/// What drover decided for a pod before any node is looked at.
-enum Verdict {
-    /// Every node fails with this message; preemption would not help.
-    Hold(String),
-    /// Every node fails: the gang waits for members. The gang's change counter when
-    /// decided, and when it last changed.
-    HoldForMembers {
-        message: String,
-        gang: GangKey,
-        version: (u64, i64),
-    },
-    /// A gang member that goes to exactly this node.
-    Planned { gang: GangKey, node: Arc<str> },
-    /// Run the filters.
-    Normal,
-}
 
 /// drover answering kube-scheduler's extender calls.
 pub struct Extender {
     config: Config,
+    engine: Mutex<Engine>,
+    /// The engine's newest snapshot, published after every change, read lock-free.
     snapshot: Arc<ArcSwap<Snapshot>>,
-    cache_synced: Arc<AtomicBool>,
-    index: Mutex<ClusterIndex>,
-    index_synced: AtomicBool,
-    plan_ttl_ms: i64,
     client: Option<kube::Client>,
     gangs_planned: prometheus::IntCounter,
 }
 
+/// Milliseconds since the Unix epoch.
 fn now_ms() -> i64 {
     k8s_openapi::jiff::Timestamp::now().as_millisecond()
 }
 
+/// Guards the engine; publishes its snapshot when released, if it changed.
+pub struct EngineGuard<'a> {
+    guard: MutexGuard<'a, Engine>,
+    snapshot: &'a ArcSwap<Snapshot>,
+}
+
+impl std::ops::Deref for EngineGuard<'_> {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for EngineGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Engine {
+        &mut self.guard
+    }
+}
+
+impl Drop for EngineGuard<'_> {
+    fn drop(&mut self) {
+        if self.snapshot.load().generation != self.guard.generation() {
+            self.snapshot.store(Arc::new(self.guard.snapshot()));
+        }
+    }
+}
+
 impl Extender {
-    /// An extender over the snapshot that drover's cache publishes (`cache_synced`
-    /// tells when it has listed the cluster). It is ready once the index is synced
-    /// too ([`Extender::set_index_synced`]).
-    pub fn new(
-        config: Config,
-        snapshot: Arc<ArcSwap<Snapshot>>,
-        cache_synced: Arc<AtomicBool>,
-        plan_ttl: Duration,
-    ) -> Self {
-        let index = ClusterIndex::new(config.exclusive_namespaces.clone());
+    /// An extender whose engine knows nothing yet: it is ready once the watches (or
+    /// a test) have listed the cluster into [`Extender::engine`].
+    pub fn new(config: Config, plan_ttl: Duration) -> Self {
+        let plan_ttl_ms = i64::try_from(plan_ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let engine = Engine::new(Options {
+            config: config.clone(),
+            scheduler_names: Vec::new(),
+            mode: Mode::Extender {
+                plan_ttl_ms,
+                admission_ttl_ms: ADMISSION_TTL_MS,
+            },
+            tick_ms: 1_000,
+        });
         Extender {
             config,
-            snapshot,
-            cache_synced,
-            index: Mutex::new(index),
-            index_synced: AtomicBool::new(false),
-            plan_ttl_ms: i64::try_from(plan_ttl.as_millis()).unwrap_or(i64::MAX / 2),
+            engine: Mutex::new(engine),
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             client: None,
             gangs_planned: prometheus::IntCounter::new(
                 "drover_extender_gangs_planned_total",
@@ -219,15 +237,34 @@ impl Extender {
         }
     }
 
-    /// An extender over a fixed snapshot, ready at once (tests, benchmarks).
+    /// An extender over the nodes of `snapshot` and the pods on them, listed and
+    /// ready at once (tests, benchmarks).
     pub fn with_snapshot(config: Config, snapshot: Snapshot) -> Self {
-        let e = Extender::new(
-            config,
-            Arc::new(ArcSwap::from_pointee(snapshot)),
-            Arc::new(AtomicBool::new(true)),
-            DEFAULT_PLAN_TTL,
-        );
-        e.set_index_synced(true);
+        let e = Extender::new(config, DEFAULT_PLAN_TTL);
+        {
+            let mut engine = e.engine();
+            for (_, n) in snapshot.nodes() {
+                let mut node = (**n).clone();
+                let pods = std::mem::take(&mut node.pods);
+                engine.handle_node(node, 0);
+                for p in pods {
+                    let mut p = (*p).clone();
+                    p.node_name = Some(n.name.clone());
+                    engine.handle_pod(p, 0);
+                }
+            }
+            for r in [
+                Resource::Pods,
+                Resource::Nodes,
+                Resource::PodGroups,
+                Resource::Queues,
+                Resource::Namespaces,
+                Resource::Budgets,
+                Resource::NodeTopologies,
+            ] {
+                engine.handle_list_done(r, 0);
+            }
+        }
         e
     }
 
@@ -237,25 +274,23 @@ impl Extender {
         self
     }
 
-    /// Publishes a new snapshot (tests).
-    pub fn set_snapshot(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
+    /// The engine, under its lock (a panic elsewhere while it was held leaves it
+    /// usable); its snapshot is published when the guard is dropped.
+    pub fn engine(&self) -> EngineGuard<'_> {
+        EngineGuard {
+            guard: self.engine.lock().unwrap_or_else(|p| p.into_inner()),
+            snapshot: &self.snapshot,
+        }
     }
 
-    /// The index of gangs, plans and queues. A panic elsewhere while it was held
-    /// leaves it usable.
-    pub fn index(&self) -> MutexGuard<'_, ClusterIndex> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The index has listed pods, PodGroups, Queues and namespaces.
-    pub fn set_index_synced(&self, synced: bool) {
-        self.index_synced.store(synced, Ordering::SeqCst);
+    /// The engine's newest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
     }
 
     /// True once nodes, pods, gangs and queues are all listed.
     pub fn ready(&self) -> bool {
-        self.cache_synced.load(Ordering::SeqCst) && self.index_synced.load(Ordering::SeqCst)
+        self.engine().synced()
     }
 
     /// The counter of gangs placed all together (for the metrics registry).
@@ -308,7 +343,8 @@ impl Extender {
         }
     }
 
-    /// The pod of a request, converted as drover converts pods from the watch.
+    /// The pod of a request, converted as drover converts pods from the watch (with
+    /// the configuration's rules applied, as the engine applies them).
     fn request_pod(&self, verb: Verb, pod: Option<Pod>) -> Result<Arc<PodInfo>, RequestError> {
         let pod = pod.ok_or(RequestError::MissingField {
             verb: verb.as_str(),
@@ -326,17 +362,13 @@ impl Extender {
                 detail: format!("pod {e}"),
             },
         })?;
-        Ok(Arc::new(self.index().prepare(info)))
+        Ok(Arc::new(self.engine().prepare(info)))
     }
 
     fn candidates(&self, verb: Verb, args: ExtenderArgs) -> Result<Candidates, RequestError> {
         match (args.node_names, args.nodes) {
-            (Some(names), _) => {
-                Candidates::by_name(verb.as_str(), self.snapshot.load_full(), names)
-            }
-            (None, Some(list)) => {
-                Candidates::whole(verb.as_str(), &self.snapshot.load(), list.items)
-            }
+            (Some(names), _) => Candidates::by_name(verb.as_str(), self.snapshot(), names),
+            (None, Some(list)) => Candidates::whole(verb.as_str(), &self.snapshot(), list.items),
             (None, None) => Err(RequestError::MissingField {
                 verb: verb.as_str(),
                 field: "NodeNames or Nodes",
@@ -345,62 +377,82 @@ impl Extender {
         }
     }
 
+    /// The engine's verdict for `pod`, with housekeeping that is due done first.
+    fn verdict(&self, pod: &PodInfo, now: i64) -> Verdict {
+        let mut engine = self.engine();
+        if engine.poll_timeout().is_some_and(|t| t <= now) {
+            engine.handle_timeout(now);
+        }
+        let verdict = engine.extender_verdict(pod, now);
+        let placed = engine.take_stats().gangs_placed;
+        self.gangs_planned.inc_by(placed);
+        verdict
+    }
+
     /// Filter: which candidates can take the pod, and why the others cannot.
     pub fn filter(&self, args: ExtenderArgs) -> Result<ExtenderFilterResult, RequestError> {
         let verb = Verb::Filter;
         self.check_ready(verb)?;
         let pod = self.request_pod(verb, args.pod.clone())?;
-        let cands = self.candidates(verb, args)?;
-        let now = now_ms();
+        let mut cands = self.candidates(verb, args)?;
+        let mut now = now_ms();
         let mut pass = vec![false; cands.slots.len()];
         let mut failed = FailedNodesMap::new();
         let mut unresolvable = FailedNodesMap::new();
-        // A plan that no longer holds is dropped and the gang decided once more; a gang
-        // that waits for members that may be arriving is decided again when they do.
+        let fail_all = |unresolvable: &mut FailedNodesMap, names: &[String], message: &str| {
+            for n in names {
+                unresolvable.insert(n.clone(), message.to_string());
+            }
+        };
+        // A plan that no longer holds is dropped and the gang decided once more; a pod
+        // or gang that the watch may be about to deliver is decided again when it does.
         let mut replanned = false;
-        let mut regraced = false;
+        let mut waited = false;
         loop {
-            let (verdict, planned) = {
-                let mut ix = self.index();
-                ix.expire(now);
-                let v = self.verdict(&mut ix, &pod, &cands, now);
-                (v, ix.planned_unbound(&pod.key))
-            };
-            let overlay = overlay(&cands.snapshot, &planned);
-            let source: &dyn NodeSource = match &overlay {
-                Some(o) => o,
-                None => &*cands.snapshot,
-            };
-            let view = Subset::new(source, &cands.slots);
-            match verdict {
+            match self.verdict(&pod, now) {
+                Verdict::Unknown => {
+                    if !waited {
+                        waited = true;
+                        if self.await_change(|e| e.pod(&pod.key).is_some_and(|p| p.uid == pod.uid))
+                        {
+                            now = now_ms();
+                            continue;
+                        }
+                    }
+                    let message = format!(
+                        "pod {}: drover's watch has not shown this pod yet; it is decided when it has (its gang or queue needs it)",
+                        pod.key
+                    );
+                    fail_all(&mut unresolvable, &cands.names, &message);
+                }
                 Verdict::HoldForMembers {
                     message,
                     gang,
                     version,
                 } => {
-                    if !regraced && now - version.1 < GANG_RECENT_MS {
-                        regraced = true;
-                        if self.await_gang_change(&gang, version.0) {
+                    if !waited && now - version.1 < GANG_RECENT_MS {
+                        waited = true;
+                        if self.await_change(|e| e.gang_version(&gang).0 != version.0) {
+                            now = now_ms();
                             continue;
                         }
                     }
-                    for n in &cands.names {
-                        unresolvable.insert(n.clone(), message.clone());
-                    }
+                    fail_all(&mut unresolvable, &cands.names, &message);
                 }
-                Verdict::Hold(message) => {
-                    for n in &cands.names {
-                        unresolvable.insert(n.clone(), message.clone());
-                    }
-                }
+                Verdict::Hold(message) => fail_all(&mut unresolvable, &cands.names, &message),
                 Verdict::Planned { gang, node } => {
                     let at = cands.position(&node);
-                    let fits = at.and_then(|i| view.get(i)).map(|n| {
-                        (
-                            feasible(&self.config.profile, &pod, n),
-                            first_reasons(&self.config.profile, &pod, n),
-                        )
-                    });
+                    let fits = at
+                        .and_then(|i| cands.snapshot.slot(cands.slots[i]))
+                        .map(|n| {
+                            // The snapshot counts the member on its node already.
+                            let mut without = (**n).clone();
+                            without.remove_pod(&pod.key);
+                            (
+                                feasible(&self.config.profile, &pod, &without),
+                                first_reasons(&self.config.profile, &pod, &without),
+                            )
+                        });
                     match (at, fits) {
                         (Some(i), Some((true, _))) => {
                             pass[i] = true;
@@ -423,22 +475,24 @@ impl Extender {
                                 (_, Some((_, reasons))) => format!("it no longer fits: {reasons}"),
                                 _ => "it is gone".to_string(),
                             };
-                            self.index().drop_plan(&gang);
+                            self.engine().drop_plan(&pod.key, now);
                             if !replanned {
                                 replanned = true;
                                 tracing::info!(%gang, %node, %why, "gang plan dropped; deciding the gang again");
+                                cands = cands.refresh(verb.as_str(), self.snapshot())?;
+                                pass = vec![false; cands.slots.len()];
                                 continue;
                             }
                             let message = format!(
                                 "gang {gang}: planned node {node} cannot take this member: {why}; the gang is decided again on the next attempt"
                             );
-                            for n in &cands.names {
-                                unresolvable.insert(n.clone(), message.clone());
-                            }
+                            fail_all(&mut unresolvable, &cands.names, &message);
                         }
                     }
                 }
-                Verdict::Normal => {
+                Verdict::Filter => {
+                    let source: &dyn NodeSource = &*cands.snapshot;
+                    let view = Subset::new(source, &cands.slots);
                     self.run_filters(&pod, &view, &mut pass);
                     let rejected: Vec<usize> = (0..pass.len()).filter(|i| !pass[*i]).collect();
                     if !rejected.is_empty() {
@@ -466,7 +520,7 @@ impl Extender {
                         }
                     }
                     if pass.iter().any(|p| *p) {
-                        self.index().admit(&pod, now);
+                        self.engine().admit(&pod.key, now);
                     }
                 }
             }
@@ -505,12 +559,12 @@ impl Extender {
         Ok(result)
     }
 
-    /// Waits up to [`GANG_GRACE_MS`] for the gang's members to change; true if they did.
-    fn await_gang_change(&self, gang: &GangKey, version: u64) -> bool {
-        let deadline = std::time::Instant::now() + Duration::from_millis(GANG_GRACE_MS as u64);
+    /// Waits up to [`GRACE_MS`] for `changed` to hold of the engine; true if it did.
+    fn await_change(&self, changed: impl Fn(&Engine) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_millis(GRACE_MS as u64);
         while std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
-            if self.index().gang_version(gang).0 != version {
+            if changed(&self.engine()) {
                 return true;
             }
         }
@@ -531,176 +585,22 @@ impl Extender {
         }
     }
 
-    /// drover's rules before any node: gang readiness and plans, topology, quotas.
-    fn verdict(
-        &self,
-        ix: &mut ClusterIndex,
-        pod: &Arc<PodInfo>,
-        cands: &Candidates,
-        now: i64,
-    ) -> Verdict {
-        if let Some(g) = &pod.gang {
-            if let Some(conflict) = &g.conflict {
-                return Verdict::Hold(format!("pod {}: {conflict}", pod.key));
-            }
-            let gang = GangKey::of(pod).expect("the pod names a gang");
-            if let Some(node) = ix.planned_node(&gang, &pod.key) {
-                return Verdict::Planned { gang, node };
-            }
-            // None: the gang runs, and members beyond minMember go one by one.
-            if let Some(v) = self.decide_gang(ix, &gang, pod, cands, now) {
-                return v;
-            }
-        }
-        let queue = ix.queue_name(pod);
-        if let Some(why) =
-            ix.quota_refusal(&queue, &pod.requests, std::slice::from_ref(&pod.key), now)
-        {
-            return Verdict::Hold(format!("pod {}: {why}", pod.key));
-        }
-        Verdict::Normal
-    }
-
-    /// Decides the gang of `pod` all together; `None` when the gang already runs.
-    fn decide_gang(
-        &self,
-        ix: &mut ClusterIndex,
-        gang: &GangKey,
-        pod: &Arc<PodInfo>,
-        cands: &Candidates,
-        now: i64,
-    ) -> Option<Verdict> {
-        // Without a PodGroup the size comes from the members' annotation; the request
-        // may be a member the watch has not delivered yet, whose own annotation counts.
-        let own = pod
-            .gang
-            .as_ref()
-            .and_then(|g| g.min_member.as_deref())
-            .and_then(|m| m.trim().parse::<usize>().ok())
-            .filter(|m| *m >= 1);
-        let min = match (ix.min_member(gang), own) {
-            (Ok(m), _) => m,
-            (Err(GangProblem::NoPodGroup), Some(m)) => m,
-            (Err(problem), _) => return Some(Verdict::Hold(problem.message(gang))),
-        };
-        let counts = ix.counts(gang);
-        if counts.scheduled >= min {
-            return None;
-        }
-        let mut pending: Vec<Arc<PodInfo>> = ix
-            .pending_members(gang, &pod.scheduler_name)
-            .into_iter()
-            .filter(|p| p.key != pod.key)
-            .collect();
-        pending.push(pod.clone());
-        pending.sort_by(|a, b| (a.created_ms, &a.key).cmp(&(b.created_ms, &b.key)));
-        // Quota: the whole set must fit the queue's max; failing that, exactly the
-        // members the gang still needs; failing that, it waits (as drover does).
-        let keys: Vec<PodKey> = pending.iter().map(|p| p.key.clone()).collect();
-        let queue = ix.queue_name(&pending[0]);
-        let needed = min.saturating_sub(counts.scheduled).min(pending.len());
-        let sum = |ps: &[Arc<PodInfo>]| {
-            let mut r = Resources::default();
-            for p in ps {
-                r.add(&p.requests);
-            }
-            r
-        };
-        if ix
-            .quota_refusal(&queue, &sum(&pending), &keys, now)
-            .is_some()
-        {
-            if let Some(why) = ix.quota_refusal(&queue, &sum(&pending[..needed]), &keys, now) {
-                return Some(Verdict::Hold(format!("gang {gang}: {why}")));
-            }
-            pending.truncate(needed);
-        }
-        let topology =
-            match gang::topology_request(ix.group(gang), &pending, &self.config.topology_levels) {
-                Some(Err(problem)) => {
-                    return Some(Verdict::Hold(format!("gang {gang}: {problem}")));
-                }
-                Some(Ok(c)) => Some(c),
-                None => None,
-            };
-        let min_resources = ix.group(gang).map(|g| g.min_resources.clone());
-        let decision = gang::decide(
-            &self.config.profile,
-            gang,
-            min,
-            min_resources.as_ref(),
-            topology.as_ref(),
-            &pending,
-            counts.scheduled,
-            &cands.snapshot,
-        );
-        match decision {
-            GangDecision::Running => None,
-            GangDecision::Wait(message) if pending.len() < min - counts.scheduled => {
-                tracing::debug!(%gang, %message, "gang waits for members");
-                Some(Verdict::HoldForMembers {
-                    message,
-                    gang: gang.clone(),
-                    version: ix.gang_version(gang),
-                })
-            }
-            GangDecision::Wait(message) | GangDecision::NoFit { message, .. } => {
-                tracing::debug!(%gang, %message, "gang held");
-                Some(Verdict::Hold(message))
-            }
-            GangDecision::Placed { placed, where_ } => {
-                tracing::info!(%gang, members = placed.len(), where_ = where_.as_deref().unwrap_or(""), "gang placed all together");
-                self.gangs_planned.inc();
-                let mut members = BTreeMap::new();
-                for (member, _, node) in placed {
-                    ix.admit(&member, now);
-                    members.insert(member.key.clone(), (member, node));
-                }
-                let mine = members.get(&pod.key).map(|(_, n)| n.clone());
-                let count = members.len();
-                ix.set_plan(
-                    gang.clone(),
-                    Plan {
-                        members,
-                        until_ms: now + self.plan_ttl_ms,
-                    },
-                );
-                Some(match mine {
-                    Some(node) => Verdict::Planned {
-                        gang: gang.clone(),
-                        node,
-                    },
-                    None => Verdict::Hold(format!(
-                        "gang {gang}: placed with {count} other members (minMember {min}); this pod waits until the gang runs"
-                    )),
-                })
-            }
-        }
-    }
-
     /// Prioritize: drover's score totals over the candidates, mapped onto 0..=10 in
-    /// the same order; nodes that fail drover's filters get 0.
+    /// the same order; nodes that fail drover's filters get 0. A planned gang member
+    /// scores only its planned node.
     pub fn prioritize(&self, args: ExtenderArgs) -> Result<HostPriorityList, RequestError> {
         let verb = Verb::Prioritize;
         self.check_ready(verb)?;
         let pod = self.request_pod(verb, args.pod.clone())?;
         let cands = self.candidates(verb, args)?;
-        let (planned_node, planned) = {
-            let ix = self.index();
-            let mine = GangKey::of(&pod).and_then(|g| ix.planned_node(&g, &pod.key));
-            (mine, ix.planned_unbound(&pod.key))
-        };
+        let planned_node = self.engine().planned_node(&pod.key);
         let mut scores = vec![0i64; cands.slots.len()];
         if let Some(node) = planned_node {
             if let Some(i) = cands.position(&node) {
                 scores[i] = MAX_EXTENDER_PRIORITY;
             }
         } else {
-            let overlay = overlay(&cands.snapshot, &planned);
-            let source: &dyn NodeSource = match &overlay {
-                Some(o) => o,
-                None => &*cands.snapshot,
-            };
+            let source: &dyn NodeSource = &*cands.snapshot;
             let totals = score_nodes(
                 &self.config.profile,
                 &pod,
@@ -730,7 +630,8 @@ impl Extender {
         let preemptor = self.request_pod(verb, args.pod)?;
         // node → (victims (UID, pod if known), PDB violations)
         type Proposed = Vec<(String, Vec<(String, Option<Arc<PodInfo>>)>, i64)>;
-        let ix = self.index();
+        let engine = self.engine();
+        let member = |uid: &str| engine.pod_by_uid(uid).filter(|p| p.gang.is_some()).cloned();
         let mut proposed: Proposed = Vec::new();
         if let Some(meta) = args.node_name_to_meta_victims {
             for (node, v) in meta {
@@ -740,7 +641,7 @@ impl Extender {
                     .unwrap_or_default()
                     .into_iter()
                     .map(|m| {
-                        let known = ix.member_by_uid(&m.uid).cloned();
+                        let known = member(&m.uid);
                         (m.uid, known)
                     })
                     .collect();
@@ -756,10 +657,8 @@ impl Extender {
                         verb: verb.as_str(),
                         detail: format!("victim pod {e}"),
                     })?;
-                    let known = ix
-                        .member_by_uid(&uid)
-                        .cloned()
-                        .or_else(|| info.gang.is_some().then(|| Arc::new(info)));
+                    let known =
+                        member(&uid).or_else(|| info.gang.is_some().then(|| Arc::new(info)));
                     pods.push((uid, known));
                 }
                 proposed.push((node, pods, v.num_pdb_violations));
@@ -776,11 +675,16 @@ impl Extender {
                 .filter_map(|p| GangKey::of(p))
                 .collect();
             for g in gangs {
-                let members = ix.assigned_members(&g);
+                let members: Vec<Arc<PodInfo>> = engine
+                    .gangs()
+                    .members_in(&g, false)
+                    .iter()
+                    .filter_map(|k| engine.pod(k).cloned())
+                    .collect();
                 if members.is_empty() {
                     continue; // drover knows nothing of this gang: kube-scheduler's call
                 }
-                let min = ix.min_member(&g).unwrap_or(members.len());
+                let min = engine.gangs().min_member(&g).unwrap_or(members.len());
                 let left = members.iter().filter(|m| !seen.contains(&*m.uid)).count();
                 if left >= min {
                     continue; // only members beyond minMember go
@@ -837,12 +741,12 @@ impl Extender {
         };
         let key = PodKey::new(&args.pod_namespace, &args.pod_name);
         match drover::k8s::binder::bind(client, &key, &args.pod_uid, &args.node).await {
-            drover::k8s::binder::BindResult::Bound => {
+            drover_core::engine::BindResult::Bound => {
                 tracing::debug!(pod = %key, node = %args.node, "bound");
                 Ok(ExtenderBindingResult::default())
             }
-            drover::k8s::binder::BindResult::Gone(why)
-            | drover::k8s::binder::BindResult::Failed(why) => Err(RequestError::Bind(format!(
+            drover_core::engine::BindResult::Gone(why)
+            | drover_core::engine::BindResult::Failed(why) => Err(RequestError::Bind(format!(
                 "binding {key} to {}: {why}",
                 args.node
             ))),
@@ -850,31 +754,11 @@ impl Extender {
     }
 }
 
-/// The snapshot with planned gang members counted on their nodes, if there are any.
-fn overlay<'a>(
-    snapshot: &'a Snapshot,
-    planned: &[(Arc<PodInfo>, Arc<str>)],
-) -> Option<Overlay<'a>> {
-    let mut overlay: Option<Overlay<'a>> = None;
-    for (pod, node) in planned {
-        let Some(slot) = snapshot
-            .slot_of(node)
-            .filter(|s| snapshot.slot(*s).is_some())
-        else {
-            continue;
-        };
-        overlay
-            .get_or_insert_with(|| Overlay::new(snapshot))
-            .place(slot, pod.clone());
-    }
-    overlay
-}
-
 /// The reasons of the first filter that rejects the node, joined.
 fn first_reasons(
-    profile: &drover::framework::Profile,
+    profile: &drover_core::framework::Profile,
     pod: &PodInfo,
-    node: &drover::model::NodeInfo,
+    node: &drover_core::model::NodeInfo,
 ) -> String {
     for f in &profile.filters {
         let mut reasons = Vec::new();

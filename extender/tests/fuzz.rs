@@ -6,10 +6,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use drover::config::Config;
-use drover::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
-use drover::model::{NodeInfo, PodInfo, PodKey, Resources};
-use drover::snapshot::Snapshot;
+use drover_core::config::Config;
+use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
+use drover_core::model::{NodeInfo, PodInfo, PodKey, Resources};
+use drover_core::snapshot::Snapshot;
 use drover_extender::{Extender, Reply, Verb};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -42,8 +42,8 @@ fn extender() -> Extender {
                      "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]},
         }))
         .unwrap();
-        ext.index()
-            .apply_pod(drover::k8s::convert::pod_info(&pod).unwrap());
+        ext.engine()
+            .handle_pod(drover::k8s::convert::pod_info(&pod).unwrap(), 0);
     }
     ext
 }

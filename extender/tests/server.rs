@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover::config::Config;
-use drover::model::{NodeInfo, Resources};
-use drover::snapshot::Snapshot;
+use drover_core::config::Config;
+use drover_core::model::{NodeInfo, Resources};
+use drover_core::snapshot::Snapshot;
 use drover_extender::metrics::ExtenderMetrics;
 use drover_extender::server::{self, ServerOptions, TlsFiles};
 use drover_extender::{Extender, Verb};

@@ -1,23 +1,7 @@
-//! drover: a Kubernetes scheduler for data-science and AI workloads.
-//!
-//! The pure core — [`model`], [`snapshot`], [`cache`], [`classes`], [`plugins`], [`framework`],
-//! [`queue`] — holds no I/O, so the scheduler, the extender, the simulator and the
-//! benchmarks all run the very same code. [`k8s`] adapts it to a cluster.
+//! drover on a cluster: the Kubernetes adapter ([`k8s`]) that drives the engine of
+//! [`drover_core`] from watches and carries out its actions through the API, and the
+//! metrics it serves ([`metrics`]). The `drover` binary adds `simulate` from
+//! `drover-sim`.
 
-pub mod cache;
-pub mod classes;
-pub mod config;
-pub mod explain;
-pub mod framework;
-pub mod gang;
 pub mod k8s;
 pub mod metrics;
-pub mod model;
-pub mod plugins;
-pub mod pool;
-pub mod quantity;
-pub mod queue;
-pub mod quota;
-pub mod sim;
-pub mod snapshot;
-pub mod topology;

@@ -21,7 +21,7 @@ enum Command {
     Explain(drover::k8s::explain::ExplainArgs),
     /// Replay a cluster and a workload in virtual time and compare drover with a
     /// kube-scheduler-like baseline. With no arguments, runs the built-in scenario.
-    Simulate(drover::sim::SimulateArgs),
+    Simulate(drover_sim::SimulateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +40,6 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(drover::k8s::explain::explain_from_args(args))
         }
-        Command::Simulate(args) => drover::sim::run_cli(&args),
+        Command::Simulate(args) => drover_sim::run_cli(&args),
     }
 }

@@ -1,11 +1,11 @@
-//! The verbs over hand-built snapshots and indexes: no server, no API.
+//! The verbs over hand-built clusters fed to the engine: no server, no API.
 
 use std::sync::Arc;
 
-use drover::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
-use drover::model::{NodeInfo, PodInfo, PodKey, ResourceKind, Resources, Taint, TaintEffect};
-use drover::quota::QueueSpec;
-use drover::snapshot::Snapshot;
+use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
+use drover_core::model::{NodeInfo, PodInfo, PodKey, ResourceKind, Resources, Taint, TaintEffect};
+use drover_core::quota::QueueSpec;
+use drover_core::snapshot::Snapshot;
 use serde_json::{Value, json};
 
 use super::*;
@@ -188,8 +188,8 @@ fn bad_requests_get_a_4xx_with_an_error() {
 
 #[test]
 fn not_ready_until_synced() {
-    let ext = Extender::with_snapshot(Config::default(), small_cluster());
-    ext.set_index_synced(false);
+    // Nothing listed yet.
+    let ext = Extender::new(Config::default(), DEFAULT_PLAN_TTL);
     let (status, v) = call(
         &ext,
         Verb::Filter,
@@ -260,7 +260,7 @@ fn gang_members_wait_for_the_whole_gang_then_get_their_planned_nodes() {
         .map(|i| member_json(&format!("m{i}"), "train", "4", "3"))
         .collect();
     for m in &members {
-        ext.index().apply_pod(info(m));
+        ext.engine().handle_pod(info(m), 0);
     }
     let (status, v) = call(
         &ext,
@@ -275,12 +275,7 @@ fn gang_members_wait_for_the_whole_gang_then_get_their_planned_nodes() {
         "{msg}"
     );
 
-    ext.set_snapshot(Snapshot::from_nodes([
-        node("n1", 4, 16),
-        node("n2", 4, 16),
-        node("n3", 4, 16),
-        node("n4", 4, 16),
-    ]));
+    ext.engine().handle_node(node("n4", 4, 16), 0);
     let all = ["n1", "n2", "n3", "n4"];
     let mut chosen = Vec::new();
     for m in &members {
@@ -331,9 +326,17 @@ fn a_gang_short_of_members_waits_with_drovers_message() {
         .map(|i| member_json(&format!("m{i}"), "dask", "5", "100m"))
         .collect();
     for m in &members[..2] {
-        ext.index().apply_pod(info(m));
+        ext.engine().handle_pod(info(m), 0);
     }
-    // The third is not in the index yet (the watch lags): the request counts it.
+    // The third is not in drover's cache yet (the watch lags): after a short wait for
+    // it, every node fails and says why; kube-scheduler asks again.
+    let (_, v) = call(&ext, Verb::Filter, &names_args(&members[2], &["a", "b"]));
+    let msg = v["FailedAndUnresolvableNodes"]["b"].as_str().unwrap();
+    assert!(
+        msg.contains("drover's watch has not shown this pod yet"),
+        "{msg}"
+    );
+    ext.engine().handle_pod(info(&members[2]), 0);
     let (_, v) = call(&ext, Verb::Filter, &names_args(&members[2], &["a", "b"]));
     assert_eq!(
         v["FailedAndUnresolvableNodes"]["b"],
@@ -341,7 +344,7 @@ fn a_gang_short_of_members_waits_with_drovers_message() {
     );
     // Members that disagree on the size are told so.
     let odd = member_json("m9", "dask", "4", "100m");
-    ext.index().apply_pod(info(&odd));
+    ext.engine().handle_pod(info(&odd), 0);
     let (_, v) = call(&ext, Verb::Filter, &names_args(&odd, &["a"]));
     let msg = v["FailedAndUnresolvableNodes"]["a"].as_str().unwrap();
     assert!(msg.contains("members disagree"), "{msg}");
@@ -352,19 +355,23 @@ fn a_pod_over_its_queue_max_is_filtered_everywhere() {
     let ext = Extender::with_snapshot(Config::default(), small_cluster());
     let mut max = Resources::default();
     max.set(&ResourceKind::Cpu, 2000);
-    ext.index().apply_queue(QueueSpec {
-        name: "team".into(),
-        max: Some(max),
-        max_listed: vec![ResourceKind::Cpu],
-        weight: 1,
-        ..Default::default()
-    });
+    ext.engine().handle_queue(
+        QueueSpec {
+            name: "team".into(),
+            max: Some(max),
+            max_listed: vec![ResourceKind::Cpu],
+            weight: 1,
+            ..Default::default()
+        },
+        0,
+    );
     let team = |name: &str| {
         let mut p = pod_json(name, "1", "1Gi");
         p["metadata"]["labels"] = json!({"drover.dev/queue": "team"});
         p
     };
     for (name, admitted) in [("p1", true), ("p2", true), ("p3", false)] {
+        ext.engine().handle_pod(info(&team(name)), 0);
         let (_, v) = call(&ext, Verb::Filter, &names_args(&team(name), &["a", "b"]));
         assert_eq!(!passed(&v).is_empty(), admitted, "{name}: {v}");
         if !admitted {
@@ -385,7 +392,7 @@ fn preemption_never_breaks_a_gang() {
     let bound = |name: &str, gang: &str, min: &str, node: &str| {
         let mut p = member_json(name, gang, min, "100m");
         p["spec"]["nodeName"] = json!(node);
-        ext.index().apply_pod(info(&p));
+        ext.engine().handle_pod(info(&p), 0);
     };
     bound("g0", "g", "2", "a");
     bound("g1", "g", "2", "a");

@@ -4,20 +4,11 @@ use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 
-use crate::model::PodKey;
-
-/// How a bind call ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BindResult {
-    /// Bound.
-    Bound,
-    /// The pod is already bound, or was deleted or recreated (409/404): drop it.
-    Gone(String),
-    /// Anything else: forget the assumption and retry after backoff.
-    Failed(String),
-}
+use drover_core::engine::BindResult;
+use drover_core::model::PodKey;
 
 /// Binds `key` (with UID `uid`, so a recreated pod is never bound by mistake) to `node`.
+/// A 409 (already bound, or recreated) or 404 (deleted) is [`BindResult::Gone`].
 pub async fn bind(client: Client, key: &PodKey, uid: &str, node: &str) -> BindResult {
     let api: Api<Pod> = Api::namespaced(client, &key.namespace);
     let binding = Binding {

@@ -8,12 +8,12 @@ use k8s_openapi::api::core::v1::{Container, Node, NodeSelectorTerm, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use thiserror::Error;
 
-use crate::gang::{self, GangKey, PodGroupInfo};
-use crate::model::{
+use drover_core::gang::{self, GangKey, PodGroupInfo};
+use drover_core::model::{
     GangRef, HostPort, Labels, NodeInfo, Phase, PodInfo, PodKey, Protocol, Requirement,
     ResourceKind, Resources, SelectorOp, SelectorTerm, Taint, TaintEffect, Toleration,
 };
-use crate::quantity::{QuantityError, parse_resource};
+use drover_core::quantity::{QuantityError, parse_resource};
 
 /// An object drover cannot use, and why.
 #[derive(Debug, Error)]
@@ -359,7 +359,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
         queue: meta
             .labels
             .as_ref()
-            .and_then(|l| l.get(crate::quota::QUEUE_LABEL))
+            .and_then(|l| l.get(drover_core::quota::QUEUE_LABEL))
             .filter(|v| !v.is_empty())
             .map(|v| Arc::from(v.as_str())),
         gpu_memory_min_mib: meta
@@ -421,8 +421,8 @@ fn gang_ref(pod: &Pod) -> Option<GangRef> {
         name: name.as_str().into(),
         min_member,
         conflict,
-        topology_required: annotation(crate::topology::REQUIRED_ANNOTATION),
-        topology_preferred: annotation(crate::topology::PREFERRED_ANNOTATION),
+        topology_required: annotation(drover_core::topology::REQUIRED_ANNOTATION),
+        topology_preferred: annotation(drover_core::topology::PREFERRED_ANNOTATION),
     })
 }
 
@@ -430,8 +430,8 @@ fn gang_ref(pod: &Pod) -> Option<GangRef> {
 /// named after its node) into the node's name and its NUMA zones.
 pub fn node_resource_topology(
     obj: &kube::api::DynamicObject,
-) -> Result<(String, crate::model::Numa), ConvertError> {
-    use crate::model::{Numa, NumaZone};
+) -> Result<(String, drover_core::model::Numa), ConvertError> {
+    use drover_core::model::{Numa, NumaZone};
     let name = obj.metadata.name.as_deref().ok_or(ConvertError::NoName {
         kind: "NodeResourceTopology",
     })?;
@@ -518,7 +518,9 @@ pub fn node_resource_topology(
 }
 
 /// Converts a `Queue` (`drover.dev/v1alpha1`).
-pub fn queue(obj: &kube::api::DynamicObject) -> Result<crate::quota::QueueSpec, ConvertError> {
+pub fn queue(
+    obj: &kube::api::DynamicObject,
+) -> Result<drover_core::quota::QueueSpec, ConvertError> {
     let name = obj
         .metadata
         .name
@@ -541,7 +543,7 @@ pub fn queue(obj: &kube::api::DynamicObject) -> Result<crate::quota::QueueSpec, 
             Some(&map),
         )?))
     };
-    Ok(crate::quota::QueueSpec {
+    Ok(drover_core::quota::QueueSpec {
         name: name.into(),
         parent: spec
             .and_then(|s| s.get("parent"))
@@ -597,13 +599,13 @@ pub fn pod_group(obj: &kube::api::DynamicObject) -> Result<PodGroupInfo, Convert
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(crate::topology::REQUIRED_ANNOTATION))
+            .and_then(|a| a.get(drover_core::topology::REQUIRED_ANNOTATION))
             .map(|v| v.as_str().into()),
         topology_preferred: obj
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(crate::topology::PREFERRED_ANNOTATION))
+            .and_then(|a| a.get(drover_core::topology::PREFERRED_ANNOTATION))
             .map(|v| v.as_str().into()),
         schedule_timeout_ms: int("scheduleTimeoutSeconds")
             .filter(|s| *s > 0)
@@ -670,36 +672,12 @@ pub fn node_info(node: &Node) -> Result<NodeInfo, ConvertError> {
     })
 }
 
-/// What drover needs of a PodDisruptionBudget: which pods it covers and how many of
-/// them may be evicted now.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DisruptionBudget {
-    /// Its namespace (it covers pods there only).
-    pub namespace: String,
-    /// Its label selector; `None` for an empty selector, which covers every pod of
-    /// the namespace.
-    pub selector: Option<SelectorTerm>,
-    /// `status.disruptionsAllowed` (0 until the disruption controller has set it).
-    pub allowed: i32,
-}
-
-impl DisruptionBudget {
-    /// True when the budget covers `pod`.
-    pub fn covers(&self, pod: &PodInfo) -> bool {
-        *pod.key.namespace == *self.namespace
-            && self
-                .selector
-                .as_ref()
-                .is_none_or(|s| s.matches(&pod.labels, ""))
-    }
-}
-
 /// A PodDisruptionBudget as drover reads it; `None` when its selector is null (it
 /// covers no pod). A selector drover cannot read covers every pod of the namespace,
 /// so that drover rather evicts too little than too much.
 pub fn disruption_budget(
     pdb: &k8s_openapi::api::policy::v1::PodDisruptionBudget,
-) -> Option<DisruptionBudget> {
+) -> Option<drover_core::model::DisruptionBudget> {
     let namespace = pdb.metadata.namespace.clone().unwrap_or_default();
     let allowed = pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed);
     let sel = pdb.spec.as_ref()?.selector.as_ref()?;
@@ -744,7 +722,7 @@ pub fn disruption_budget(
             _ => readable = false,
         }
     }
-    Some(DisruptionBudget {
+    Some(drover_core::model::DisruptionBudget {
         namespace,
         selector: (readable && !reqs.is_empty()).then_some(SelectorTerm(reqs)),
         allowed,
@@ -913,7 +891,7 @@ mod tests {
             serde_json::from_value(v).unwrap()
         };
         let pod = |ns: &str, labels: &[(&str, &str)]| PodInfo {
-            key: crate::model::PodKey::new(ns, "p"),
+            key: drover_core::model::PodKey::new(ns, "p"),
             labels: Labels::new(labels.iter().copied()),
             ..Default::default()
         };

@@ -9,13 +9,13 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{DynamicObject, ListParams};
 use kube::{Api, Client};
 
-use crate::cache::ClusterCache;
-use crate::config::{Config, FileConfig};
-use crate::explain::{PodStatus, QuotaView, explain};
-use crate::gang::{GangKey, GangTracker, MemberState};
-use crate::model::{Phase, PodInfo};
+use drover_core::cache::ClusterCache;
+use drover_core::config::Config;
+use drover_core::explain::{PodStatus, QuotaView, explain};
+use drover_core::gang::{GangKey, GangTracker, MemberState};
+use drover_core::model::{Phase, PodInfo};
 
-use crate::quota::{QUEUE_LABEL, QueueTree, Usage};
+use drover_core::quota::{QUEUE_LABEL, QueueTree, Usage};
 
 use super::convert::{node_info, pod_group, pod_info, queue};
 use super::status::{pod_group_resource, queue_resource};
@@ -47,7 +47,7 @@ pub async fn explain_from_args(args: ExplainArgs) -> anyhow::Result<()> {
         ),
     };
     let config = match &args.config {
-        Some(p) => FileConfig::load(&p.to_string_lossy())?,
+        Some(p) => super::load_config(p)?,
         None => Config::default(),
     };
     let client = super::run::client_for(args.kubeconfig.as_ref(), args.context.as_ref()).await?;
@@ -195,7 +195,7 @@ pub async fn explain_pod(
     };
     let tree = QueueTree::build(queues.iter().filter_map(|q| queue(q).ok()));
     let usage = Usage::from_pods(&tree, counted.iter().map(|(p, placed)| (p, *placed)));
-    let mut cluster = crate::model::Resources::default();
+    let mut cluster = drover_core::model::Resources::default();
     for (_, n) in snapshot.nodes() {
         if n.known && !n.unschedulable {
             cluster.add(&n.allocatable);

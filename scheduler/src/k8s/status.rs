@@ -8,8 +8,9 @@ use kube::runtime::events::{Event, EventType, Reporter};
 use super::events::EventRecorder;
 use serde_json::json;
 
-use crate::gang::{GangKey, PodGroupInfo};
-use crate::model::{PodInfo, PodKey};
+use drover_core::engine::{PodGroupStatus, QueueStatus};
+use drover_core::gang::{GangKey, PodGroupInfo};
+use drover_core::model::{PodInfo, PodKey, Resources};
 
 /// The API group of `PodGroup`.
 pub const POD_GROUP_GROUP: &str = "scheduling.x-k8s.io";
@@ -242,6 +243,72 @@ pub fn unschedulable_condition(message: &str) -> serde_json::Value {
         "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
         "message": message, "lastTransitionTime": jiff_now(), "lastProbeTime": null
     }]})
+}
+
+fn timestamp(ms: i64) -> Option<String> {
+    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+        .ok()?
+        .round(k8s_openapi::jiff::Unit::Second)
+        .ok()
+        .map(|t| t.to_string())
+}
+
+/// A PodGroup's `status`, as scheduler-plugins writes it.
+pub fn pod_group_status(s: &PodGroupStatus) -> serde_json::Value {
+    let mut status = json!({
+        "phase": s.phase.as_str(),
+        "scheduled": s.scheduled,
+        "running": s.running,
+        "succeeded": s.succeeded,
+        "failed": s.failed,
+    });
+    let start = s.schedule_start_ms.and_then(timestamp);
+    if let Some(t) = &start {
+        status["scheduleStartTime"] = t.clone().into();
+    }
+    if s.timed_out {
+        status["conditions"] = json!([{
+            "type": "ScheduleTimedOut",
+            "status": "True",
+            "reason": "ScheduleTimeout",
+            "message": "not placed within scheduleTimeoutSeconds; members keep waiting",
+            "lastTransitionTime": start.unwrap_or_default(),
+        }]);
+    }
+    status
+}
+
+fn quantities(r: &Resources) -> serde_json::Value {
+    r.iter()
+        .map(|(k, v)| {
+            (
+                k.name().to_string(),
+                serde_json::Value::from(drover_core::quantity::format_quantity(&k, v)),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// A Queue's `status`.
+pub fn queue_status(s: &QueueStatus) -> serde_json::Value {
+    match s {
+        QueueStatus::Valid {
+            allocated,
+            pending,
+            fair_share,
+            dominant_permille,
+        } => json!({
+            "allocated": quantities(allocated),
+            "pending": quantities(pending),
+            "fairShare": quantities(fair_share),
+            "dominantShare": format!("{:.3}", *dominant_permille as f64 / 1000.0),
+            "conditions": [{"type": "Valid", "status": "True", "reason": "Valid", "message": ""}],
+        }),
+        QueueStatus::Invalid { message } => json!({
+            "conditions": [{"type": "Valid", "status": "False", "reason": "Invalid", "message": message}],
+        }),
+    }
 }
 
 enum StatusCmd {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use drover::k8s::{RunOptions, Shared};
-use drover::quantity::parse_resource;
+use drover_core::quantity::parse_resource;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client};
@@ -210,7 +210,7 @@ pub async fn gang_counts(
             .metadata
             .labels
             .as_ref()
-            .and_then(|l| l.get(drover::gang::GROUP_LABEL))
+            .and_then(|l| l.get(drover_core::gang::GROUP_LABEL))
         else {
             continue;
         };

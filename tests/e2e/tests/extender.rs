@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use drover::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
+use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
 use drover_e2e::{QUEUE_CRD, node_of, start_extender, unschedulable_message};
 use drover_extender::Running;
 use drover_testenv::{ControlPlane, FakeNode, ProcessGuard, TestPod, repo_root, wait_until};
@@ -231,7 +231,7 @@ async fn a_pod_over_its_queue_max_is_filtered_everywhere() -> anyhow::Result<()>
         "the extender sees Queue team",
         || {
             let ext = ext.clone();
-            async move { Ok(ext.index().queue_names().iter().any(|n| &**n == "team")) }
+            async move { Ok(ext.engine().queue_tree().get("team").is_some()) }
         },
     )
     .await?;

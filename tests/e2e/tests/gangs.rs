@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use drover::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
+use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
 use drover_e2e::{
     Drover, POD_GROUP_CRD, create_pod_group, events_for, gang_counts, node_of, overcommitted,
     pod_group_status, pods, unschedulable_message, wait_event,

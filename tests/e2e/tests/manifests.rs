@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use drover::gang::GROUP_LABEL;
+use drover_core::gang::GROUP_LABEL;
 use drover_e2e::{Drover, create_pod_group, events_for, node_of, pod_group_status};
 use drover_testenv::{ControlPlane, FakeNode, TestPod, repo_root, wait_until};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -117,8 +117,9 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
         .get("drover-config")
         .await?;
     let text = &cm.data.unwrap()["config.yaml"];
-    let config = drover::config::FileConfig::parse(text, "configmap drover-config")?.validate()?;
-    assert_eq!(config, drover::config::Config::default());
+    let config =
+        drover_core::config::FileConfig::parse(text, "configmap drover-config")?.validate()?;
+    assert_eq!(config, drover_core::config::Config::default());
 
     // drover as the ServiceAccount, with only that RBAC.
     let token = cp.service_account_token("drover-system", "drover").await?;
@@ -220,7 +221,7 @@ async fn the_extender_manifests_install_and_their_rbac_is_enough() -> anyhow::Re
     .await?;
     // Its config file is valid.
     let text = std::fs::read_to_string(dir.join("config.yaml"))?;
-    drover::config::FileConfig::parse(&text, "manifests/extender/config.yaml")?.validate()?;
+    drover_core::config::FileConfig::parse(&text, "manifests/extender/config.yaml")?.validate()?;
 
     let token = cp
         .service_account_token("drover-system", "drover-extender")

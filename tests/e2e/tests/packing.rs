@@ -106,7 +106,7 @@ async fn memory_of_used_nodes(
     for n in nodes {
         if used.contains(n.metadata.name.as_ref().unwrap()) {
             let q = &n.status.unwrap().allocatable.unwrap()["memory"];
-            total += drover::quantity::parse_resource("memory", &q.0)? >> 30;
+            total += drover_core::quantity::parse_resource("memory", &q.0)? >> 30;
         }
     }
     Ok(total)
@@ -232,8 +232,9 @@ async fn exclusive_gangs_and_cordoned_nodes() -> anyhow::Result<()> {
     );
     cp.create_nodes(&nodes).await?;
     let mut opts = drover::k8s::RunOptions::new("drover");
-    opts.config = drover::config::FileConfig::parse("exclusive: {namespaces: [default]}", "test")?
-        .validate()?;
+    opts.config =
+        drover_core::config::FileConfig::parse("exclusive: {namespaces: [default]}", "test")?
+            .validate()?;
     let drover = Drover::start_with(client.clone(), opts);
     // A 3-member gang in an exclusive namespace: one node per member, all at once.
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
@@ -244,8 +245,8 @@ async fn exclusive_gangs_and_cordoned_nodes() -> anyhow::Result<()> {
                 .scheduler("drover")
                 .cpu("1")
                 .memory("1Gi")
-                .label(drover::gang::GROUP_LABEL, "ranks")
-                .annotation(drover::gang::MIN_MEMBER_ANNOTATION, "3")
+                .label(drover_core::gang::GROUP_LABEL, "ranks")
+                .annotation(drover_core::gang::MIN_MEMBER_ANNOTATION, "3")
                 .build(),
         )
         .await?;

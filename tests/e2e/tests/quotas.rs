@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use drover::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
+use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
 use drover_e2e::{Drover, QUEUE_CRD, node_of, pods, unschedulable_message};
 use drover_testenv::{ControlPlane, FakeNode, TestPod, wait_until};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -99,7 +99,7 @@ async fn bound_cpu(client: &Client) -> anyhow::Result<BTreeMap<String, i64>> {
             .as_ref()
             .and_then(|r| r.requests.as_ref())
             .and_then(|r| r.get("cpu"))
-            .map(|q| drover::quantity::parse_resource("cpu", &q.0).unwrap())
+            .map(|q| drover_core::quantity::parse_resource("cpu", &q.0).unwrap())
             .unwrap_or(0);
         *out.entry(q).or_default() += cpu;
     }
@@ -316,7 +316,7 @@ async fn a_queue_at_max_never_exceeds_it_and_bad_input_is_reported() -> anyhow::
     .await?;
     // `drover explain` says why: the queue, where it comes from, its standing, and
     // for the gang, its members too.
-    let config = drover::config::Config::default();
+    let config = drover_core::config::Config::default();
     let out =
         drover::k8s::explain::explain_pod(&client, &config, "analytics", "via-namespace").await?;
     for want in [
@@ -408,7 +408,7 @@ async fn an_idle_team_gets_its_guarantee_back_by_reclaim() -> anyhow::Result<()>
         .await?;
     }
     let mut opts = drover::k8s::RunOptions::new("drover");
-    opts.config = drover::config::FileConfig::parse(
+    opts.config = drover_core::config::FileConfig::parse(
         "quota: {reclaimGraceSeconds: 1, minRuntimeSeconds: 0}",
         "test",
     )?
@@ -569,7 +569,7 @@ async fn a_high_priority_gang_preempts_whole_lower_priority_units_in_its_queue()
     let client = cp.client();
     cp.create_nodes(&four_cpu_nodes(2)).await?;
     let mut opts = drover::k8s::RunOptions::new("drover");
-    opts.config = drover::config::FileConfig::parse(
+    opts.config = drover_core::config::FileConfig::parse(
         "quota: {reclaimGraceSeconds: 1, minRuntimeSeconds: 0}",
         "test",
     )?

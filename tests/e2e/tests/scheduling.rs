@@ -960,7 +960,7 @@ async fn explain_says_why_a_pod_waits() -> anyhow::Result<()> {
     .await?;
     let out = drover::k8s::explain::explain_pod(
         &client,
-        &drover::config::Config::default(),
+        &drover_core::config::Config::default(),
         NS,
         "too-big",
     )
@@ -977,7 +977,7 @@ async fn explain_says_why_a_pod_waits() -> anyhow::Result<()> {
     }
     let missing = drover::k8s::explain::explain_pod(
         &client,
-        &drover::config::Config::default(),
+        &drover_core::config::Config::default(),
         NS,
         "nobody",
     )

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use drover::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
+use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
 use drover_e2e::{Drover, node_of, overcommitted, pods, unschedulable_message, wait_event};
 use drover_testenv::{ControlPlane, FakeNode, TestPod, wait_until};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -41,7 +41,7 @@ fn cluster() -> Vec<Node> {
 
 fn options() -> anyhow::Result<drover::k8s::RunOptions> {
     let mut o = drover::k8s::RunOptions::new("drover");
-    o.config = drover::config::FileConfig::parse(
+    o.config = drover_core::config::FileConfig::parse(
         &format!("topology:\n  levels: [{BLOCK}, {RACK}, kubernetes.io/hostname]\n"),
         "test",
     )?

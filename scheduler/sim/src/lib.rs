@@ -231,8 +231,8 @@ pub fn simulate(input: &Input, progress: bool) -> Report {
     let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
     let (_multi, bars) = progress_bars(progress, input.hours, &names);
     // On a scoring pool, so that each decision starts on the thread that asks for it
-    // (see `crate::pool`); the two policies run side by side on it.
-    let pool = crate::pool::build("drover-sim").expect("starting the simulator's threads");
+    // (see `drover_core::pool`); the two policies run side by side on it.
+    let pool = drover_core::pool::build("drover-sim").expect("starting the simulator's threads");
     let outputs: Vec<engine::RunOutput> = pool.install(|| {
         policies
             .par_iter()

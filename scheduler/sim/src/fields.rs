@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::quantity;
+use drover_core::quantity;
 
 /// Accepts a string or a number and hands its text to `parse`.
 struct TextVisitor<F> {

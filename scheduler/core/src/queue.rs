@@ -230,6 +230,8 @@ impl SchedulingQueue {
             }
         }
         self.next_stale_ms = next;
+        // In key order, so that runs do not depend on hash order.
+        stale.sort();
         for k in stale {
             self.push_active(&k);
         }
@@ -331,12 +333,13 @@ impl SchedulingQueue {
     /// Something changed that may let unschedulable pods fit (a node was added or
     /// grew, a pod went away): give every one of them another try after its backoff.
     pub fn cluster_changed(&mut self, now_ms: i64) {
-        let parked: Vec<PodKey> = self
+        let mut parked: Vec<PodKey> = self
             .pods
             .iter()
             .filter(|(_, q)| matches!(q.at, Where::Unschedulable(_)))
             .map(|(k, _)| k.clone())
             .collect();
+        parked.sort();
         for k in parked {
             self.requeue_after_backoff(&k, now_ms);
         }
@@ -460,6 +463,11 @@ impl QueueSet {
         }
         let (_, name) = best?;
         self.queues.get_mut(&name)?.pop(now_ms)
+    }
+
+    /// True when some pod is active now (after moving due pods to active).
+    pub fn ready(&mut self, now_ms: i64) -> bool {
+        self.queues.values_mut().any(|q| q.ready(now_ms))
     }
 
     /// See [`SchedulingQueue::unschedulable`].

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use super::fields::{Bytes, Count, Cpu};
-use crate::model::{Labels, NodeInfo, Resources, Taint, TaintEffect};
+use drover_core::model::{Labels, NodeInfo, Resources, Taint, TaintEffect};
 
 /// The built-in scenario's text.
 pub const BUILTIN_SCENARIO: &str = include_str!("builtin_scenario.yaml");

@@ -375,6 +375,11 @@ impl GangTracker {
         self.dirty.insert(gang.clone());
     }
 
+    /// True when some gang's status changed since the last [`GangTracker::take_dirty`].
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
     /// Gangs whose counts or group changed since the last call.
     pub fn take_dirty(&mut self) -> Vec<GangKey> {
         let mut v: Vec<GangKey> = self.dirty.drain().collect();

@@ -13,7 +13,7 @@ use super::fields::{
     Bytes, Count, Cpu, Millis, parse_bytes, parse_count, parse_cpu, parse_duration,
 };
 use super::scenario::Scenario;
-use crate::model::{Resources, TaintEffect, Toleration};
+use drover_core::model::{Resources, TaintEffect, Toleration};
 
 /// What a job is; decides defaults (notebooks and batch pods are not gangs; Dask
 /// clusters and training jobs are, unless `minMember` says otherwise).
@@ -664,7 +664,7 @@ pub fn to_yaml(jobs: &[JobSpec]) -> String {
 /// Writes jobs as CSV with every column, in the format `parse_csv` reads.
 pub fn to_csv(jobs: &[JobSpec]) -> String {
     use super::fields::format_duration;
-    use crate::quantity::{format_bytes, format_cpu};
+    use drover_core::quantity::{format_bytes, format_cpu};
     let mut out = CSV_COLUMNS.join(",");
     out.push('\n');
     let quote = |s: String| {

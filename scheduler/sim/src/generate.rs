@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 
 use super::scenario::Scenario;
 use super::workload::{JobKind, JobSpec, TopologyMode, TopologyRequest};
-use crate::model::Resources;
+use drover_core::model::Resources;
 
 const GI: i64 = 1 << 30;
 const MIN: i64 = 60_000;

@@ -2,11 +2,13 @@
 //! Built once from API objects (or from a simulator scenario); nothing here parses
 //! strings on the hot path.
 
+pub mod budget;
 pub mod labels;
 pub mod node;
 pub mod pod;
 pub mod resources;
 
+pub use budget::DisruptionBudget;
 pub use labels::{Labels, Requirement, SelectorOp, SelectorTerm, Taint, TaintEffect, Toleration};
 pub use node::NodeInfo;
 pub use node::{Numa, NumaZone, Reservation, Row};

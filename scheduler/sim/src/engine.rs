@@ -12,16 +12,16 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 
-use crate::cache::ClusterCache;
-use crate::framework::{Outcome, Profile, schedule_one};
-use crate::gang::{GangOutcome, place_all};
-use crate::model::{
+use drover_core::cache::ClusterCache;
+use drover_core::framework::{Outcome, Profile, schedule_one};
+use drover_core::gang::{GangOutcome, place_all};
+use drover_core::model::{
     Labels, NodeInfo, Phase, PodInfo, PodKey, Requirement, Resources, SelectorOp, SelectorTerm,
     Toleration,
 };
-use crate::plugins::packing::{Packing, Strategy};
-use crate::queue::{QueueConfig, SchedulingQueue};
-use crate::snapshot::Snapshot;
+use drover_core::plugins::packing::{Packing, Strategy};
+use drover_core::queue::{QueueConfig, SchedulingQueue};
+use drover_core::snapshot::Snapshot;
 
 use super::metrics::{JobOutcome, JobStatus, Sample};
 use super::workload::{JobSpec, parse_toleration};
@@ -79,14 +79,14 @@ impl Policy {
     /// Modelled on kube-scheduler's default profile: LeastAllocated spreading over cpu
     /// and memory, pod by pod, no gangs, no quota.
     pub fn baseline() -> Self {
-        use crate::model::ResourceKind;
+        use drover_core::model::ResourceKind;
         let mut profile = Profile::with_packing(Packing {
             strategy: Strategy::LeastAllocated,
             resources: vec![(ResourceKind::Cpu, 1), (ResourceKind::Memory, 1)],
         });
         // kube-scheduler weighs preferred node affinity 2.
         for (score, weight) in &mut profile.scores {
-            if matches!(score, crate::plugins::Score::NodeAffinity) {
+            if matches!(score, drover_core::plugins::Score::NodeAffinity) {
                 *weight = 2;
             }
         }
@@ -377,7 +377,7 @@ impl<'a> Simulation<'a> {
         if requests.gpu > 0 {
             // As the ExtendedResourceToleration admission plugin adds.
             tolerations.push(Toleration {
-                key: crate::model::GPU.into(),
+                key: drover_core::model::GPU.into(),
                 exists: true,
                 value: "".into(),
                 effect: None,
@@ -851,7 +851,7 @@ impl<'a> Simulation<'a> {
 
 /// A waiting reason without its counts, for grouping: `fits no node: Insufficient
 /// memory, node(s) had untolerated taint {nvidia.com/gpu: present}`.
-fn reason_class(what: &str, d: &crate::framework::Diagnosis) -> String {
+fn reason_class(what: &str, d: &drover_core::framework::Diagnosis) -> String {
     let reasons: Vec<&str> = d.reasons.keys().map(String::as_str).collect();
     if reasons.is_empty() {
         return format!("{what}: no nodes");
@@ -862,8 +862,8 @@ fn reason_class(what: &str, d: &crate::framework::Diagnosis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::generate::builtin_day;
-    use crate::sim::scenario::Scenario;
+    use crate::generate::builtin_day;
+    use crate::scenario::Scenario;
 
     /// Every resource of every node, recomputed from the pods on it, fits.
     fn check_capacity(snap: &Snapshot, at: i64, policy: &str) {
@@ -1005,7 +1005,7 @@ mod tests {
         let yaml = "nodeGroups:\n- {name: gpu, count: 2, cpu: 8, memory: 64Gi, gpus: 8}\nteams:\n- {name: a, share: 1}\n";
         let scenario = Scenario::parse(yaml, "t").unwrap();
         let wl = "jobs:\n- {name: x, arrival: 0, duration: 1h, team: a, kind: training, replicas: 2, requests: {cpu: 1, memory: 1Gi, nvidia.com/gpu: 8}}\n- {name: y, arrival: 0, duration: 1h, team: a, kind: training, replicas: 2, requests: {cpu: 1, memory: 1Gi, nvidia.com/gpu: 8}}\n";
-        let specs = crate::sim::workload::parse_yaml(wl, "w", &scenario).unwrap();
+        let specs = crate::workload::parse_yaml(wl, "w", &scenario).unwrap();
         let teams = vec!["a".to_string()];
         let nodes = scenario.nodes();
         let h = 4 * 3_600_000;
@@ -1019,7 +1019,7 @@ mod tests {
         assert_eq!(status(&base), [JobStatus::Completed, JobStatus::Completed]);
 
         let wl = "jobs:\n- {name: x, arrival: 0, duration: 1h, team: a, kind: training, replicas: 2, requests: {cpu: 1, memory: 1Gi, nvidia.com/gpu: 8}}\n- {name: y, arrival: 0, duration: 1h, team: a, kind: training, replicas: 2, priority: 1, leader: {cpu: 1, memory: 1Gi, nvidia.com/gpu: 8}, requests: {cpu: 1, memory: 1Gi, nvidia.com/gpu: 8}, minMember: 3}\n";
-        let specs = crate::sim::workload::parse_yaml(wl, "w", &scenario).unwrap();
+        let specs = crate::workload::parse_yaml(wl, "w", &scenario).unwrap();
         let base = Simulation::new(&Policy::baseline(), &nodes, &teams, &specs, h).run(|_| {});
         let drov = Simulation::new(&Policy::drover(), &nodes, &teams, &specs, h).run(|_| {});
         assert_eq!(

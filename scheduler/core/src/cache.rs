@@ -10,8 +10,9 @@
 //!                          │  ▲
 //!              bind failed │  │ (bind is in flight; the pod counts on its node)
 //!                 forget   ▼  │
-//!                        pending        assumed and bind succeeded but no watch
-//!                                       confirmation before the deadline ──expire──▶ gone
+//!                        pending ◀──expire── assumed with a deadline (bind succeeded, or a
+//!                                            plan handed to kube-scheduler) and no watch
+//!                                            confirmation before it
 //! ```
 //!
 //! Every pod with a `nodeName` counts on its node, whoever bound it. Pods that name a
@@ -388,21 +389,18 @@ impl ClusterCache {
         }
     }
 
-    /// Drops assumptions whose binding was never confirmed by the deadline; returns
-    /// their keys.
+    /// Takes back assumptions whose binding was never confirmed by the deadline: each
+    /// pod no longer counts on its node and is pending again. Returns their keys.
     pub fn expire(&mut self, now_ms: i64) -> Vec<PodKey> {
-        let expired: Vec<PodKey> = self
+        let mut expired: Vec<PodKey> = self
             .pods
             .iter()
             .filter(|(_, s)| matches!(s.assumed, Some(Some(d)) if d <= now_ms))
             .map(|(k, _)| k.clone())
             .collect();
+        expired.sort();
         for k in &expired {
-            if let Some(s) = self.pods.remove(k)
-                && let Some(n) = s.node
-            {
-                self.detach(k, &n);
-            }
+            self.forget(k);
         }
         expired
     }
@@ -415,9 +413,16 @@ impl ClusterCache {
             .map(|s| &s.pod)
     }
 
-    /// Keys of every pod the cache holds (for reconciling after a relist).
+    /// Every pod the cache holds, in no particular order.
+    pub fn pods(&self) -> impl Iterator<Item = &Arc<PodInfo>> {
+        self.pods.values().map(|s| &s.pod)
+    }
+
+    /// Keys of every pod the cache holds, sorted (for reconciling after a relist).
     pub fn pod_keys(&self) -> Vec<PodKey> {
-        self.pods.keys().cloned().collect()
+        let mut v: Vec<PodKey> = self.pods.keys().cloned().collect();
+        v.sort_unstable();
+        v
     }
 
     /// Sets (or, with `None`, clears) a node's NUMA zones.
@@ -486,9 +491,11 @@ impl ClusterCache {
         }
     }
 
-    /// Names of every node the cache knows.
+    /// Names of every node the cache knows, sorted.
     pub fn node_names(&self) -> Vec<Arc<str>> {
-        self.index.keys().cloned().collect()
+        let mut v: Vec<Arc<str>> = self.index.keys().cloned().collect();
+        v.sort_unstable();
+        v
     }
 }
 
@@ -596,6 +603,11 @@ mod tests {
         assert!(c.expire(50).is_empty(), "not before the deadline");
         assert_eq!(c.expire(100), vec![q.key.clone()]);
         assert_eq!(requested(&c.snapshot(), "a"), 1000);
+        assert!(
+            c.pending_pods().any(|p| p.key == q.key),
+            "an expired pod is pending again, not forgotten"
+        );
+        assert!(!c.is_assumed(&q.key));
     }
 
     #[test]

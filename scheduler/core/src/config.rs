@@ -15,7 +15,7 @@ use crate::queue::QueueConfig;
 /// A configuration that could not be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// The file could not be read.
+    /// The file could not be read (the drivers read it; the core only parses).
     #[error("cannot read config file {path}: {source}")]
     Read {
         /// The path.
@@ -295,15 +295,6 @@ impl Default for Config {
 }
 
 impl FileConfig {
-    /// Reads and validates a YAML file.
-    pub fn load(path: &str) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        Self::parse(&text, path)?.validate()
-    }
-
     /// Parses YAML text (`origin` names it in errors).
     pub fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
         if text.trim().is_empty() {

@@ -1,0 +1,386 @@
+//! One scheduling decision: the next unit from the queue (fair share, then priority,
+//! then age), a single pod or a whole gang, placed over one snapshot or parked with
+//! its reason; reservation for a blocked gang and repair after a failed bind.
+
+use std::sync::Arc;
+
+use crate::framework::{Outcome, same_shape, schedule_one};
+use crate::gang::{self, GangDecision, GangKey, MemberState};
+use crate::model::{PodInfo, Resources};
+
+use super::{Action, Engine, EventObject, InFlight};
+
+/// What came of looking at a gang before any node.
+pub(super) enum GangStep {
+    /// At least minMember members are on nodes: this member goes on its own.
+    Runs,
+    /// The gang was handled (placed, or its members wait).
+    Done,
+}
+
+impl Engine {
+    /// Schedules one unit if one is ready. Returns false when none was.
+    pub(super) fn schedule_next(&mut self, now: i64) -> bool {
+        let usage = self.ledger.usage(&self.tree);
+        let (tree, cluster) = (&self.tree, &self.cluster_total);
+        let fair = tree.fair_shares(&usage, cluster);
+        let Some(pod) = self
+            .queue
+            .pop(now, |q| tree.order_key(&usage, &fair, cluster, q))
+        else {
+            return false;
+        };
+        // The queue may hold a pod the watch has since bound or removed.
+        let current = self.cache.pod(&pod.key).cloned();
+        if current
+            .as_ref()
+            .is_none_or(|c| c.node_name.is_some() || c.uid != pod.uid)
+            || self.cache.is_assumed(&pod.key)
+        {
+            self.queue.remove(&pod.key);
+            return true;
+        }
+        if let Some(g) = &pod.gang {
+            if let Some(conflict) = g.conflict.clone() {
+                self.wait(&pod, &format!("pod {}: {conflict}", pod.key), now);
+                return true;
+            }
+            let gang = GangKey::of(&pod).expect("names a gang");
+            if let GangStep::Done = self.schedule_gang(&gang, &pod, now) {
+                return true;
+            }
+        }
+        if let Some(why) = self.quota_refusal(&self.queue_name(&pod), &pod.requests) {
+            self.stats.unschedulable += 1;
+            self.wait(&pod, &format!("pod {}: {why}", pod.key), now);
+            return true;
+        }
+        let snap = self.cache.snapshot();
+        // An identical pod already failed on this very snapshot: same answer.
+        if self.memo.generation != snap.generation {
+            self.memo.generation = snap.generation;
+            self.memo.failed.clear();
+        }
+        let remembered = self
+            .memo
+            .failed
+            .iter()
+            .find(|(p, _)| same_shape(p, &pod))
+            .map(|(_, d)| d.clone());
+        let outcome = match remembered {
+            Some(d) => Outcome::Unschedulable(d),
+            None => {
+                self.stats.decisions += 1;
+                schedule_one(&self.opts.config.profile, &pod, &snap)
+            }
+        };
+        match outcome {
+            Outcome::Placed(p) => {
+                tracing::debug!(pod = %pod.key, node = %p.node, score = p.score, feasible = p.feasible, "placed");
+                self.place(pod, p.node);
+            }
+            Outcome::Unschedulable(d) => {
+                self.stats.unschedulable += 1;
+                self.wait(&pod, &d.message(), now);
+                if self.memo.failed.len() < 64
+                    && !self.memo.failed.iter().any(|(p, _)| same_shape(p, &pod))
+                {
+                    self.memo.failed.push((pod.clone(), d));
+                }
+                self.make_room(&pod, None, &snap, now);
+            }
+        }
+        true
+    }
+
+    /// Counts `pod` on `node` and hands out its bind.
+    fn place(&mut self, pod: Arc<PodInfo>, node: Arc<str>) {
+        self.cache.assume(&pod, &node);
+        if pod.gang.is_some() {
+            self.gangs
+                .observe(&pod, MemberState::Assigned { running: false });
+        }
+        self.ledger
+            .set(&pod.key, Some(self.contribution(&pod, true)));
+        self.in_flight.insert(
+            pod.key.clone(),
+            InFlight {
+                pod: pod.clone(),
+                node: node.clone(),
+            },
+        );
+        self.push(Action::Bind { pod, node });
+    }
+
+    /// Parks a pending pod as unschedulable with `message`, handing out the condition
+    /// and a `FailedScheduling` Event when the message is new for it.
+    pub(super) fn wait(&mut self, pod: &Arc<PodInfo>, message: &str, now: i64) {
+        self.queue.unschedulable(&pod.key, now);
+        if self.last_message.get(&pod.key).map(String::as_str) != Some(message) {
+            tracing::info!(pod = %pod.key, %message, "unschedulable");
+            self.last_message
+                .insert(pod.key.clone(), message.to_string());
+            if self.writes() {
+                self.push(Action::Unschedulable {
+                    pod: pod.key.clone(),
+                    message: message.to_string(),
+                });
+            }
+            self.event(
+                EventObject::Pod(pod.clone()),
+                true,
+                "FailedScheduling",
+                message.to_string(),
+            );
+        }
+    }
+
+    fn wait_all(&mut self, pending: &[Arc<PodInfo>], pod: &Arc<PodInfo>, message: &str, now: i64) {
+        for p in pending {
+            self.wait(p, message, now);
+        }
+        self.wait(pod, message, now);
+    }
+
+    /// The gang's pending members that drover can place: current, unbound, not
+    /// assumed, its own (of `scheduler` when given), oldest first.
+    pub(super) fn pending_members(
+        &self,
+        gang: &GangKey,
+        scheduler: Option<&str>,
+    ) -> Vec<Arc<PodInfo>> {
+        let mut v: Vec<Arc<PodInfo>> = self
+            .gangs
+            .members_in(gang, true)
+            .iter()
+            .filter_map(|k| self.cache.pod(k))
+            .filter(|p| p.node_name.is_none() && !p.deleting && self.ours(p))
+            .filter(|p| scheduler.is_none_or(|s| *p.scheduler_name == *s))
+            .filter(|p| !self.cache.is_assumed(&p.key))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_ms, &a.key).cmp(&(b.created_ms, &b.key)));
+        v
+    }
+
+    /// Decides `pod`'s gang all together.
+    fn schedule_gang(&mut self, gang: &GangKey, pod: &Arc<PodInfo>, now: i64) -> GangStep {
+        let min = match self.gangs.min_member(gang) {
+            Ok(m) => m,
+            Err(problem) => {
+                let message = problem.message(gang);
+                let pending = self.pending_members(gang, None);
+                self.wait_all(&pending, pod, &message, now);
+                return GangStep::Done;
+            }
+        };
+        let counts = self.gangs.counts(gang);
+        if counts.scheduled >= min {
+            return GangStep::Runs;
+        }
+        if self.gang_tried.get(gang) == Some(&self.cache.generation()) {
+            // Nothing changed since this gang last failed: do not decide it again.
+            self.queue.hold(&pod.key, now);
+            return GangStep::Done;
+        }
+        let mut pending = self.pending_members(gang, None);
+        if let Err(message) = self.gang_quota(gang, min, counts.scheduled, &mut pending) {
+            self.wait_all(&pending, pod, &message, now);
+            self.gang_tried
+                .insert(gang.clone(), self.cache.generation());
+            return GangStep::Done;
+        }
+        let topology = match gang::topology_request(
+            self.gangs.group(gang),
+            &pending,
+            &self.opts.config.topology_levels,
+        ) {
+            Some(Err(problem)) => {
+                let message = format!("gang {gang}: {problem}");
+                self.wait_all(&pending, pod, &message, now);
+                return GangStep::Done;
+            }
+            Some(Ok(c)) => Some(c),
+            None => None,
+        };
+        let snap = self.cache.snapshot();
+        let min_resources = self.gangs.group(gang).map(|g| g.min_resources.clone());
+        self.stats.decisions += 1;
+        let decision = gang::decide(
+            &self.opts.config.profile,
+            gang,
+            min,
+            min_resources.as_ref(),
+            topology.as_ref(),
+            &pending,
+            counts.scheduled,
+            &snap,
+        );
+        match decision {
+            GangDecision::Running => GangStep::Runs,
+            GangDecision::Wait(message) => {
+                self.wait_all(&pending, pod, &message, now);
+                self.gang_tried
+                    .insert(gang.clone(), self.cache.generation());
+                GangStep::Done
+            }
+            GangDecision::NoFit { message, tried } => {
+                self.gangs.attempted(gang, now);
+                self.stats.unschedulable += 1;
+                for p in &pending {
+                    self.wait(p, &message, now);
+                }
+                // A reservation does not yet follow topology: a gang that requires a
+                // level would hold capacity it may not be able to use.
+                let required = topology.as_ref().is_some_and(|c| c.required);
+                if !required {
+                    self.reserve_for(gang, &tried, now);
+                }
+                self.gang_tried
+                    .insert(gang.clone(), self.cache.generation());
+                // Evictions are planned without topology: a gang that requires a
+                // level waits for room instead.
+                if !required {
+                    self.make_room(pod, Some(gang), &snap, now);
+                }
+                GangStep::Done
+            }
+            GangDecision::Placed { placed, where_ } => {
+                tracing::info!(gang = %gang, members = placed.len(), "gang placed");
+                if let (Some(where_), Some(c)) = (where_, &topology) {
+                    let mut total = Resources::default();
+                    for (m, _, _) in &placed {
+                        total.add(&m.requests);
+                    }
+                    let note = format!(
+                        "gang {gang}: {} members ({total}) in {where_}, {} level {}",
+                        placed.len(),
+                        if c.required { "required" } else { "preferred" },
+                        c.level
+                    );
+                    let first = placed[0].0.clone();
+                    self.event(EventObject::Pod(first), false, "GangPlaced", note.clone());
+                    if let Some(g) = self.gangs.group(gang).cloned() {
+                        self.event(EventObject::PodGroup(g), false, "GangPlaced", note);
+                    }
+                }
+                self.stats.gangs_placed += 1;
+                let first = self.gangs.attempted(gang, now);
+                self.stats.gang_waits_ms.push((now - first).max(0));
+                if self.reservation.as_ref().is_some_and(|(g, _)| g == gang) {
+                    self.reservation = None;
+                    self.cache.clear_reservation();
+                    self.queue.cluster_changed(now);
+                }
+                self.gang_tried.remove(gang);
+                for (member, _, node) in placed {
+                    self.queue.take(&member.key);
+                    self.place(member, node);
+                }
+                GangStep::Done
+            }
+        }
+    }
+
+    /// Quota for a gang: the whole set of pending members must fit the queue's max;
+    /// failing that, exactly the members the gang still needs (`pending` is cut to
+    /// them); failing that, the message it waits with.
+    pub(super) fn gang_quota(
+        &self,
+        gang: &GangKey,
+        min: usize,
+        scheduled: usize,
+        pending: &mut Vec<Arc<PodInfo>>,
+    ) -> Result<(), String> {
+        let Some(first) = pending.first() else {
+            return Ok(());
+        };
+        let queue = self.queue_name(first);
+        let needed = min.saturating_sub(scheduled).min(pending.len());
+        let sum = |ps: &[Arc<PodInfo>]| {
+            let mut r = Resources::default();
+            for p in ps {
+                r.add(&p.requests);
+            }
+            r
+        };
+        if self.quota_refusal(&queue, &sum(pending)).is_some() {
+            if let Some(why) = self.quota_refusal(&queue, &sum(&pending[..needed])) {
+                return Err(format!("gang {gang}: {why}"));
+            }
+            pending.truncate(needed);
+        }
+        Ok(())
+    }
+
+    /// Holds capacity for a blocked gang if no other gang holds some (or the hold ran
+    /// out), so that small pods cannot starve it.
+    fn reserve_for(&mut self, gang: &GangKey, members: &[Arc<PodInfo>], now: i64) {
+        let Some(hold_ms) = self.opts.config.gang_reservation_ms else {
+            return;
+        };
+        if let Some((g, until)) = &self.reservation
+            && (g != gang || *until > now)
+        {
+            return;
+        }
+        let snap = self.cache.snapshot();
+        let Some(plan) = gang::plan_reservation(&self.opts.config.profile, members, &snap) else {
+            tracing::info!(gang = %gang, "gang does not fit even on drained nodes; nothing reserved");
+            return;
+        };
+        let priority = members.iter().map(|m| m.priority).max().unwrap_or(0);
+        self.cache
+            .reserve(&gang.namespace, &gang.name, priority, &plan);
+        self.reservation = Some((gang.clone(), now + hold_ms));
+        let nodes: Vec<String> = plan
+            .keys()
+            .filter_map(|s| snap.slot(*s).map(|n| n.name.to_string()))
+            .collect();
+        let note = format!(
+            "holding capacity on {} node(s) for gang {gang} for up to {}s while they drain; smaller pods use only what the gang does not need: {}",
+            nodes.len(),
+            hold_ms / 1000,
+            nodes.join(", ")
+        );
+        tracing::info!(gang = %gang, %note, "reserved");
+        if let Some(group) = self.gangs.group(gang).cloned() {
+            self.event(EventObject::PodGroup(group), false, "Reserved", note);
+        }
+    }
+
+    /// A gang member's bind failed after its gang was placed: place it again ahead
+    /// of other work (after a short backoff once it has failed a few times).
+    pub(super) fn repair_gang(
+        &mut self,
+        gang: &GangKey,
+        pod: &Arc<PodInfo>,
+        node: &str,
+        why: &str,
+        now: i64,
+    ) {
+        let failures = self.bind_failures.entry(pod.key.clone()).or_default();
+        *failures += 1;
+        if *failures <= 3 {
+            self.queue.urgent(&pod.key);
+        } else {
+            self.queue.backoff(&pod.key, now);
+        }
+        let counts = self.gangs.counts(gang);
+        let note = format!(
+            "gang {gang}: binding {} to {node} failed ({why}); {} member(s) bound or binding, placing it again ahead of other work",
+            pod.key, counts.scheduled
+        );
+        tracing::warn!(%note, "gang repair");
+        self.stats.gang_repairs += 1;
+        self.event(
+            EventObject::Pod(pod.clone()),
+            true,
+            "GangRepair",
+            note.clone(),
+        );
+        if let Some(g) = self.gangs.group(gang).cloned() {
+            self.event(EventObject::PodGroup(g), true, "GangRepair", note);
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Making room by eviction: reclaim (a queue within its guarantee takes back what
+//! others borrowed) and priority preemption inside a queue, planned whole units at a
+//! time (never half a gang), honouring PodDisruptionBudgets.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::framework::{Outcome, Overlay, schedule_one};
+use crate::gang::GangKey;
+use crate::model::PodInfo;
+use crate::quota::{Candidate, VictimSearch};
+use crate::snapshot::Snapshot;
+
+use super::{Action, Engine, Eviction, EvictionReason};
+
+/// At most this many other pending pods of a queue share one round of evictions.
+const MAX_CLAIMANTS: usize = 32;
+
+/// How long an eviction counts as under way before drover looks again (the pod's
+/// grace period may be long).
+const EVICTION_HOLD_MS: i64 = 600_000;
+
+impl Engine {
+    /// `pod` (alone, or with the rest of its gang in `gang`) fits nowhere: evict so
+    /// that it fits. Reclaim when its queue is below its guarantee (whole units of
+    /// queues that borrowed beyond theirs); otherwise priority preemption inside its
+    /// queue (whole units of lower priority). Nothing is evicted before the pod has
+    /// waited `reclaimGraceSeconds`; meanwhile it is retried with backoff. A gang is
+    /// planned all or nothing: every member must fit after the evictions.
+    pub(super) fn make_room(
+        &mut self,
+        pod: &Arc<PodInfo>,
+        gang: Option<&GangKey>,
+        snap: &Snapshot,
+        now: i64,
+    ) {
+        if pod.never_preempts {
+            return;
+        }
+        let queue = self.queue_name(pod);
+        // Reclaim needs the queue within its guarantee; preemption, lower-priority
+        // pods in the queue. Without either, nothing is looked at.
+        let mut usage = self.ledger.usage(&self.tree);
+        let can_reclaim = crate::quota::within_guarantee(&self.tree, &usage, &queue, &pod.requests)
+            && self
+                .tree
+                .queues()
+                .any(|q| *q.name != *queue && crate::quota::lends(&usage, q));
+        let can_preempt = self
+            .ledger
+            .lowest_placed_priority(&queue)
+            .is_some_and(|p| p < pod.priority);
+        if !can_reclaim && !can_preempt {
+            return;
+        }
+        self.evicting
+            .retain(|k, e| e.until > now && self.cache.pod(k).is_some());
+        self.refused.retain(|_, until| *until > now);
+        if !self.evicting.is_empty() {
+            // Evictions under way: wait for them (and retry soon).
+            self.queue.backoff(&pod.key, now);
+            return;
+        }
+        let unit_of = |p: &PodInfo| -> Arc<str> {
+            match GangKey::of(p) {
+                Some(g) => format!("gang/{g}").into(),
+                None => format!("pod/{}", p.key).into(),
+            }
+        };
+        // A unit with a member that refused eviction is left whole.
+        let blocked: HashSet<Arc<str>> = self
+            .refused
+            .keys()
+            .filter_map(|k| self.cache.pod(k))
+            .map(|p| unit_of(p))
+            .collect();
+        let mut candidates: Vec<Candidate> = Vec::new();
+        for p in self.cache.pods() {
+            if p.node_name.is_none() || p.daemonset || p.deleting || !self.ours(p) {
+                continue;
+            }
+            if !can_reclaim && (p.priority >= pod.priority || self.queue_name(p) != queue) {
+                continue;
+            }
+            let unit = unit_of(p);
+            if blocked.contains(&unit) {
+                continue;
+            }
+            candidates.push(Candidate {
+                pod: p.clone(),
+                queue: self.queue_name(p),
+                started_ms: p.created_ms,
+                unit,
+            });
+        }
+        // Sorted, so that the plan does not depend on hash order.
+        candidates.sort_by(|a, b| a.pod.key.cmp(&b.pod.key));
+        // Members per unit that each PodDisruptionBudget covers: a unit needing more
+        // disruptions than a budget allows now is not a victim (the Eviction API
+        // would refuse part of it).
+        if !self.pdbs.is_empty() {
+            let mut covered: HashMap<(Arc<str>, &str), i32> = HashMap::new();
+            for c in &candidates {
+                for (name, b) in &self.pdbs {
+                    if b.covers(&c.pod) {
+                        *covered.entry((c.unit.clone(), name.as_str())).or_default() += 1;
+                    }
+                }
+            }
+            let over: HashSet<Arc<str>> = covered
+                .iter()
+                .filter(|((_, pdb), n)| self.pdbs.get(*pdb).is_some_and(|b| **n > b.allowed))
+                .map(|((unit, _), _)| unit.clone())
+                .collect();
+            candidates.retain(|c| !over.contains(&c.unit));
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        // The claimants: the gang's pending members (all must fit), or this pod and
+        // then every other pending single pod of its queue, so one round of
+        // evictions serves them all.
+        let all_or_nothing = gang.is_some();
+        let claimants: Vec<Arc<PodInfo>> = match gang {
+            Some(g) => self.pending_members(g, None),
+            None => {
+                let mut others: Vec<Arc<PodInfo>> = self
+                    .cache
+                    .pending_pods()
+                    .filter(|p| {
+                        p.key != pod.key
+                            && self.ours(p)
+                            && p.gang.is_none()
+                            && !p.never_preempts
+                            && self.queue_name(p) == queue
+                    })
+                    .cloned()
+                    .collect();
+                others.sort_by(|a, b| {
+                    (std::cmp::Reverse(a.priority), a.created_ms, &a.key).cmp(&(
+                        std::cmp::Reverse(b.priority),
+                        b.created_ms,
+                        &b.key,
+                    ))
+                });
+                others.truncate(MAX_CLAIMANTS);
+                std::iter::once(pod.clone()).chain(others).collect()
+            }
+        };
+        let profile = &self.opts.config.profile;
+        let mut overlay = Overlay::new(snap);
+        let mut planned: Vec<(Arc<PodInfo>, EvictionReason)> = Vec::new();
+        for claimant in &claimants {
+            if let Outcome::Placed(p) = schedule_one(profile, claimant, &overlay) {
+                // Room already planned (or free).
+                overlay.place(p.slot, claimant.clone());
+                usage.charge(&self.tree, &queue, &claimant.requests);
+                continue;
+            }
+            let left: Vec<Candidate> = candidates
+                .iter()
+                .filter(|c| !planned.iter().any(|(v, _)| v.key == c.pod.key))
+                .cloned()
+                .collect();
+            let search = VictimSearch {
+                tree: &self.tree,
+                usage: &usage,
+                profile,
+                candidates: &left,
+                now_ms: now,
+                min_runtime_ms: self.opts.config.min_runtime_ms,
+            };
+            let found = search
+                .reclaim(&queue, claimant, &overlay)
+                .map(|v| (v, EvictionReason::Reclaim))
+                .or_else(|| {
+                    search
+                        .preempt(&queue, claimant, &overlay)
+                        .map(|v| (v, EvictionReason::Preemption))
+                });
+            let Some(((victims, node), reason)) = found else {
+                if all_or_nothing {
+                    return; // a gang that would still not fit whole: evict nothing
+                }
+                continue;
+            };
+            for v in &victims {
+                if let Some(s) = v.node_name.as_deref().and_then(|n| snap.slot_of(n)) {
+                    overlay.remove(s, &v.key);
+                }
+                usage.discharge(&self.tree, &self.queue_name(v), &v.requests);
+            }
+            if let Some(s) = snap.slot_of(&node) {
+                overlay.place(s, claimant.clone());
+            }
+            usage.charge(&self.tree, &queue, &claimant.requests);
+            planned.extend(victims.into_iter().map(|v| (v, reason)));
+        }
+        if planned.is_empty() {
+            return;
+        }
+        // Something can be done: retry soon rather than park, so the grace period
+        // is noticed; a gang is decided afresh then.
+        if let Some(g) = gang {
+            self.gang_tried.remove(g);
+        }
+        self.queue.backoff(&pod.key, now);
+        // A gang's wait is its first member's, whichever member was popped.
+        let waiter = match gang {
+            Some(_) => claimants.first().map_or(&pod.key, |c| &c.key),
+            None => &pod.key,
+        };
+        let since = *self.waiting_since.entry(waiter.clone()).or_insert(now);
+        if now - since < self.opts.config.reclaim_grace_ms {
+            return;
+        }
+        let who = match gang {
+            Some(g) => format!("gang {g}"),
+            None => format!("pod {}", pod.key),
+        };
+        tracing::info!(claimant = %who, queue = %queue, victims = planned.len(), "evicting to make room");
+        for (v, reason) in planned {
+            let from = self.queue_name(&v);
+            let note = match reason {
+                EvictionReason::Reclaim => format!(
+                    "evicted by drover: queue {queue} reclaims its guarantee (this pod's queue {from} had borrowed beyond its own) for {who}"
+                ),
+                EvictionReason::Preemption => format!(
+                    "evicted by drover: {who} of queue {queue} has a higher priority ({}) than this pod ({})",
+                    pod.priority, v.priority
+                ),
+            };
+            self.evicting.insert(
+                v.key.clone(),
+                Eviction {
+                    until: now + EVICTION_HOLD_MS,
+                    pod: v.clone(),
+                    reason,
+                    note,
+                    accepted: false,
+                },
+            );
+            self.push(Action::Evict { pod: v, reason });
+        }
+    }
+}

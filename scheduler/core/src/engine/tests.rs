@@ -1,0 +1,321 @@
+//! The engine driven by hand: events in, actions out, no server.
+
+use super::*;
+use crate::model::GangRef;
+
+const GI: i64 = 1 << 30;
+
+fn engine() -> Engine {
+    let mut e = Engine::new(Options::scheduler(Config::default(), "drover"));
+    for r in Resource::BEFORE_DECIDING {
+        e.handle_list_done(r, 0);
+    }
+    e.handle_leadership(true, 0);
+    e
+}
+
+fn node(name: &str, cpu: i64, mem_gi: i64) -> NodeInfo {
+    NodeInfo::new(name, Resources::cpu_mem(cpu, mem_gi * GI), 110)
+}
+
+fn pod(name: &str, cpu: i64, mem_gi: i64) -> PodInfo {
+    PodInfo {
+        key: PodKey::new("ns", name),
+        uid: format!("uid-{name}").into(),
+        scheduler_name: "drover".into(),
+        requests: Resources::cpu_mem(cpu, mem_gi * GI),
+        declares_requests: true,
+        ..Default::default()
+    }
+}
+
+fn member(name: &str, gang: &str, min: usize) -> PodInfo {
+    PodInfo {
+        gang: Some(GangRef {
+            name: gang.into(),
+            min_member: Some(min.to_string().into()),
+            ..Default::default()
+        }),
+        ..pod(name, 1000, 1)
+    }
+}
+
+/// Runs the engine until nothing is due at `now`; returns every action.
+fn run(e: &mut Engine, now: i64) -> Vec<Action> {
+    let mut out: Vec<Action> = std::iter::from_fn(|| e.poll_action()).collect();
+    for _ in 0..10_000 {
+        match e.poll_timeout() {
+            Some(t) if t <= now => e.handle_timeout(now),
+            _ => break,
+        }
+        while let Some(a) = e.poll_action() {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn binds(actions: &[Action]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Bind { pod, node } => Some((pod.key.name.to_string(), node.to_string())),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// What the watch shows once a bind landed.
+fn bound(p: &PodInfo, node: &str) -> PodInfo {
+    PodInfo {
+        node_name: Some(node.into()),
+        phase: Phase::Running,
+        ..p.clone()
+    }
+}
+
+#[test]
+fn nothing_is_decided_before_everything_is_listed_and_it_leads() {
+    let mut e = Engine::new(Options::scheduler(Config::default(), "drover"));
+    e.handle_node(node("a", 4000, 16), 0);
+    e.handle_pod(pod("p", 1000, 1), 0);
+    e.handle_leadership(true, 0);
+    assert!(binds(&run(&mut e, 1)).is_empty(), "not listed yet");
+    for r in Resource::BEFORE_DECIDING {
+        e.handle_list_done(r, 1);
+    }
+    e.handle_leadership(false, 1);
+    assert!(binds(&run(&mut e, 2)).is_empty(), "not leading");
+    e.handle_leadership(true, 2);
+    assert_eq!(binds(&run(&mut e, 3)), vec![("p".into(), "a".into())]);
+}
+
+#[test]
+fn a_pod_is_bound_and_a_conflict_is_not_retried() {
+    let mut e = engine();
+    e.handle_node(node("a", 4000, 16), 0);
+    let p = pod("p", 1000, 1);
+    e.handle_pod(p.clone(), 0);
+    assert_eq!(binds(&run(&mut e, 0)), vec![("p".into(), "a".into())]);
+    assert!(e.is_assumed(&p.key));
+    e.handle_bind_result(&p.key, BindResult::Gone("409".into()), 1);
+    assert!(!e.is_assumed(&p.key));
+    assert!(
+        binds(&run(&mut e, 100_000)).is_empty(),
+        "a 409 is never retried"
+    );
+}
+
+#[test]
+fn a_failed_bind_is_retried_after_backoff() {
+    let mut e = engine();
+    e.handle_node(node("a", 4000, 16), 0);
+    let p = pod("p", 1000, 1);
+    e.handle_pod(p.clone(), 0);
+    assert_eq!(binds(&run(&mut e, 0)).len(), 1);
+    e.handle_bind_result(&p.key, BindResult::Failed("500".into()), 10);
+    assert!(binds(&run(&mut e, 10)).is_empty(), "backs off first");
+    assert_eq!(binds(&run(&mut e, 5_000)).len(), 1, "then tries again");
+    e.handle_bind_result(&p.key, BindResult::Bound, 5_001);
+    let actions = run(&mut e, 5_001);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Event(ev) if ev.reason == "Scheduled"))
+    );
+}
+
+#[test]
+fn a_pod_that_fits_nowhere_says_why_once() {
+    let mut e = engine();
+    e.handle_node(node("a", 1000, 1), 0);
+    e.handle_pod(pod("big", 8000, 1), 0);
+    let actions = run(&mut e, 0);
+    let messages: Vec<&String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Unschedulable { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].contains("Insufficient cpu"), "{}", messages[0]);
+    // Retried later on the same cluster: same message, not written again.
+    let again = run(&mut e, 400_000);
+    assert!(
+        !again
+            .iter()
+            .any(|a| matches!(a, Action::Unschedulable { .. }))
+    );
+}
+
+#[test]
+fn a_gang_is_bound_whole_or_not_at_all() {
+    let mut e = engine();
+    e.handle_node(node("a", 2000, 16), 0);
+    e.handle_node(node("b", 2000, 16), 0);
+    for i in 0..3 {
+        e.handle_pod(member(&format!("m{i}"), "g", 3), 0);
+    }
+    assert_eq!(binds(&run(&mut e, 0)).len(), 3, "three of 1 cpu fit on 2+2");
+    // A gang of five does not fit at all: nothing of it is bound.
+    for i in 0..5 {
+        e.handle_pod(member(&format!("h{i}"), "h", 5), 1);
+    }
+    assert!(binds(&run(&mut e, 1)).is_empty());
+}
+
+#[test]
+fn a_gang_waits_for_its_members_then_goes_together() {
+    let mut e = engine();
+    e.handle_node(node("a", 8000, 16), 0);
+    e.handle_pod(member("m0", "g", 2), 0);
+    let actions = run(&mut e, 0);
+    assert!(binds(&actions).is_empty());
+    assert!(actions.iter().any(|a| matches!(a, Action::Unschedulable { message, .. } if message.contains("waiting for 1 more"))));
+    e.handle_pod(member("m1", "g", 2), 10);
+    assert_eq!(binds(&run(&mut e, 10)).len(), 2);
+}
+
+#[test]
+fn a_failed_member_bind_is_repaired_ahead_of_other_work() {
+    let mut e = engine();
+    e.handle_node(node("a", 8000, 16), 0);
+    let members: Vec<PodInfo> = (0..2).map(|i| member(&format!("m{i}"), "g", 2)).collect();
+    for m in &members {
+        e.handle_pod(m.clone(), 0);
+    }
+    assert_eq!(binds(&run(&mut e, 0)).len(), 2);
+    e.handle_bind_result(&members[0].key, BindResult::Bound, 1);
+    e.handle_pod(bound(&members[0], "a"), 1);
+    e.handle_bind_result(&members[1].key, BindResult::Failed("500".into()), 1);
+    let actions = run(&mut e, 1);
+    assert_eq!(
+        binds(&actions),
+        vec![("m1".into(), "a".into())],
+        "placed again at once, alone"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Event(ev) if ev.reason == "GangRepair"))
+    );
+}
+
+#[test]
+fn a_duplicate_or_stray_bind_result_changes_nothing() {
+    let mut e = engine();
+    e.handle_node(node("a", 4000, 16), 0);
+    let p = pod("p", 1000, 1);
+    e.handle_pod(p.clone(), 0);
+    run(&mut e, 0);
+    e.handle_bind_result(&p.key, BindResult::Bound, 1);
+    e.handle_bind_result(&p.key, BindResult::Failed("late duplicate".into()), 2);
+    assert!(
+        e.is_assumed(&p.key),
+        "still counts until the watch confirms"
+    );
+    e.handle_bind_result(&PodKey::new("ns", "stranger"), BindResult::Bound, 3);
+    assert_eq!(e.binds_in_flight(), 0);
+}
+
+#[test]
+fn an_unconfirmed_bind_expires_and_the_pod_is_pending_again() {
+    let mut e = engine();
+    e.handle_node(node("a", 4000, 16), 0);
+    let p = pod("p", 1000, 1);
+    e.handle_pod(p.clone(), 0);
+    run(&mut e, 0);
+    e.handle_bind_result(&p.key, BindResult::Bound, 1);
+    let confirm = e.options().config.confirm_timeout_ms;
+    assert!(
+        binds(&run(&mut e, confirm - 1_000)).is_empty(),
+        "not before the deadline"
+    );
+    // Then it is pending again and tried again; if it was bound after all, the API
+    // answers 409 and the watch has the truth.
+    assert_eq!(binds(&run(&mut e, confirm + 2_000)).len(), 1);
+    assert_eq!(e.take_stats().expired_assumptions, 1);
+}
+
+#[test]
+fn over_quota_pods_wait_with_the_queue_named() {
+    let mut e = engine();
+    e.handle_node(node("a", 8000, 16), 0);
+    let mut max = Resources::default();
+    max.set(&crate::model::ResourceKind::Cpu, 1500);
+    e.handle_queue(
+        QueueSpec {
+            name: "team".into(),
+            max: Some(max),
+            max_listed: vec![crate::model::ResourceKind::Cpu],
+            weight: 1,
+            ..Default::default()
+        },
+        0,
+    );
+    for n in ["p", "q"] {
+        e.handle_pod(
+            PodInfo {
+                queue: Some("team".into()),
+                ..pod(n, 1000, 1)
+            },
+            0,
+        );
+    }
+    let actions = run(&mut e, 0);
+    assert_eq!(binds(&actions).len(), 1);
+    assert!(actions.iter().any(|a| matches!(a, Action::Unschedulable { message, .. } if message.contains("would exceed its max cpu"))));
+}
+
+#[test]
+fn losing_the_lease_drops_writes_not_yet_handed_out() {
+    let mut e = engine();
+    e.handle_node(node("a", 4000, 16), 0);
+    e.handle_pod(pod("p", 1000, 1), 0);
+    e.handle_timeout(0);
+    e.handle_leadership(false, 1);
+    assert!(e.poll_action().is_none());
+}
+
+#[test]
+fn extender_plans_hold_every_member_until_bound_or_lapsed() {
+    let mut e = Engine::new(Options {
+        config: Config::default(),
+        scheduler_names: vec![],
+        mode: Mode::Extender {
+            plan_ttl_ms: 60_000,
+            admission_ttl_ms: 30_000,
+        },
+        tick_ms: 1_000,
+    });
+    for r in Resource::BEFORE_DECIDING {
+        e.handle_list_done(r, 0);
+    }
+    e.handle_node(node("a", 2000, 16), 0);
+    e.handle_node(node("b", 2000, 16), 0);
+    let members: Vec<PodInfo> = (0..4).map(|i| member(&format!("m{i}"), "g", 4)).collect();
+    for m in &members {
+        e.handle_pod(m.clone(), 0);
+    }
+    let Verdict::Planned { node, .. } = e.extender_verdict(&members[0], 1) else {
+        panic!("planned")
+    };
+    // Every member holds its place: a plain pod finds no room.
+    let snap = e.snapshot();
+    let free: i64 = snap.nodes().map(|(_, n)| n.free().cpu).sum();
+    assert_eq!(free, 0, "all four members counted on their nodes");
+    assert!(matches!(
+        e.extender_verdict(&members[1], 2),
+        Verdict::Planned { .. }
+    ));
+    e.handle_pod(bound(&members[0], &node), 3);
+    // The plan lapses for the three never bound: they are pending again.
+    run(&mut e, 70_000);
+    for m in &members[1..] {
+        assert!(!e.is_assumed(&m.key));
+    }
+    assert_eq!(e.gangs().counts(&GangKey::new("ns", "g")).scheduled, 1);
+}

@@ -1,0 +1,324 @@
+//! The watches every driver on a cluster runs (`drover run` and `drover-extender`
+//! alike), and their translation into the engine's events.
+//!
+//! Each watch sends what it sees down one channel; [`apply`] converts the objects
+//! into the core's model and hands them to the [`Engine`]. A watch that fails is
+//! retried with backoff and relists after 410 Gone (the engine drops whatever the
+//! relist no longer shows); a resource the API server does not serve (a CRD that is
+//! not installed) is reported once, and drover works without it.
+
+use std::sync::Arc;
+
+use drover_core::engine::{BindResult, Engine, EvictionResult, Resource};
+use drover_core::gang::GangKey;
+use drover_core::model::PodKey;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::DynamicObject;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::convert::{
+    disruption_budget, node_info, node_resource_topology, pod_group, pod_info, queue,
+};
+use super::status::{node_resource_topology_resource, pod_group_resource, queue_resource};
+use crate::metrics::Metrics;
+
+/// What reaches a driver's loop: watch events, and the results of its own actions.
+#[derive(Debug)]
+pub enum Input {
+    /// A pod watch event.
+    Pod(Box<watcher::Event<Pod>>),
+    /// A node watch event.
+    Node(Box<watcher::Event<Node>>),
+    /// A PodGroup watch event.
+    Group(Box<watcher::Event<DynamicObject>>),
+    /// A Queue watch event.
+    Queue(Box<watcher::Event<DynamicObject>>),
+    /// A namespace watch event.
+    Namespace(Box<watcher::Event<Namespace>>),
+    /// A PodDisruptionBudget watch event.
+    Budget(Box<watcher::Event<PodDisruptionBudget>>),
+    /// A NodeResourceTopology watch event.
+    Topology(Box<watcher::Event<DynamicObject>>),
+    /// The API server does not serve this resource.
+    NotServed(Resource),
+    /// This replica became the leader (true) or lost the Lease (false).
+    Leader(bool),
+    /// A bind the driver made ended.
+    Bound {
+        /// The pod.
+        key: PodKey,
+        /// Its creation time (ms), for the end-to-end latency.
+        created_ms: i64,
+        /// How it ended.
+        result: BindResult,
+    },
+    /// An eviction the driver made ended.
+    Evicted {
+        /// The pod.
+        key: PodKey,
+        /// How it ended.
+        result: EvictionResult,
+    },
+}
+
+fn spawn_one<K, F>(
+    api: Api<K>,
+    resource: Resource,
+    tx: mpsc::UnboundedSender<Input>,
+    wrap: F,
+    shutdown: CancellationToken,
+    optional: bool,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    F: Fn(watcher::Event<K>) -> Input + Send + 'static,
+{
+    tokio::spawn(async move {
+        // The default backoff retries failed watches and relists after 410 Gone.
+        let mut stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ev = stream.next() => match ev {
+                    Some(Ok(ev)) => if tx.send(wrap(ev)).is_err() { return },
+                    Some(Err(e)) if optional && is_not_found(&e) => {
+                        tracing::debug!(?resource, "resource not served; retrying later");
+                        if tx.send(Input::NotServed(resource)).is_err() { return }
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, ?resource, "watch failed; retrying"),
+                    None => return,
+                }
+            }
+        }
+    });
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
+}
+
+/// Starts every watch; they send to `tx` until `shutdown`.
+pub fn spawn_watches(
+    client: &Client,
+    tx: &mpsc::UnboundedSender<Input>,
+    shutdown: &CancellationToken,
+) {
+    let (c, s) = (client.clone(), shutdown.clone());
+    spawn_one(
+        Api::<Pod>::all(c.clone()),
+        Resource::Pods,
+        tx.clone(),
+        |e| Input::Pod(Box::new(e)),
+        s.clone(),
+        false,
+    );
+    spawn_one(
+        Api::<Node>::all(c.clone()),
+        Resource::Nodes,
+        tx.clone(),
+        |e| Input::Node(Box::new(e)),
+        s.clone(),
+        false,
+    );
+    spawn_one(
+        Api::<DynamicObject>::all_with(c.clone(), &pod_group_resource()),
+        Resource::PodGroups,
+        tx.clone(),
+        |e| Input::Group(Box::new(e)),
+        s.clone(),
+        true,
+    );
+    spawn_one(
+        Api::<DynamicObject>::all_with(c.clone(), &queue_resource()),
+        Resource::Queues,
+        tx.clone(),
+        |e| Input::Queue(Box::new(e)),
+        s.clone(),
+        true,
+    );
+    spawn_one(
+        Api::<DynamicObject>::all_with(c.clone(), &node_resource_topology_resource()),
+        Resource::NodeTopologies,
+        tx.clone(),
+        |e| Input::Topology(Box::new(e)),
+        s.clone(),
+        true,
+    );
+    spawn_one(
+        Api::<Namespace>::all(c.clone()),
+        Resource::Namespaces,
+        tx.clone(),
+        |e| Input::Namespace(Box::new(e)),
+        s.clone(),
+        false,
+    );
+    spawn_one(
+        Api::<PodDisruptionBudget>::all(c),
+        Resource::Budgets,
+        tx.clone(),
+        |e| Input::Budget(Box::new(e)),
+        s,
+        false,
+    );
+}
+
+/// Feeds one watch event of `resource` to the engine: `apply` for an object seen,
+/// `delete` for one gone, relists bracketed.
+fn feed<K>(
+    engine: &mut Engine,
+    resource: Resource,
+    ev: watcher::Event<K>,
+    now: i64,
+    mut apply: impl FnMut(&mut Engine, K),
+    mut delete: impl FnMut(&mut Engine, K),
+) {
+    match ev {
+        watcher::Event::Init => engine.handle_list_started(resource),
+        watcher::Event::InitApply(o) | watcher::Event::Apply(o) => apply(engine, o),
+        watcher::Event::Delete(o) => delete(engine, o),
+        watcher::Event::InitDone => engine.handle_list_done(resource, now),
+    }
+}
+
+fn unreadable(metrics: &Metrics, what: &str, error: &dyn std::fmt::Display) {
+    metrics.malformed_objects.inc();
+    tracing::warn!(error = %error, "skipping a {what} drover cannot read");
+}
+
+/// Hands a watch event to the engine, converted; returns the input back when it is
+/// not a watch event (a result or leadership, which the driver handles).
+pub fn apply(engine: &mut Engine, input: Input, now: i64, metrics: &Metrics) -> Option<Input> {
+    match input {
+        Input::Pod(ev) => feed(
+            engine,
+            Resource::Pods,
+            *ev,
+            now,
+            |e, p| match pod_info(&p) {
+                Ok(info) => e.handle_pod(info, now),
+                Err(err) => unreadable(metrics, "pod", &err),
+            },
+            |e, p| {
+                if let Some(name) = p.metadata.name.as_deref() {
+                    let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+                    e.handle_pod_deleted(&PodKey::new(ns, name), now);
+                }
+            },
+        ),
+        Input::Node(ev) => feed(
+            engine,
+            Resource::Nodes,
+            *ev,
+            now,
+            |e, n| match node_info(&n) {
+                Ok(info) => e.handle_node(info, now),
+                Err(err) => unreadable(metrics, "node", &err),
+            },
+            |e, n| {
+                if let Some(name) = n.metadata.name.as_deref() {
+                    e.handle_node_deleted(name, now);
+                }
+            },
+        ),
+        Input::Group(ev) => feed(
+            engine,
+            Resource::PodGroups,
+            *ev,
+            now,
+            |e, g| match pod_group(&g) {
+                Ok(info) => e.handle_pod_group(info, now),
+                Err(err) => unreadable(metrics, "PodGroup", &err),
+            },
+            |e, g| {
+                if let (Some(ns), Some(name)) =
+                    (g.metadata.namespace.as_deref(), g.metadata.name.as_deref())
+                {
+                    e.handle_pod_group_deleted(&GangKey::new(ns, name), now);
+                }
+            },
+        ),
+        Input::Queue(ev) => feed(
+            engine,
+            Resource::Queues,
+            *ev,
+            now,
+            |e, q| match queue(&q) {
+                Ok(spec) => e.handle_queue(spec, now),
+                Err(err) => unreadable(metrics, "Queue", &err),
+            },
+            |e, q| {
+                if let Some(name) = q.metadata.name.as_deref() {
+                    e.handle_queue_deleted(name, now);
+                }
+            },
+        ),
+        Input::Namespace(ev) => feed(
+            engine,
+            Resource::Namespaces,
+            *ev,
+            now,
+            |e, n| {
+                if let Some(name) = n.metadata.name.as_deref() {
+                    let q = n
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(drover_core::quota::QUEUE_LABEL))
+                        .filter(|v| !v.is_empty())
+                        .map(|v| Arc::from(v.as_str()));
+                    e.handle_namespace(name, q, now);
+                }
+            },
+            |e, n| {
+                if let Some(name) = n.metadata.name.as_deref() {
+                    e.handle_namespace(name, None, now);
+                }
+            },
+        ),
+        Input::Budget(ev) => {
+            let key = |p: &PodDisruptionBudget| {
+                format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref().unwrap_or(""),
+                    p.metadata.name.as_deref().unwrap_or("")
+                )
+            };
+            feed(
+                engine,
+                Resource::Budgets,
+                *ev,
+                now,
+                |e, p| e.handle_budget(&key(&p), disruption_budget(&p)),
+                |e, p| e.handle_budget(&key(&p), None),
+            )
+        }
+        Input::Topology(ev) => feed(
+            engine,
+            Resource::NodeTopologies,
+            *ev,
+            now,
+            |e, o| match node_resource_topology(&o) {
+                Ok((node, numa)) => e.handle_node_topology(&node, Some(numa), now),
+                Err(err) => unreadable(metrics, "NodeResourceTopology", &err),
+            },
+            |e, o| {
+                if let Some(n) = o.metadata.name.as_deref() {
+                    e.handle_node_topology(n, None, now);
+                }
+            },
+        ),
+        Input::NotServed(r) => engine.handle_not_served(r),
+        other => return Some(other),
+    }
+    None
+}
