@@ -55,8 +55,8 @@ pub struct ClusterCache {
     free_slots: Vec<usize>,
     pods: HashMap<PodKey, PodState>,
     generation: u64,
-    /// Slots that carry a gang reservation.
-    reserved: Vec<usize>,
+    /// Slots that carry a gang's reservation, by gang (namespace, name).
+    reserved: BTreeMap<(Arc<str>, Arc<str>), Vec<usize>>,
     /// NUMA zones by node name (kept for nodes that are not here yet).
     numa: HashMap<Arc<str>, Arc<Numa>>,
     /// The nodes' equivalence classes.
@@ -451,7 +451,8 @@ impl ClusterCache {
     }
 
     /// Holds capacity for a waiting gang on the planned nodes (slot → amount, pods),
-    /// replacing any earlier reservation.
+    /// replacing that gang's earlier reservation. A node holds one gang's reservation
+    /// at a time: slots another gang holds are left to it.
     pub fn reserve(
         &mut self,
         namespace: &str,
@@ -459,9 +460,10 @@ impl ClusterCache {
         priority: i32,
         plan: &BTreeMap<usize, (Resources, i64)>,
     ) {
-        self.clear_reservation();
+        self.clear_reservation(namespace, gang);
+        let mut slots = Vec::new();
         for (&slot, (amount, pods)) in plan {
-            if self.slot(slot).is_none() {
+            if self.slot(slot).is_none_or(|n| n.reservation.is_some()) {
                 continue;
             }
             let r = Arc::new(Reservation {
@@ -475,19 +477,29 @@ impl ClusterCache {
                 n.reservation = Some(r);
                 n.generation += 1;
             });
-            self.reserved.push(slot);
+            slots.push(slot);
         }
+        self.reserved.insert((namespace.into(), gang.into()), slots);
     }
 
-    /// Drops the gang reservation, if any.
-    pub fn clear_reservation(&mut self) {
-        for slot in std::mem::take(&mut self.reserved) {
+    /// Drops the gang's reservation, if it has one.
+    pub fn clear_reservation(&mut self, namespace: &str, gang: &str) {
+        let key: (Arc<str>, Arc<str>) = (namespace.into(), gang.into());
+        for slot in self.reserved.remove(&key).unwrap_or_default() {
             if self.slot(slot).is_some_and(|n| n.reservation.is_some()) {
                 self.with_node(slot, |n| {
                     n.reservation = None;
                     n.generation += 1;
                 });
             }
+        }
+    }
+
+    /// Drops every reservation.
+    pub fn clear_reservations(&mut self) {
+        let gangs: Vec<(Arc<str>, Arc<str>)> = self.reserved.keys().cloned().collect();
+        for (ns, g) in gangs {
+            self.clear_reservation(&ns, &g);
         }
     }
 

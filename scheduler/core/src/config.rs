@@ -227,6 +227,10 @@ pub struct GangConfig {
     /// Hold capacity for the first gang that does not fit, so that a stream of small
     /// pods cannot starve it; small pods backfill only what the gang does not need.
     pub reserve: bool,
+    /// How many gangs may hold a reservation at once, each on nodes of its own (a
+    /// reservation leaves capacity idle while its nodes drain, so their number is
+    /// bounded).
+    pub max_reservations: usize,
     /// How long one reservation holds before it is planned afresh (so a gang
     /// waiting for nodes that never drain does not hold them forever).
     pub reservation_seconds: f64,
@@ -236,6 +240,7 @@ impl Default for GangConfig {
     fn default() -> Self {
         GangConfig {
             reserve: true,
+            max_reservations: 4,
             reservation_seconds: 300.0,
         }
     }
@@ -276,6 +281,8 @@ pub struct Config {
     pub confirm_timeout_ms: i64,
     /// How long a gang reservation holds (ms); `None` turns reservations off.
     pub gang_reservation_ms: Option<i64>,
+    /// How many gangs hold reservations at once.
+    pub max_reservations: usize,
     /// Namespaces whose pods are all exclusive.
     pub exclusive_namespaces: Vec<String>,
     /// Topology levels (node label keys), widest first.
@@ -382,6 +389,12 @@ impl FileConfig {
             ));
         }
         let g = &self.gangs;
+        if g.max_reservations == 0 {
+            return Err(invalid(
+                "gangs.maxReservations",
+                "must be at least 1 (set gangs.reserve: false to turn reservations off)",
+            ));
+        }
         if !g.reservation_seconds.is_finite() || g.reservation_seconds <= 0.0 {
             return Err(invalid(
                 "gangs.reservationSeconds",
@@ -488,6 +501,7 @@ impl FileConfig {
             bind_concurrency: self.binding.concurrency,
             confirm_timeout_ms: (self.binding.confirm_timeout_seconds * 1000) as i64,
             gang_reservation_ms: g.reserve.then(|| ms(g.reservation_seconds)),
+            max_reservations: g.max_reservations,
             exclusive_namespaces: self.exclusive.namespaces.clone(),
             reclaim_grace_ms: ms(self.quota.reclaim_grace_seconds),
             min_runtime_ms: ms(self.quota.min_runtime_seconds),
@@ -593,6 +607,7 @@ mod tests {
             ),
             ("exclusive: {namespaces: ['']}", "exclusive.namespaces[0]"),
             ("gangs: {reservationSeconds: 0}", "gangs.reservationSeconds"),
+            ("gangs: {maxReservations: 0}", "gangs.maxReservations"),
             ("weights: {leastWaste: 101}", "weights.leastWaste"),
         ] {
             let err = check(yaml).unwrap_err();

@@ -591,7 +591,46 @@ pub fn plan_reservation(
     members: &[Arc<PodInfo>],
     snapshot: &Snapshot,
 ) -> Option<ReservationPlan> {
+    plan_reservation_on(profile, members, snapshot, None).map(|(plan, _)| plan)
+}
+
+/// Where a blocked gang that requires one domain of `level` will go once enough
+/// drains: the domain whose plan needs the least to drain (GPUs, then memory, then
+/// CPU), or `None` if no domain could hold it even drained.
+pub fn plan_reservation_in_domain(
+    profile: &Profile,
+    members: &[Arc<PodInfo>],
+    snapshot: &Snapshot,
+    level: &str,
+) -> Option<ReservationPlan> {
+    crate::topology::domains(snapshot, level)
+        .into_iter()
+        .filter_map(|d| {
+            let allowed: HashSet<usize> = d.slots.into_iter().collect();
+            plan_reservation_on(profile, members, snapshot, Some(&allowed))
+        })
+        .min_by_key(|(_, cost)| *cost)
+        .map(|(plan, _)| plan)
+}
+
+/// [`plan_reservation`] over the slots in `allowed` (every node when `None`); also
+/// gives what must drain in all, `(gpu, memory, cpu)`.
+fn plan_reservation_on(
+    profile: &Profile,
+    members: &[Arc<PodInfo>],
+    snapshot: &Snapshot,
+    allowed: Option<&HashSet<usize>>,
+) -> Option<(ReservationPlan, (i64, i64, i64))> {
     let priority = members.iter().map(|m| m.priority).max().unwrap_or(0);
+    let owner = members.first().and_then(|m| GangKey::of(m));
+    // A node another gang holds is that gang's.
+    let held_by_other = |n: &NodeInfo| {
+        n.reservation.as_ref().is_some_and(|r| {
+            owner
+                .as_ref()
+                .is_none_or(|o| *o.namespace != *r.namespace || *o.name != *r.gang)
+        })
+    };
     let mut order: Vec<&Arc<PodInfo>> = members.iter().collect();
     order.sort_by(|a, b| {
         let (ra, rb) = (&a.requests, &b.requests);
@@ -602,10 +641,11 @@ pub fn plan_reservation(
     // The drained view of a node: only the pods that stay, plus what is planned.
     let mut drained: HashMap<usize, NodeInfo> = HashMap::new();
     let mut plan = ReservationPlan::new();
+    let mut cost = (0i64, 0i64, 0i64);
     for pod in order {
         let mut best: Option<((i64, i64, i64, i64), usize)> = None;
         for (slot, node) in snapshot.nodes() {
-            if !node.known {
+            if !node.known || allowed.is_some_and(|a| !a.contains(&slot)) || held_by_other(node) {
                 continue;
             }
             let view = drained.entry(slot).or_insert_with(|| {
@@ -651,7 +691,10 @@ pub fn plan_reservation(
                 best = Some((short, slot));
             }
         }
-        let (_, slot) = best?;
+        let (short, slot) = best?;
+        cost.0 += short.0;
+        cost.1 += short.1;
+        cost.2 += short.2;
         drained
             .get_mut(&slot)
             .expect("viewed above")
@@ -660,7 +703,7 @@ pub fn plan_reservation(
         e.0.add(&pod.requests);
         e.1 += 1;
     }
-    Some(plan)
+    Some((plan, cost))
 }
 
 /// The result of trying to place a gang.
@@ -1043,7 +1086,7 @@ mod tests {
             d.message()
         );
         // Releasing the reservation frees the node for everyone.
-        cache.clear_reservation();
+        cache.clear_reservation("ns", "g");
         let snap = cache.snapshot();
         assert!(crate::framework::feasible(
             &profile,

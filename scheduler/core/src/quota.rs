@@ -581,16 +581,21 @@ pub struct Candidate {
     pub unit: Arc<str>,
 }
 
-/// True when `queue` has a guarantee and stays within it after `request` (only the
-/// resources the guarantee lists count: one it does not list is not guaranteed, so it
-/// is neither reclaimed nor in the way). Only then may the queue reclaim.
+/// True when `queue` has a guarantee of something `request` asks for and stays within
+/// it after `request` (only the resources the guarantee lists count: one it does not
+/// list is not guaranteed, so it is neither reclaimed nor in the way). Only then may
+/// the queue reclaim.
 pub fn within_guarantee(tree: &QueueTree, usage: &Usage, queue: &str, request: &Resources) -> bool {
     let Some(spec) = tree.get(queue) else {
         return false;
     };
     let mut after = usage.allocated(queue);
     after.add(request);
-    !spec.guaranteed.is_zero()
+    // The pod must ask for something the queue is guaranteed: a pod that needs only
+    // what no guarantee lists borrows; it does not reclaim.
+    spec.guaranteed
+        .iter()
+        .any(|(k, g)| g > 0 && request.get(&k) > 0)
         && !spec
             .guaranteed
             .iter()

@@ -96,10 +96,10 @@ pub fn domains(snapshot: &Snapshot, level: &str) -> Vec<Domain> {
         .collect()
 }
 
-/// A snapshot overlay seen through a subset of its slots.
-struct Within<'a, 'b> {
-    overlay: &'b Overlay<'a>,
-    slots: &'b [usize],
+/// A snapshot overlay seen through a subset of its slots (renumbered 0..).
+pub(crate) struct Within<'a, 'b> {
+    pub(crate) overlay: &'b Overlay<'a>,
+    pub(crate) slots: &'b [usize],
 }
 
 impl NodeSource for Within<'_, '_> {

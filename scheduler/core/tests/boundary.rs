@@ -43,7 +43,13 @@ fn the_core_cannot_reach_the_network_or_an_async_runtime() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert!(crates.contains(&"drover-core"), "{tree}");
-    assert!(crates.contains(&"rayon"), "the tree is the real one: {tree}");
+    assert!(
+        crates.contains(&"rayon"),
+        "the tree is the real one: {tree}"
+    );
     let found: Vec<&&str> = FORBIDDEN.iter().filter(|f| crates.contains(f)).collect();
-    assert!(found.is_empty(), "drover-core depends on {found:?}:\n{tree}");
+    assert!(
+        found.is_empty(),
+        "drover-core depends on {found:?}:\n{tree}"
+    );
 }

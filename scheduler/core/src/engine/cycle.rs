@@ -230,19 +230,12 @@ impl Engine {
                 for p in &pending {
                     self.wait(p, &message, now);
                 }
-                // A reservation does not yet follow topology: a gang that requires a
-                // level would hold capacity it may not be able to use.
-                let required = topology.as_ref().is_some_and(|c| c.required);
-                if !required {
-                    self.reserve_for(gang, &tried, now);
-                }
+                // A gang that requires a level holds capacity inside one domain of it.
+                let required = topology.as_ref().filter(|c| c.required);
+                self.reserve_for(gang, &tried, required.map(|c| &*c.level), now);
                 self.gang_tried
                     .insert(gang.clone(), self.cache.generation());
-                // Evictions are planned without topology: a gang that requires a
-                // level waits for room instead.
-                if !required {
-                    self.make_room(pod, Some(gang), &snap, now);
-                }
+                self.make_room(pod, Some(gang), &snap, now);
                 GangStep::Done
             }
             GangDecision::Placed { placed, where_ } => {
@@ -267,11 +260,7 @@ impl Engine {
                 self.stats.gangs_placed += 1;
                 let first = self.gangs.attempted(gang, now);
                 self.stats.gang_waits_ms.push((now - first).max(0));
-                if self.reservation.as_ref().is_some_and(|(g, _)| g == gang) {
-                    self.reservation = None;
-                    self.cache.clear_reservation();
-                    self.queue.cluster_changed(now);
-                }
+                self.release_reservation(gang, now);
                 self.gang_tried.remove(gang);
                 for (member, _, node) in placed {
                     self.queue.take(&member.key);
@@ -313,26 +302,42 @@ impl Engine {
         Ok(())
     }
 
-    /// Holds capacity for a blocked gang if no other gang holds some (or the hold ran
-    /// out), so that small pods cannot starve it.
-    fn reserve_for(&mut self, gang: &GangKey, members: &[Arc<PodInfo>], now: i64) {
+    /// Holds capacity for a blocked gang, on nodes no other gang holds, so that small
+    /// pods cannot starve it (at most `gangs.maxReservations` gangs at once; a hold that
+    /// ran out is planned afresh); inside one domain of `level` when the gang requires
+    /// one.
+    fn reserve_for(
+        &mut self,
+        gang: &GangKey,
+        members: &[Arc<PodInfo>],
+        level: Option<&str>,
+        now: i64,
+    ) {
         let Some(hold_ms) = self.opts.config.gang_reservation_ms else {
             return;
         };
-        if let Some((g, until)) = &self.reservation
-            && (g != gang || *until > now)
-        {
-            return;
+        match self.reservations.get(gang) {
+            // Held and not run out: it stands.
+            Some(until) if *until > now => return,
+            // Run out: planned afresh below.
+            Some(_) => {}
+            None if self.reservations.len() >= self.opts.config.max_reservations => return,
+            None => {}
         }
         let snap = self.cache.snapshot();
-        let Some(plan) = gang::plan_reservation(&self.opts.config.profile, members, &snap) else {
+        let profile = &self.opts.config.profile;
+        let plan = match level {
+            Some(l) => gang::plan_reservation_in_domain(profile, members, &snap, l),
+            None => gang::plan_reservation(profile, members, &snap),
+        };
+        let Some(plan) = plan else {
             tracing::info!(gang = %gang, "gang does not fit even on drained nodes; nothing reserved");
             return;
         };
         let priority = members.iter().map(|m| m.priority).max().unwrap_or(0);
         self.cache
             .reserve(&gang.namespace, &gang.name, priority, &plan);
-        self.reservation = Some((gang.clone(), now + hold_ms));
+        self.reservations.insert(gang.clone(), now + hold_ms);
         let nodes: Vec<String> = plan
             .keys()
             .filter_map(|s| snap.slot(*s).map(|n| n.name.to_string()))

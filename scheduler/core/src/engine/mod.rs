@@ -303,8 +303,8 @@ pub struct Engine {
     gang_tried: HashMap<GangKey, u64>,
     /// Per gang: a counter bumped whenever its members change, and when.
     gang_versions: HashMap<GangKey, (u64, i64)>,
-    /// The gang that holds a reservation, and until when.
-    reservation: Option<(GangKey, i64)>,
+    /// The gangs that hold a reservation, and until when.
+    reservations: BTreeMap<GangKey, i64>,
     /// The last PodGroup status written per gang.
     group_status: HashMap<GangKey, PodGroupStatus>,
     /// Gangs whose scheduleTimeoutSeconds passed (reported once).
@@ -323,6 +323,9 @@ pub struct Engine {
     in_flight: HashMap<PodKey, InFlight>,
     /// Pods the extender admitted against their queue, until when.
     admitted: HashMap<PodKey, i64>,
+    /// When each pod on a node was first seen there (ms): how long it has run, for
+    /// the minimum runtime of eviction victims.
+    placed_at: HashMap<PodKey, i64>,
     memo: Memo,
     actions: VecDeque<Action>,
     stats: Stats,
@@ -355,7 +358,7 @@ impl Engine {
             last_message: HashMap::new(),
             gang_tried: HashMap::new(),
             gang_versions: HashMap::new(),
-            reservation: None,
+            reservations: BTreeMap::new(),
             group_status: HashMap::new(),
             timed_out: HashSet::new(),
             bind_failures: HashMap::new(),
@@ -365,6 +368,7 @@ impl Engine {
             refused: HashMap::new(),
             in_flight: HashMap::new(),
             admitted: HashMap::new(),
+            placed_at: HashMap::new(),
             memo: Memo {
                 generation: u64::MAX,
                 failed: Vec::new(),
@@ -454,9 +458,9 @@ impl Engine {
         &self.cluster_total
     }
 
-    /// The gang holding a reservation, if any.
-    pub fn reservation(&self) -> Option<&GangKey> {
-        self.reservation.as_ref().map(|(g, _)| g)
+    /// The gangs holding a reservation.
+    pub fn reservations(&self) -> impl Iterator<Item = &GangKey> {
+        self.reservations.keys()
     }
 
     /// Pods being evicted now.
@@ -624,6 +628,14 @@ impl Engine {
         if matches!(change, PodChange::Assigned) || !ours {
             self.admitted.remove(&key);
         }
+        match change {
+            PodChange::Assigned => {
+                self.placed_at.entry(key.clone()).or_insert(now);
+            }
+            _ => {
+                self.placed_at.remove(&key);
+            }
+        }
         let placed_by_admission = contribution == Some(false) && self.admitted.contains_key(&key);
         self.ledger.set(
             &key,
@@ -633,6 +645,9 @@ impl Engine {
             let state = match (&change, info.phase) {
                 (_, Phase::Succeeded) => Some(MemberState::Succeeded),
                 (_, Phase::Failed) => Some(MemberState::Failed),
+                // Going away (evicted, deleted): no longer a member the gang can count
+                // on, though it holds its node until it is gone.
+                _ if info.deleting => None,
                 (PodChange::Pending, _) => Some(MemberState::Pending),
                 (PodChange::Assigned, p) => Some(MemberState::Assigned {
                     running: p == Phase::Running,
@@ -700,6 +715,7 @@ impl Engine {
         self.forget_member(key, now);
         self.ledger.set(key, None);
         self.admitted.remove(key);
+        self.placed_at.remove(key);
         self.forget_pod(key);
         if was_placed {
             self.queue.cluster_changed(now);
@@ -859,9 +875,8 @@ impl Engine {
         } else {
             // Writes not yet handed out are no longer this replica's to make.
             self.actions.clear();
-            if self.reservation.take().is_some() {
-                self.cache.clear_reservation();
-            }
+            self.reservations.clear();
+            self.cache.clear_reservations();
         }
     }
 
@@ -959,6 +974,7 @@ impl Engine {
             return;
         }
         self.cache.forget(key);
+        self.placed_at.remove(key);
         if let Some(current) = self.cache.pod(key).cloned() {
             let ours = self.ours(&current);
             self.ledger
@@ -1068,7 +1084,12 @@ impl Engine {
         self.evicting
             .retain(|k, e| e.until > now && self.cache.pod(k).is_some());
         self.refused.retain(|_, until| *until > now);
-        if let Some((g, until)) = self.reservation.clone() {
+        let held: Vec<(GangKey, i64)> = self
+            .reservations
+            .iter()
+            .map(|(g, u)| (g.clone(), *u))
+            .collect();
+        for (g, until) in held {
             let done = self
                 .gangs
                 .min_member(&g)
@@ -1076,15 +1097,21 @@ impl Engine {
                 || self.gangs.counts(&g).pending == 0;
             if done || until <= now {
                 tracing::info!(gang = %g, expired = !done, "reservation released");
-                self.reservation = None;
-                self.cache.clear_reservation();
-                self.gang_tried.remove(&g);
-                self.queue.cluster_changed(now);
+                self.release_reservation(&g, now);
             }
         }
         if self.writes() {
             self.report_timeouts(now);
             self.sync_queues();
+        }
+    }
+
+    /// Drops the gang's reservation: its nodes are everyone's again.
+    fn release_reservation(&mut self, gang: &GangKey, now: i64) {
+        if self.reservations.remove(gang).is_some() {
+            self.cache.clear_reservation(&gang.namespace, &gang.name);
+            self.gang_tried.remove(gang);
+            self.queue.cluster_changed(now);
         }
     }
 

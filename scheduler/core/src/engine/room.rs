@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use crate::framework::{Outcome, Overlay, schedule_one};
 use crate::gang::GangKey;
-use crate::model::PodInfo;
+use crate::model::{PodInfo, PodKey};
 use crate::quota::{Candidate, VictimSearch};
 use crate::snapshot::Snapshot;
+use crate::topology::Within;
 
 use super::{Action, Engine, Eviction, EvictionReason};
 
@@ -40,7 +41,7 @@ impl Engine {
         let queue = self.queue_name(pod);
         // Reclaim needs the queue within its guarantee; preemption, lower-priority
         // pods in the queue. Without either, nothing is looked at.
-        let mut usage = self.ledger.usage(&self.tree);
+        let usage = self.ledger.usage(&self.tree);
         let can_reclaim = crate::quota::within_guarantee(&self.tree, &usage, &queue, &pod.requests)
             && self
                 .tree
@@ -61,10 +62,13 @@ impl Engine {
             self.queue.backoff(&pod.key, now);
             return;
         }
+        // A gang's members beyond minMember may go one by one; the rest of it goes
+        // whole or not at all.
+        let extra = self.gang_extras();
         let unit_of = |p: &PodInfo| -> Arc<str> {
             match GangKey::of(p) {
-                Some(g) => format!("gang/{g}").into(),
-                None => format!("pod/{}", p.key).into(),
+                Some(g) if !extra.contains(&p.key) => format!("gang/{g}").into(),
+                _ => format!("pod/{}", p.key).into(),
             }
         };
         // A unit with a member that refused eviction is left whole.
@@ -89,7 +93,7 @@ impl Engine {
             candidates.push(Candidate {
                 pod: p.clone(),
                 queue: self.queue_name(p),
-                started_ms: p.created_ms,
+                started_ms: self.placed_at.get(&p.key).copied().unwrap_or(p.created_ms),
                 unit,
             });
         }
@@ -147,55 +151,49 @@ impl Engine {
                 std::iter::once(pod.clone()).chain(others).collect()
             }
         };
-        let profile = &self.opts.config.profile;
-        let mut overlay = Overlay::new(snap);
-        let mut planned: Vec<(Arc<PodInfo>, EvictionReason)> = Vec::new();
-        for claimant in &claimants {
-            if let Outcome::Placed(p) = schedule_one(profile, claimant, &overlay) {
-                // Room already planned (or free).
-                overlay.place(p.slot, claimant.clone());
-                usage.charge(&self.tree, &queue, &claimant.requests);
-                continue;
-            }
-            let left: Vec<Candidate> = candidates
+        // A gang that requires a topology level must fit in one domain of it after the
+        // evictions: each domain is planned on its own, and the one that evicts the
+        // fewest pods wins.
+        let level = gang.and_then(|g| {
+            let pending = self.pending_members(g, None);
+            crate::gang::topology_request(
+                self.gangs.group(g),
+                &pending,
+                &self.opts.config.topology_levels,
+            )
+            .and_then(Result::ok)
+            .filter(|c| c.required)
+            .map(|c| c.level)
+        });
+        let planned = match &level {
+            None => self.plan_evictions(
+                &claimants,
+                &candidates,
+                &queue,
+                usage,
+                snap,
+                None,
+                all_or_nothing,
+                now,
+            ),
+            Some(l) => crate::topology::domains(snap, l)
                 .iter()
-                .filter(|c| !planned.iter().any(|(v, _)| v.key == c.pod.key))
-                .cloned()
-                .collect();
-            let search = VictimSearch {
-                tree: &self.tree,
-                usage: &usage,
-                profile,
-                candidates: &left,
-                now_ms: now,
-                min_runtime_ms: self.opts.config.min_runtime_ms,
-            };
-            let found = search
-                .reclaim(&queue, claimant, &overlay)
-                .map(|v| (v, EvictionReason::Reclaim))
-                .or_else(|| {
-                    search
-                        .preempt(&queue, claimant, &overlay)
-                        .map(|v| (v, EvictionReason::Preemption))
-                });
-            let Some(((victims, node), reason)) = found else {
-                if all_or_nothing {
-                    return; // a gang that would still not fit whole: evict nothing
-                }
-                continue;
-            };
-            for v in &victims {
-                if let Some(s) = v.node_name.as_deref().and_then(|n| snap.slot_of(n)) {
-                    overlay.remove(s, &v.key);
-                }
-                usage.discharge(&self.tree, &self.queue_name(v), &v.requests);
-            }
-            if let Some(s) = snap.slot_of(&node) {
-                overlay.place(s, claimant.clone());
-            }
-            usage.charge(&self.tree, &queue, &claimant.requests);
-            planned.extend(victims.into_iter().map(|v| (v, reason)));
+                .filter_map(|d| {
+                    self.plan_evictions(
+                        &claimants,
+                        &candidates,
+                        &queue,
+                        usage.clone(),
+                        snap,
+                        Some(&d.slots),
+                        true,
+                        now,
+                    )
+                })
+                .filter(|p| !p.is_empty())
+                .min_by_key(|p| p.len()),
         }
+        .unwrap_or_default();
         if planned.is_empty() {
             return;
         }
@@ -242,5 +240,137 @@ impl Engine {
             );
             self.push(Action::Evict { pod: v, reason });
         }
+    }
+    /// Plans evictions so that every claimant fits (all of them, or none, when
+    /// `all_or_nothing`), on the nodes in `within` only when given. Returns the victims
+    /// with why, or `None` when an all-or-nothing set would not fit whole.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_evictions(
+        &self,
+        claimants: &[Arc<PodInfo>],
+        candidates: &[Candidate],
+        queue: &Arc<str>,
+        mut usage: crate::quota::Usage,
+        snap: &Snapshot,
+        within: Option<&[usize]>,
+        all_or_nothing: bool,
+        now: i64,
+    ) -> Option<Vec<(Arc<PodInfo>, EvictionReason)>> {
+        let extra = self.gang_extras();
+        let profile = &self.opts.config.profile;
+        let mut overlay = Overlay::new(snap);
+        let mut planned: Vec<(Arc<PodInfo>, EvictionReason)> = Vec::new();
+        // Every slot, or the domain's.
+        let all: Vec<usize>;
+        let slots: &[usize] = match within {
+            Some(s) => s,
+            None => {
+                all = (0..snap.slots()).collect();
+                &all
+            }
+        };
+        for claimant in claimants {
+            let view = Within {
+                overlay: &overlay,
+                slots,
+            };
+            if let Outcome::Placed(p) = schedule_one(profile, claimant, &view) {
+                // Room already planned (or free).
+                let slot = slots[p.slot];
+                overlay.place(slot, claimant.clone());
+                usage.charge(&self.tree, queue, &claimant.requests);
+                continue;
+            }
+            let left: Vec<Candidate> = candidates
+                .iter()
+                .filter(|c| !planned.iter().any(|(v, _)| v.key == c.pod.key))
+                .cloned()
+                .collect();
+            let search = VictimSearch {
+                tree: &self.tree,
+                usage: &usage,
+                profile,
+                candidates: &left,
+                now_ms: now,
+                min_runtime_ms: self.opts.config.min_runtime_ms,
+            };
+            let view = Within {
+                overlay: &overlay,
+                slots,
+            };
+            let found = search
+                .reclaim(queue, claimant, &view)
+                .map(|v| (v, EvictionReason::Reclaim))
+                .or_else(|| {
+                    search
+                        .preempt(queue, claimant, &view)
+                        .map(|v| (v, EvictionReason::Preemption))
+                });
+            let Some(((mut victims, node), reason)) = found else {
+                if all_or_nothing {
+                    return None; // a set that would still not fit whole: evict nothing
+                }
+                continue;
+            };
+            // A gang that loses a member within minMember goes whole: its members
+            // beyond minMember go with it.
+            let broken: HashSet<GangKey> = victims
+                .iter()
+                .filter(|v| !extra.contains(&v.key))
+                .filter_map(|v| GangKey::of(v))
+                .collect();
+            if !broken.is_empty() {
+                let mut rest: Vec<Arc<PodInfo>> = self
+                    .cache
+                    .pods()
+                    .filter(|p| {
+                        p.node_name.is_some()
+                            && GangKey::of(p).is_some_and(|g| broken.contains(&g))
+                            && !victims.iter().any(|v| v.key == p.key)
+                            && !planned.iter().any(|(v, _)| v.key == p.key)
+                    })
+                    .cloned()
+                    .collect();
+                rest.sort_by(|a, b| a.key.cmp(&b.key));
+                victims.extend(rest);
+            }
+            for v in &victims {
+                if let Some(s) = v.node_name.as_deref().and_then(|n| snap.slot_of(n)) {
+                    overlay.remove(s, &v.key);
+                }
+                usage.discharge(&self.tree, &self.queue_name(v), &v.requests);
+            }
+            if let Some(s) = snap.slot_of(&node) {
+                overlay.place(s, claimant.clone());
+            }
+            usage.charge(&self.tree, queue, &claimant.requests);
+            planned.extend(victims.into_iter().map(|v| (v, reason)));
+        }
+        Some(planned)
+    }
+
+    /// Gang members beyond minMember (the ones placed last): each may be evicted on
+    /// its own, the gang keeps running without it.
+    fn gang_extras(&self) -> HashSet<PodKey> {
+        let mut by_gang: HashMap<GangKey, Vec<(i64, PodKey)>> = HashMap::new();
+        for p in self.cache.pods() {
+            if p.node_name.is_some()
+                && !p.deleting
+                && let Some(g) = GangKey::of(p)
+            {
+                let at = self.placed_at.get(&p.key).copied().unwrap_or(p.created_ms);
+                by_gang.entry(g).or_default().push((at, p.key.clone()));
+            }
+        }
+        let mut extra = HashSet::new();
+        for (g, mut members) in by_gang {
+            let Ok(min) = self.gangs.min_member(&g) else {
+                continue;
+            };
+            members.sort_by(|a, b| b.cmp(a));
+            let beyond = members.len().saturating_sub(min);
+            extra.extend(members.into_iter().take(beyond).map(|(_, k)| k));
+        }
+        extra
     }
 }
