@@ -160,7 +160,9 @@ impl Gen<'_> {
         // Log-uniform between 1 h and 8 h.
         let duration_ms = (3600.0 * 8f64.powf(self.rng.random::<f64>())) as i64 * 1000;
         let total = i64::from(ranks) * gpus;
-        let topology = if total >= 32 {
+        // A job that fits in a block (16 nodes of 8 GPUs) requires one; a larger one,
+        // or a small one, prefers the fewest racks.
+        let topology = if (32..=128).contains(&total) {
             Some(TopologyRequest {
                 level: "network.topology.nvidia.com/block".into(),
                 mode: TopologyMode::Required,

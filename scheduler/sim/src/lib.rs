@@ -2,8 +2,8 @@
 //!
 //! A scenario (node groups, teams) and a workload (jobs arriving over time) run in
 //! virtual time under two [`Policy`]s — drover and a baseline modelled on
-//! kube-scheduler's default profile — through the same cache, queue, filters, scores
-//! and gang placement the scheduler runs on a cluster. No API server, no async
+//! kube-scheduler's default profile — both driving drover's engine, the state machine
+//! `drover run` drives on a cluster (see [`engine`]). No API server, no async
 //! runtime: a day of a few hundred nodes takes seconds. docs/simulate.md describes the
 //! files and every figure of the report.
 //!
@@ -30,7 +30,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 
-pub use engine::{GangMode, Policy, Simulation};
+pub use engine::{Policy, Simulation, World};
 use metrics::{JobOutcome, Sample, Summary};
 use scenario::Scenario;
 use workload::{JobKind, JobSpec};
@@ -66,6 +66,12 @@ pub struct SimulateArgs {
     /// point for your own.
     #[arg(long, value_name = "FILE")]
     pub save_workload: Option<PathBuf>,
+    /// How long a bind takes to land, in virtual milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 50.0)]
+    pub bind_latency_ms: f64,
+    /// How long an evicted pod takes to go (its termination grace), in virtual seconds.
+    #[arg(long, value_name = "S", default_value_t = 30.0)]
+    pub eviction_grace_seconds: f64,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -84,6 +90,8 @@ pub struct Input {
     pub workload_origin: String,
     /// Virtual hours to simulate.
     pub hours: f64,
+    /// How the simulated API server answers.
+    pub world: World,
 }
 
 /// The cluster, summed up for the report.
@@ -129,10 +137,10 @@ pub struct PolicyRun {
     pub samples: Vec<Sample>,
     /// Every job's fate.
     pub jobs: Vec<JobOutcome>,
-    /// Units taken from the queue.
-    pub attempts: u64,
-    /// Attempts that ran the filters and scores.
-    pub cycles: u64,
+    /// Engine decisions (pods or whole gangs looked at over a snapshot).
+    pub decisions: u64,
+    /// Simulator events processed.
+    pub events: u64,
 }
 
 /// Everything a simulation found; the text, HTML, SVG and JSON reports are views of it.
@@ -184,12 +192,28 @@ impl Input {
                 )
             }
         };
+        if !(0.0..=3_600_000.0).contains(&args.bind_latency_ms) {
+            bail!(
+                "--bind-latency-ms {}: give milliseconds from 0 to 3600000",
+                args.bind_latency_ms
+            );
+        }
+        if !(0.0..=86_400.0).contains(&args.eviction_grace_seconds) {
+            bail!(
+                "--eviction-grace-seconds {}: give seconds from 0 to 86400",
+                args.eviction_grace_seconds
+            );
+        }
         Ok(Input {
             scenario,
             scenario_origin,
             jobs,
             workload_origin,
             hours,
+            world: World {
+                bind_latency_ms: args.bind_latency_ms.round() as i64,
+                eviction_grace_ms: (args.eviction_grace_seconds * 1000.0).round() as i64,
+            },
         })
     }
 }
@@ -227,7 +251,7 @@ pub fn simulate(input: &Input, progress: bool) -> Report {
     let teams: Vec<String> = scenario.teams.iter().map(|t| t.name.clone()).collect();
     let fair = scenario.fair_shares();
     let horizon = (input.hours * 3_600_000.0).round() as i64;
-    let policies = [Policy::drover(), Policy::baseline()];
+    let policies = [Policy::drover(scenario), Policy::baseline()];
     let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
     let (_multi, bars) = progress_bars(progress, input.hours, &names);
     // On a scoring pool, so that each decision starts on the thread that asks for it
@@ -238,7 +262,7 @@ pub fn simulate(input: &Input, progress: bool) -> Report {
             .par_iter()
             .zip(&bars)
             .map(|(p, bar)| {
-                let out = Simulation::new(p, &nodes, &teams, &input.jobs, horizon)
+                let out = Simulation::new(p, input.world, scenario, &input.jobs, horizon)
                     .run(|now| bar.set_position((now / 60_000) as u64));
                 bar.finish_and_clear();
                 out
@@ -252,11 +276,18 @@ pub fn simulate(input: &Input, progress: bool) -> Report {
         .map(|(p, out)| PolicyRun {
             policy: p.name.clone(),
             description: p.description.clone(),
-            summary: metrics::summarize(&out.samples, &out.jobs, &teams, &fair, total_gpus),
+            summary: metrics::summarize(
+                &out.samples,
+                &out.jobs,
+                &teams,
+                &fair,
+                total_gpus,
+                &out.evictions,
+            ),
             samples: out.samples,
             jobs: out.jobs,
-            attempts: out.attempts,
-            cycles: out.cycles,
+            decisions: out.decisions,
+            events: out.events,
         })
         .collect();
     let arrived: Vec<&JobSpec> = input
@@ -363,6 +394,8 @@ mod tests {
             report_svg: None,
             json: None,
             save_workload: None,
+            bind_latency_ms: 50.0,
+            eviction_grace_seconds: 30.0,
             quiet: true,
         }
     }
@@ -375,7 +408,7 @@ mod tests {
         let scenario = dir.join("cluster.yaml");
         std::fs::write(
             &scenario,
-            "name: tiny\nnodeGroups:\n- {name: cpu, count: 2, cpu: 8, memory: 32Gi}\n- {name: gpu, count: 2, cpu: 32, memory: 256Gi, gpus: 8, labels: {rack: \"r{i/1}\"}}\nteams:\n- {name: ml, share: 3}\n- {name: bi, share: 1}\n",
+            "name: tiny\ntopologyLevels: [rack]\nnodeGroups:\n- {name: cpu, count: 2, cpu: 8, memory: 32Gi}\n- {name: gpu, count: 2, cpu: 32, memory: 256Gi, gpus: 8, labels: {rack: \"r{i/2}\"}}\nteams:\n- {name: ml, share: 3}\n- {name: bi, share: 1}\n",
         )
         .unwrap();
         let trace = dir.join("trace.csv");

@@ -34,10 +34,20 @@ pub struct Sample {
     pub partial_gangs: i64,
     /// GPUs held by those gangs' placed pods.
     pub partial_gang_gpus: i64,
+    /// GPUs held by pods whose job started (a gang with `minMember` on nodes, or any
+    /// other running pod): GPUs doing work.
+    pub started_gpus: i64,
+    /// Of those, GPUs of gangs that require one domain of a topology level and run
+    /// spread over several.
+    pub started_gpus_spread: i64,
     /// Each team's allocated GPUs over all GPUs, by team index.
     pub team_gpu: Vec<f64>,
     /// Each team's allocated memory over all memory (every node), by team index.
     pub team_mem: Vec<f64>,
+    /// Each team's fair share now, as a fraction of all GPUs: the GPUs allocated now,
+    /// divided by weighted max-min over the teams with demand (none above what it asks
+    /// for); `None` for a team without demand.
+    pub team_gpu_fair: Vec<Option<f64>>,
 }
 
 /// Where a job stands at the end of the run.
@@ -86,6 +96,8 @@ pub struct JobOutcome {
     pub partial_s: f64,
     /// Pods on nodes at the end.
     pub placed_at_end: usize,
+    /// Its pods evicted (reclaim or preemption) over the run; each was created again.
+    pub evicted: usize,
     /// For a waiting job, why (the scheduler's message for its last attempt).
     pub reason: Option<String>,
     /// The reason without its counts, for grouping.
@@ -115,6 +127,16 @@ pub struct TeamSummary {
     pub wait_p99_s: f64,
     /// Jobs still waiting at the end.
     pub waiting: usize,
+    /// Share error: the time-weighted mean of |GPU share − fair GPU share| over the
+    /// time the team has demand (GPUs allocated or asked for), as a fraction of all
+    /// GPUs; 0 for a team that never had demand.
+    pub share_error: f64,
+    /// Hours the team had GPU demand.
+    pub demand_hours: f64,
+    /// Its pods evicted so that another queue got its guarantee back.
+    pub reclaimed: usize,
+    /// Its pods evicted for a pod of higher priority.
+    pub preempted: usize,
 }
 
 /// Summary figures of one run.
@@ -150,6 +172,17 @@ pub struct Summary {
     pub partial_gang_gpu_hours: f64,
     /// GPU-hours allocated in all.
     pub gpu_hours_allocated: f64,
+    /// GPU-hours held by pods whose job had started: GPUs doing work (what
+    /// [`Summary::gpu_hours_allocated`] counts, less partly placed gangs).
+    pub gpu_hours_started: f64,
+    /// Of those, GPU-hours of gangs that require one domain of a topology level but
+    /// run spread over several (what the user asked not to get).
+    pub gpu_hours_spread: f64,
+    /// Pods evicted in all (reclaim and preemption).
+    pub evictions: usize,
+    /// GPU-hours the evicted pods had run: work lost and done again (counted in
+    /// [`Summary::gpu_hours_started`] as well).
+    pub gpu_hours_lost: f64,
     /// Jobs that arrived within the run.
     pub jobs: usize,
     /// Jobs completed.
@@ -206,6 +239,28 @@ fn mean(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
     }
 }
 
+/// Milliseconds during which team `t` had GPU demand (left Riemann sum).
+fn demand_ms(samples: &[Sample], t: usize) -> f64 {
+    samples
+        .windows(2)
+        .filter(|w| w[0].team_gpu_fair.get(t).is_some_and(|f| f.is_some()))
+        .map(|w| (w[1].t_min - w[0].t_min) * 60_000.0)
+        .sum()
+}
+
+/// Time-weighted mean |share − fair share| of team `t` while it had demand.
+fn share_error(samples: &[Sample], t: usize) -> f64 {
+    let mut sum = 0.0;
+    for w in samples.windows(2) {
+        if let Some(Some(fair)) = w[0].team_gpu_fair.get(t) {
+            let share = w[0].team_gpu.get(t).copied().unwrap_or(0.0);
+            sum += (share - fair).abs() * (w[1].t_min - w[0].t_min) * 60_000.0;
+        }
+    }
+    let span = demand_ms(samples, t);
+    if span > 0.0 { sum / span } else { 0.0 }
+}
+
 /// Computes the summary of a run; `total_gpus` is the cluster's GPU count.
 pub fn summarize(
     samples: &[Sample],
@@ -213,6 +268,7 @@ pub fn summarize(
     teams: &[String],
     fair_shares: &[f64],
     total_gpus: i64,
+    evictions: &super::engine::EvictionCounts,
 ) -> Summary {
     const HOUR_MS: f64 = 3_600_000.0;
     let count = |s: JobStatus| jobs.iter().filter(|j| j.status == s).count();
@@ -246,6 +302,10 @@ pub fn summarize(
                     .iter()
                     .filter(|j| j.status == JobStatus::Waiting)
                     .count(),
+                share_error: share_error(samples, t),
+                demand_hours: demand_ms(samples, t) / HOUR_MS,
+                reclaimed: evictions.reclaimed.get(t).copied().unwrap_or(0),
+                preempted: evictions.preempted.get(t).copied().unwrap_or(0),
             }
         })
         .collect();
@@ -269,6 +329,11 @@ pub fn summarize(
         partial_gangs_max: samples.iter().map(|s| s.partial_gangs).max().unwrap_or(0),
         partial_gang_gpu_hours: integral(samples, |s| s.partial_gang_gpus as f64).0 / HOUR_MS,
         gpu_hours_allocated: integral(samples, |s| s.gpu_alloc * total_gpus as f64).0 / HOUR_MS,
+        gpu_hours_started: integral(samples, |s| s.started_gpus as f64).0 / HOUR_MS,
+        gpu_hours_spread: integral(samples, |s| s.started_gpus_spread as f64).0 / HOUR_MS,
+        evictions: evictions.reclaimed.iter().sum::<usize>()
+            + evictions.preempted.iter().sum::<usize>(),
+        gpu_hours_lost: evictions.lost_gpu_ms as f64 / HOUR_MS,
         jobs: jobs.len(),
         completed: count(JobStatus::Completed),
         running: count(JobStatus::Running),
@@ -313,5 +378,19 @@ mod tests {
         // 1.0 for 3 minutes, then 0.0 for 1 minute.
         let samples = [s(0.0, 1.0), s(3.0, 0.0), s(4.0, 0.0)];
         assert!((mean(&samples, |x| x.gpu_alloc) - 0.75).abs() < 1e-9);
+    }
+
+    #[test]
+    fn share_error_counts_only_time_with_demand() {
+        let s = |t: f64, share: f64, fair: Option<f64>| Sample {
+            t_min: t,
+            team_gpu: vec![share],
+            team_gpu_fair: vec![fair],
+            ..Default::default()
+        };
+        // 2 minutes 0.2 off its fair share, then 2 minutes without demand.
+        let samples = [s(0.0, 0.3, Some(0.5)), s(2.0, 0.0, None), s(4.0, 0.0, None)];
+        assert!((share_error(&samples, 0) - 0.2).abs() < 1e-9);
+        assert!((demand_ms(&samples, 0) - 120_000.0).abs() < 1e-9);
     }
 }

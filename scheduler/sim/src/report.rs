@@ -220,7 +220,15 @@ pub fn text(r: &Report) -> String {
     );
     t.row(
         "  held by started jobs",
-        each(&|p| thousands(p.summary.gpu_hours_allocated - p.summary.partial_gang_gpu_hours)),
+        each(&|p| thousands(p.summary.gpu_hours_started)),
+    );
+    t.row(
+        "    of which by gangs spread against their required topology",
+        each(&|p| thousands(p.summary.gpu_hours_spread)),
+    );
+    t.row(
+        "    of which run by evicted pods (lost, done again)",
+        each(&|p| thousands(p.summary.gpu_hours_lost)),
     );
     t.section("fragmentation");
     t.row(
@@ -309,7 +317,7 @@ pub fn text(r: &Report) -> String {
     for (i, team) in r.teams.iter().enumerate() {
         t.row(
             &format!(
-                "{team} (fair {:.0}%): GPUs / memory",
+                "{team} (weight {:.0}%): GPUs / memory",
                 r.fair_shares[i] * 100.0
             ),
             each(&|p| {
@@ -318,14 +326,35 @@ pub fn text(r: &Report) -> String {
             }),
         );
     }
+    for (i, team) in r.teams.iter().enumerate() {
+        t.row(
+            &format!("{team}: GPU share error"),
+            each(&|p| pct(p.summary.teams[i].share_error)),
+        );
+    }
+    t.section("evictions (pods of the team evicted, each created again)");
+    for (i, team) in r.teams.iter().enumerate() {
+        t.row(
+            &format!("{team}: reclaimed / preempted"),
+            each(&|p| {
+                let s = &p.summary.teams[i];
+                format!("{} / {}", s.reclaimed, s.preempted)
+            }),
+        );
+    }
     let header: Vec<&str> = runs.iter().map(|p| p.policy.as_str()).collect();
     t.render(&mut o, &header);
     o.push_str(
-        "\n  *   topology requests are recorded from the workload; neither policy enforces them yet.\n  \
+        "\n  *   drover places a gang that requires a level in one domain of it, or waits; it\n      \
+         prefers fewer domains for a preferred level. The baseline sees no gangs.\n  \
          **  a job still waiting at the end counts with its wait so far (a lower bound).\n  \
-         *** mean share of all GPUs / all memory held by the team's pods; the fair share is the\n      \
-         team's configured weight. Neither policy enforces quota or fair share yet: this shows\n      \
-         what each team got, not what a fair-share policy would give.\n",
+         *** mean share of all GPUs / all memory held by the team's pods; the weight is the\n      \
+         team's share over the sum of shares. The share error is the time-weighted mean of\n      \
+         |GPU share - fair GPU share| while the team has GPU demand; the fair share divides\n      \
+         the GPUs allocated at the time by weighted max-min over the teams with demand (no\n      \
+         team above what it asks for), so it judges the division, not how much is used.\n      \
+         drover enforces the teams' queues (guarantees, limits, weights, reclaim); the\n      \
+         baseline knows no queues, only priorities.\n",
     );
 
     // Over time.
@@ -375,14 +404,21 @@ pub fn text(r: &Report) -> String {
     }
     // A few instants.
     let points: Vec<f64> = (0..=6).map(|i| r.hours * 60.0 * i as f64 / 6.0).collect();
+    let labels: Vec<String> = points
+        .iter()
+        .map(|p| {
+            if (p / 60.0).fract() == 0.0 {
+                format!("{:.0}h", p / 60.0)
+            } else {
+                fmt_secs(p * 60.0)
+            }
+        })
+        .collect();
+    // Wide enough that labels of long runs never run together.
+    let cw = labels.iter().map(|l| l.len() + 2).max().unwrap_or(0).max(8);
     let _ = write!(o, "\n  {:<44}", "at");
-    for p in &points {
-        let label = if (p / 60.0).fract() == 0.0 {
-            format!("{:.0}h", p / 60.0)
-        } else {
-            fmt_secs(p * 60.0)
-        };
-        let _ = write!(o, "{label:>8}");
+    for label in &labels {
+        let _ = write!(o, "{label:>cw$}");
     }
     o.push('\n');
     let point_rows: [PointRow; 4] = [
@@ -400,7 +436,7 @@ pub fn text(r: &Report) -> String {
             let _ = write!(o, "  {:<44}", format!("{title}, {}", p.policy));
             for t in &points {
                 let v = at(&p.samples, *t).map(f).unwrap_or_default();
-                let _ = write!(o, "{v:>8}");
+                let _ = write!(o, "{v:>cw$}");
             }
             o.push('\n');
         }
@@ -433,14 +469,14 @@ pub fn text(r: &Report) -> String {
             );
         }
     }
-    o.push_str("\nscheduling attempts (units taken from the queue / of which ran the filters and scores;\nthe others reused the answer for an identical pod on an unchanged snapshot)\n");
+    o.push_str("\nwork (engine decisions: pods or whole gangs looked at over a snapshot; simulator events)\n");
     for p in runs {
         let _ = writeln!(
             o,
-            "  {:<9} {} / {}",
+            "  {:<9} {} decisions, {} events",
             p.policy,
-            thousands(p.attempts as f64),
-            thousands(p.cycles as f64)
+            thousands(p.decisions as f64),
+            thousands(p.events as f64)
         );
     }
     o

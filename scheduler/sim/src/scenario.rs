@@ -25,7 +25,7 @@ pub struct Scenario {
     /// Teams (namespaces) that submit work, with their share of the cluster.
     pub teams: Vec<Team>,
     /// Topology levels, as an ordered list of node label keys from the widest to the
-    /// narrowest (recorded for topology-aware placement; not yet used by a policy).
+    /// narrowest (drover's `topology.levels`); when empty, drover's default levels.
     #[serde(default)]
     pub topology_levels: Vec<String>,
 }
@@ -74,14 +74,82 @@ pub struct TaintSpec {
     pub effect: String,
 }
 
-/// A team: the namespace its pods run in and its share of the cluster.
+/// A team: the namespace its pods run in, and its queue under drover: its share (the
+/// queue's weight), guarantee and limit.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Team {
-    /// The team's name, also its namespace.
+    /// The team's name, also its namespace and its queue.
     pub name: String,
-    /// Its weight: the team's fair share is `share / sum of every team's share`.
+    /// Its weight: of what is beyond guarantees, teams with demand share by weight.
     pub share: f64,
+    /// Always available to it (drover reclaims it from borrowers).
+    #[serde(default, skip_serializing_if = "TeamResources::is_empty")]
+    pub guaranteed: TeamResources,
+    /// Never exceeded, for the resources it lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<TeamResources>,
+    /// Whether what it borrows beyond its guarantee may be taken back (default true).
+    #[serde(default = "yes")]
+    pub reclaimable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Amounts of cpu, memory and GPUs for a team's guarantee or limit.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamResources {
+    /// CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    /// Memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Bytes>,
+    /// `nvidia.com/gpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Count>,
+}
+
+impl TeamResources {
+    /// True when it lists nothing.
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.memory.is_none() && self.gpus.is_none()
+    }
+
+    /// The kinds it lists (0 included).
+    pub fn listed(&self) -> Vec<drover_core::model::ResourceKind> {
+        use drover_core::model::ResourceKind;
+        let mut v = Vec::new();
+        if self.cpu.is_some() {
+            v.push(ResourceKind::Cpu);
+        }
+        if self.memory.is_some() {
+            v.push(ResourceKind::Memory);
+        }
+        if self.gpus.is_some() {
+            v.push(ResourceKind::Gpu);
+        }
+        v
+    }
+
+    /// The resources it lists (a resource it does not list is absent).
+    pub fn resources(&self) -> Resources {
+        use drover_core::model::ResourceKind;
+        let mut r = Resources::default();
+        if let Some(c) = self.cpu {
+            r.set(&ResourceKind::Cpu, c.0);
+        }
+        if let Some(m) = self.memory {
+            r.set(&ResourceKind::Memory, m.0);
+        }
+        if let Some(g) = self.gpus {
+            r.set(&ResourceKind::Gpu, g.0);
+        }
+        r
+    }
 }
 
 impl Scenario {
@@ -210,6 +278,18 @@ impl Scenario {
     pub fn fair_shares(&self) -> Vec<f64> {
         let total: f64 = self.teams.iter().map(|t| t.share).sum();
         self.teams.iter().map(|t| t.share / total).collect()
+    }
+
+    /// The topology levels drover runs with: the scenario's, else drover's defaults.
+    pub fn levels(&self) -> Vec<String> {
+        if self.topology_levels.is_empty() {
+            drover_core::topology::DEFAULT_LEVELS
+                .iter()
+                .map(|l| l.to_string())
+                .collect()
+        } else {
+            self.topology_levels.clone()
+        }
     }
 
     /// The index of the team called `name`.

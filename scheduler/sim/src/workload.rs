@@ -84,8 +84,8 @@ pub enum TopologyMode {
 }
 
 /// A request to keep a job's pods within one domain of a topology level (a node label
-/// key such as `network.topology.nvidia.com/block`). Recorded and reported; not yet
-/// enforced by either policy.
+/// key such as `network.topology.nvidia.com/block`, one of the scenario's levels):
+/// drover's gang annotation `drover.dev/topology-required` or `-preferred`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopologyRequest {
@@ -124,7 +124,7 @@ pub struct JobSpec {
     pub node_selector: Vec<(String, String)>,
     /// Tolerations of every pod, in the file's short form (`key[=value][:Effect]`).
     pub tolerations: Vec<String>,
-    /// A topology request, recorded for later.
+    /// A topology request of the gang.
     pub topology: Option<TopologyRequest>,
 }
 
@@ -315,13 +315,21 @@ impl RawJob {
             .iter()
             .map(|t| parse_toleration(t).map(|_| t.trim().to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        if let Some(t) = &self.topology
-            && t.level.is_empty()
-        {
-            return Err(
-                "topology.level: name a node label key, e.g. network.topology.nvidia.com/block"
-                    .to_string(),
-            );
+        if let Some(t) = &self.topology {
+            if t.level.is_empty() {
+                return Err(
+                    "topology.level: name a node label key, e.g. network.topology.nvidia.com/block"
+                        .to_string(),
+                );
+            }
+            let levels = scenario.levels();
+            if !levels.contains(&t.level) {
+                return Err(format!(
+                    "topology.level {:?} is not a topology level of the scenario ({}): list it under `topologyLevels:` in the scenario",
+                    t.level,
+                    levels.join(", ")
+                ));
+            }
         }
         Ok(JobSpec {
             name,

@@ -462,31 +462,27 @@ impl Driver {
         }
     }
 
-    /// Adds what the engine counted to the metrics.
+    /// Adds what the engine counted to the metrics (a series appears with its first
+    /// count, not before).
     fn count(&self, s: drover_core::engine::Stats) {
         let m = &self.shared.metrics;
-        m.attempts
-            .with_label_values(&["scheduled"])
-            .inc_by(s.scheduled);
-        m.attempts
-            .with_label_values(&["unschedulable"])
-            .inc_by(s.unschedulable);
-        m.attempts
-            .with_label_values(&["error"])
-            .inc_by(s.bind_failures);
-        m.bind_errors
-            .with_label_values(&["conflict"])
-            .inc_by(s.bind_conflicts);
-        m.bind_errors
-            .with_label_values(&["other"])
-            .inc_by(s.bind_failures);
+        let add = |v: &prometheus::IntCounterVec, label: &str, n: u64| {
+            if n > 0 {
+                v.with_label_values(&[label]).inc_by(n);
+            }
+        };
+        add(&m.attempts, "scheduled", s.scheduled);
+        add(&m.attempts, "unschedulable", s.unschedulable);
+        add(&m.attempts, "error", s.bind_failures);
+        add(&m.bind_errors, "conflict", s.bind_conflicts);
+        add(&m.bind_errors, "other", s.bind_failures);
+        for (reason, n) in s.evictions {
+            add(&m.evictions, reason, n);
+        }
         m.gangs_placed.inc_by(s.gangs_placed);
         m.gang_repairs.inc_by(s.gang_repairs);
         for w in s.gang_waits_ms {
             m.gang_wait_seconds.observe(w as f64 / 1000.0);
-        }
-        for (reason, n) in s.evictions {
-            m.evictions.with_label_values(&[reason]).inc_by(n);
         }
     }
 
