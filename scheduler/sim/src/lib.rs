@@ -14,6 +14,7 @@
 
 pub mod charts;
 pub mod engine;
+pub mod faults;
 pub mod fields;
 pub mod generate;
 pub mod metrics;

@@ -184,6 +184,9 @@ impl Engine {
             return GangStep::Done;
         }
         let mut pending = self.pending_members(gang, None);
+        // Quota may cut `pending` to the members the gang needs; every pending member
+        // still hears why it waits.
+        let all = pending.clone();
         if let Err(message) = self.gang_quota(gang, min, counts.scheduled, &mut pending) {
             self.wait_all(&pending, pod, &message, now);
             self.gang_tried
@@ -219,7 +222,7 @@ impl Engine {
         match decision {
             GangDecision::Running => GangStep::Runs,
             GangDecision::Wait(message) => {
-                self.wait_all(&pending, pod, &message, now);
+                self.wait_all(&all, pod, &message, now);
                 self.gang_tried
                     .insert(gang.clone(), self.cache.generation());
                 GangStep::Done
@@ -227,7 +230,7 @@ impl Engine {
             GangDecision::NoFit { message, tried } => {
                 self.gangs.attempted(gang, now);
                 self.stats.unschedulable += 1;
-                for p in &pending {
+                for p in &all {
                     self.wait(p, &message, now);
                 }
                 // A gang that requires a level holds capacity inside one domain of it.
