@@ -253,15 +253,7 @@ impl Extender {
                     engine.handle_pod(p, 0);
                 }
             }
-            for r in [
-                Resource::Pods,
-                Resource::Nodes,
-                Resource::PodGroups,
-                Resource::Queues,
-                Resource::Namespaces,
-                Resource::Budgets,
-                Resource::NodeTopologies,
-            ] {
+            for r in Resource::ALL {
                 engine.handle_list_done(r, 0);
             }
         }

@@ -306,15 +306,7 @@ impl<'a> Simulation<'a> {
                 engine.handle_queue(team_queue(t), 0);
             }
         }
-        for r in [
-            Resource::Pods,
-            Resource::Nodes,
-            Resource::PodGroups,
-            Resource::Queues,
-            Resource::Namespaces,
-            Resource::Budgets,
-            Resource::NodeTopologies,
-        ] {
+        for r in Resource::ALL {
             engine.handle_list_done(r, 0);
         }
         engine.handle_leadership(true, 0);

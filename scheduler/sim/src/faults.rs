@@ -73,17 +73,10 @@ const TAIL_MS: i64 = 120_000;
 const TRACE_LINES: usize = 60;
 /// A request that times out is answered after this long.
 const TIMEOUT_MS: i64 = 5_000;
+/// What a timed-out bind is answered.
+const TIMED_OUT: &str = "request timed out";
 
 const QUEUES: [&str; 3] = ["qa", "qb", "qc"];
-const ALL: [Resource; 7] = [
-    Resource::Nodes,
-    Resource::Namespaces,
-    Resource::Queues,
-    Resource::PodGroups,
-    Resource::Budgets,
-    Resource::NodeTopologies,
-    Resource::Pods,
-];
 
 /// What one seed did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -323,9 +316,15 @@ struct Job {
     refused: bool,
 }
 
+/// Job number `j`'s name.
+fn job_name(j: usize) -> String {
+    format!("j{j}")
+}
+
 impl Job {
-    fn name(&self, j: usize) -> String {
-        format!("j{j}")
+    /// The key of member `i` of this job, number `j`.
+    fn member(&self, j: usize, i: usize) -> PodKey {
+        PodKey::new(self.queue, &format!("{}-{i}", job_name(j)))
     }
 }
 
@@ -607,7 +606,7 @@ impl World {
         self.watching = true;
         self.stream_last = [now; 4];
         let e = &mut self.engine;
-        for r in ALL {
+        for r in Resource::ALL {
             e.handle_list_started(r);
             match r {
                 Resource::Nodes => {
@@ -677,10 +676,10 @@ impl World {
 
     fn create_pod(&mut self, job: usize, index: usize) {
         let j = &self.jobs[job];
-        let name = format!("{}-{index}", j.name(job));
+        let name = format!("{}-{index}", job_name(job));
         let inc = j.incarnations[index];
         let gang = (j.min > 0).then(|| GangRef {
-            name: j.name(job).into(),
+            name: job_name(job).into(),
             min_member: None,
             conflict: None,
             topology_required: j.rack.then(|| "rack".into()),
@@ -694,7 +693,7 @@ impl World {
             declares_requests: true,
             priority: j.priority,
             created_ms: self.now,
-            labels: Labels::new([("job", j.name(job))]),
+            labels: Labels::new([("job", job_name(job))]),
             gang,
             queue: Some(j.queue.into()),
             ..Default::default()
@@ -757,7 +756,7 @@ impl World {
             troubled_at: i64::MIN / 2,
             refused: false,
         };
-        let name = job.name(j);
+        let name = job_name(j);
         self.note(format!(
             "arrive {name} in {} size {} min {} prio {} rack {} pdb {:?}",
             job.queue, job.size, job.min, job.priority, job.rack, job.budget
@@ -800,9 +799,8 @@ impl World {
         let j = &self.jobs[job];
         (0..j.size)
             .filter(|i| {
-                let key = PodKey::new(j.queue, &format!("{}-{i}", j.name(job)));
                 self.pods
-                    .get(&key)
+                    .get(&j.member(job, *i))
                     .is_some_and(|p| p.info.node_name.is_some() && !p.info.deleting)
             })
             .count()
@@ -839,11 +837,12 @@ impl World {
         if j.done || j.run != run || !j.running {
             return;
         }
-        let (ns, name, size) = (j.queue, j.name(job), j.size);
+        let (ns, name, size) = (j.queue, job_name(job), j.size);
         self.note(format!("{name} done"));
         self.jobs[job].done = true;
         for i in 0..size {
-            self.delete_pod(&PodKey::new(ns, &format!("{name}-{i}")));
+            let key = self.jobs[job].member(job, i);
+            self.delete_pod(&key);
         }
         let g = GangKey::new(ns, &name);
         if self.groups.remove(&g).is_some() {
@@ -869,9 +868,8 @@ impl World {
         } else {
             vec![index]
         };
-        let (ns, name) = (j.queue, j.name(job));
         for i in indices {
-            let key = PodKey::new(ns, &format!("{name}-{i}"));
+            let key = self.jobs[job].member(job, i);
             if i != index {
                 self.delete_pod(&key);
             }
@@ -980,22 +978,21 @@ impl World {
                     epoch,
                 },
             ),
-            Fate::Error => self.push(
-                self.now + latency,
-                Ev::BindAnswer {
-                    key: key.clone(),
-                    result: BindResult::Failed("500 Internal Server Error".into()),
-                    epoch,
-                },
-            ),
-            Fate::TimeoutLost => self.push(
-                self.now + TIMEOUT_MS,
-                Ev::BindAnswer {
-                    key: key.clone(),
-                    result: BindResult::Failed("request timed out".into()),
-                    epoch,
-                },
-            ),
+            Fate::Error | Fate::TimeoutLost => {
+                let (after, why) = if fate == Fate::Error {
+                    (latency, "500 Internal Server Error")
+                } else {
+                    (TIMEOUT_MS, TIMED_OUT)
+                };
+                self.push(
+                    self.now + after,
+                    Ev::BindAnswer {
+                        key: key.clone(),
+                        result: BindResult::Failed(why.into()),
+                        epoch,
+                    },
+                );
+            }
         }
         Ok(())
     }
@@ -1112,10 +1109,7 @@ impl World {
         };
         let latency = self.rng.random_range(1..50);
         let (at, result) = match fate {
-            Fate::TimeoutLanded => (
-                self.now + TIMEOUT_MS,
-                BindResult::Failed("request timed out".into()),
-            ),
+            Fate::TimeoutLanded => (self.now + TIMEOUT_MS, BindResult::Failed(TIMED_OUT.into())),
             _ => (self.now + latency, result),
         };
         self.push(at, Ev::BindAnswer { key, result, epoch });
@@ -1411,10 +1405,7 @@ impl World {
             }
             Ev::Recreate { job, index } => {
                 if !self.jobs[job].done {
-                    let key = PodKey::new(
-                        self.jobs[job].queue,
-                        &format!("{}-{index}", self.jobs[job].name(job)),
-                    );
+                    let key = self.jobs[job].member(job, index);
                     if !self.pods.contains_key(&key) {
                         self.create_pod(job, index);
                     }

@@ -107,6 +107,18 @@ pub enum Resource {
 }
 
 impl Resource {
+    /// Every kind, in the order a full list shows them: what pods refer to first,
+    /// pods last.
+    pub const ALL: [Resource; 7] = [
+        Resource::Nodes,
+        Resource::Namespaces,
+        Resource::Queues,
+        Resource::PodGroups,
+        Resource::Budgets,
+        Resource::NodeTopologies,
+        Resource::Pods,
+    ];
+
     /// What must be listed before drover decides anything: without them a decision
     /// could overcommit a node, split a gang or overrun a queue.
     const BEFORE_DECIDING: [Resource; 5] = [
