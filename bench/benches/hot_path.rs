@@ -66,6 +66,7 @@ fn gang_placement_required_block(b: Bencher, size: usize) {
     let c = drover_core::topology::Constraint {
         level: "network.topology.nvidia.com/block".into(),
         required: true,
+        within: None,
     };
     b.bench_local(|| {
         let out = drover_core::topology::place(&profile, &gang, &snap, &c);

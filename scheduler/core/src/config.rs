@@ -234,6 +234,11 @@ pub struct GangConfig {
     /// How long one reservation holds before it is planned afresh (so a gang
     /// waiting for nodes that never drain does not hold them forever).
     pub reservation_seconds: f64,
+    /// How long a gang may have some but fewer than minMember members placed (after
+    /// a failed bind, a lost node or a deleted member) before drover evicts the
+    /// placed ones, so that the gang starts again whole rather than holding half its
+    /// room forever.
+    pub repair_seconds: f64,
 }
 
 impl Default for GangConfig {
@@ -242,6 +247,7 @@ impl Default for GangConfig {
             reserve: true,
             max_reservations: 4,
             reservation_seconds: 300.0,
+            repair_seconds: 30.0,
         }
     }
 }
@@ -283,6 +289,9 @@ pub struct Config {
     pub gang_reservation_ms: Option<i64>,
     /// How many gangs hold reservations at once.
     pub max_reservations: usize,
+    /// How long a gang may stay partly placed before its placed members are
+    /// evicted (ms).
+    pub gang_repair_ms: i64,
     /// Namespaces whose pods are all exclusive.
     pub exclusive_namespaces: Vec<String>,
     /// Topology levels (node label keys), widest first.
@@ -404,6 +413,12 @@ impl FileConfig {
                 ),
             ));
         }
+        if !g.repair_seconds.is_finite() || g.repair_seconds <= 0.0 {
+            return Err(invalid(
+                "gangs.repairSeconds",
+                format!("{} must be a positive number of seconds", g.repair_seconds),
+            ));
+        }
         let mut waste = Vec::new();
         for (i, r) in self.packing.waste.iter().enumerate() {
             let kind = ResourceKind::from_name(&r.name);
@@ -502,6 +517,7 @@ impl FileConfig {
             confirm_timeout_ms: (self.binding.confirm_timeout_seconds * 1000) as i64,
             gang_reservation_ms: g.reserve.then(|| ms(g.reservation_seconds)),
             max_reservations: g.max_reservations,
+            gang_repair_ms: ms(g.repair_seconds),
             exclusive_namespaces: self.exclusive.namespaces.clone(),
             reclaim_grace_ms: ms(self.quota.reclaim_grace_seconds),
             min_runtime_ms: ms(self.quota.min_runtime_seconds),

@@ -728,11 +728,18 @@ impl VictimSearch<'_> {
             let mut taken: BTreeMap<Arc<str>, Resources> = BTreeMap::new();
             let mut fits = false;
             for &i in touching {
-                let members = &order[i].1;
                 if fits {
                     break;
                 }
-                if keep_guarantees && !self.keeps_guarantees(members, &mut taken) {
+                // A pod may be in two units (a gang's member beyond minMember, alone
+                // and with its gang): it is taken once.
+                let members: Vec<&Candidate> = order[i]
+                    .1
+                    .iter()
+                    .copied()
+                    .filter(|c| !victims.iter().any(|v| v.key == c.pod.key))
+                    .collect();
+                if keep_guarantees && !self.keeps_guarantees(&members, &mut taken) {
                     continue;
                 }
                 for c in members.iter() {

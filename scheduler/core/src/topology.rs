@@ -36,6 +36,9 @@ pub struct Constraint {
     pub level: Arc<str>,
     /// Required (one domain or wait) or preferred (as few domains as possible).
     pub required: bool,
+    /// For a required level: the domain the gang's bound members already hold (its
+    /// members placed again after a failed bind or a lost node go there only).
+    pub within: Option<Arc<str>>,
 }
 
 impl Constraint {
@@ -56,6 +59,7 @@ impl Constraint {
             Some(l) => Ok(Constraint {
                 level: l.clone(),
                 required: is_required,
+                within: None,
             }),
             None => Err(format!(
                 "{name}: {raw:?} is not a configured topology level; use one of {}",
@@ -85,15 +89,19 @@ pub fn domains(snapshot: &Snapshot, level: &str) -> Vec<Domain> {
         if !n.known || n.unschedulable {
             continue;
         }
-        let name: Arc<str> = match n.labels.get(level).filter(|v| !v.is_empty()) {
-            Some(v) => v.into(),
-            None => format!("(node {})", n.name).into(),
-        };
-        by.entry(name).or_default().push(slot);
+        by.entry(domain_of(n, level)).or_default().push(slot);
     }
     by.into_iter()
         .map(|(name, slots)| Domain { name, slots })
         .collect()
+}
+
+/// The domain of `level` a node is in: the label's value, or the node itself.
+pub fn domain_of(node: &NodeInfo, level: &str) -> Arc<str> {
+    match node.labels.get(level).filter(|v| !v.is_empty()) {
+        Some(v) => v.into(),
+        None => format!("(node {})", node.name).into(),
+    }
 }
 
 /// A snapshot overlay seen through a subset of its slots (renumbered 0..).
@@ -241,7 +249,10 @@ pub fn place(
     for m in members {
         want.add(&m.requests);
     }
-    let doms = domains(snapshot, &c.level);
+    let mut doms = domains(snapshot, &c.level);
+    if let Some(held) = c.within.as_ref().filter(|_| c.required) {
+        doms.retain(|d| d.name == *held);
+    }
     let mut candidates: Vec<(Resources, &Domain)> = doms
         .iter()
         .map(|d| (free_of(snapshot, &d.slots), d))
@@ -258,6 +269,17 @@ pub fn place(
         }
     }
     let short = c.level.rsplit('/').next().unwrap_or(&c.level);
+    if let (true, Some(held)) = (c.required, &c.within) {
+        let free = doms
+            .first()
+            .map(|d| free_of(snapshot, &d.slots).to_string())
+            .unwrap_or_else(|| "no usable node".into());
+        return TopologyOutcome::NoFit(format!(
+            "its bound members are in {short} {held} (required level {}), which cannot hold its {} pending member(s) ({want}) too; {held} has {free} free",
+            c.level,
+            members.len(),
+        ));
+    }
     if c.required {
         let biggest = doms
             .iter()
@@ -366,6 +388,7 @@ mod tests {
         Constraint {
             level: "example.com/rack".into(),
             required,
+            within: None,
         }
     }
 
@@ -436,6 +459,30 @@ mod tests {
                 (TopologyOutcome::NoFit(m), Err(w)) => assert!(m.contains(w), "case {i}: {m}"),
                 (o, w) => panic!("case {i}: got {o:?}, want {w:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_gang_with_bound_members_repairs_inside_their_domain() {
+        // Best fit alone would take r1 (the tighter rack); the rest of the gang is in r0.
+        let snap = cluster(&[&[8, 8, 8], &[8, 8, 0]]);
+        let held = Constraint {
+            within: Some("r0".into()),
+            ..rack(true)
+        };
+        let TopologyOutcome::Placed { placed, .. } =
+            place(&Profile::default(), &gang(1, 8), &snap, &held)
+        else {
+            panic!("r0 has room");
+        };
+        assert_eq!(racks_used(&snap, &placed), vec!["r0"]);
+        // No room left in the held rack: wait, naming it, even though r1 has room.
+        let snap = cluster(&[&[0, 0], &[8, 8]]);
+        match place(&Profile::default(), &gang(1, 8), &snap, &held) {
+            TopologyOutcome::NoFit(m) => {
+                assert!(m.contains("its bound members are in rack r0"), "{m}")
+            }
+            o => panic!("placed outside the held rack: {o:?}"),
         }
     }
 

@@ -206,6 +206,9 @@ pub struct EvictionCounts {
     pub reclaimed: Vec<usize>,
     /// Pods evicted for a pod of higher priority.
     pub preempted: Vec<usize>,
+    /// Pods of a gang left partly placed beyond `gangs.repairSeconds`, evicted so
+    /// that it starts again whole.
+    pub released: Vec<usize>,
     /// GPU-milliseconds evicted pods had run: work that is lost and done again.
     pub lost_gpu_ms: i64,
 }
@@ -332,6 +335,7 @@ impl<'a> Simulation<'a> {
             evictions: EvictionCounts {
                 reclaimed: vec![0; teams],
                 preempted: vec![0; teams],
+                released: vec![0; teams],
                 lost_gpu_ms: 0,
             },
             decisions: 0,
@@ -481,6 +485,7 @@ impl<'a> Simulation<'a> {
                 match reason {
                     EvictionReason::Reclaim => self.evictions.reclaimed[team] += 1,
                     EvictionReason::Preemption => self.evictions.preempted[team] += 1,
+                    EvictionReason::GangRelease => self.evictions.released[team] += 1,
                 }
                 self.engine
                     .handle_eviction_result(&pod.key, EvictionResult::Evicted, self.now);

@@ -582,6 +582,10 @@ impl World {
                     self.ambiguous.remove(&p.key);
                     self.outstanding.remove(&p.key);
                 }
+                // A pod recreated under its name: the bind in flight was for the old one.
+                if self.outstanding.get(&p.key).is_some_and(|o| o.uid != p.uid) {
+                    self.outstanding.remove(&p.key);
+                }
                 self.shown.insert(p.key.clone(), p.clone());
                 self.engine.handle_pod(p, now);
             }
@@ -655,7 +659,8 @@ impl World {
             }
         }
         self.ambiguous.retain(|k, _| self.pods.contains_key(k));
-        self.outstanding.retain(|k, _| self.pods.contains_key(k));
+        self.outstanding
+            .retain(|k, o| self.pods.get(k).is_some_and(|p| p.info.uid == o.uid));
     }
 
     // ----- the API --------------------------------------------------------------

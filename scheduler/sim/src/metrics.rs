@@ -137,6 +137,8 @@ pub struct TeamSummary {
     pub reclaimed: usize,
     /// Its pods evicted for a pod of higher priority.
     pub preempted: usize,
+    /// Its pods evicted because their gang stayed partly placed.
+    pub released: usize,
 }
 
 /// Summary figures of one run.
@@ -306,6 +308,7 @@ pub fn summarize(
                 demand_hours: demand_ms(samples, t) / HOUR_MS,
                 reclaimed: evictions.reclaimed.get(t).copied().unwrap_or(0),
                 preempted: evictions.preempted.get(t).copied().unwrap_or(0),
+                released: evictions.released.get(t).copied().unwrap_or(0),
             }
         })
         .collect();
@@ -332,7 +335,8 @@ pub fn summarize(
         gpu_hours_started: integral(samples, |s| s.started_gpus as f64).0 / HOUR_MS,
         gpu_hours_spread: integral(samples, |s| s.started_gpus_spread as f64).0 / HOUR_MS,
         evictions: evictions.reclaimed.iter().sum::<usize>()
-            + evictions.preempted.iter().sum::<usize>(),
+            + evictions.preempted.iter().sum::<usize>()
+            + evictions.released.iter().sum::<usize>(),
         gpu_hours_lost: evictions.lost_gpu_ms as f64 / HOUR_MS,
         jobs: jobs.len(),
         completed: count(JobStatus::Completed),

@@ -335,10 +335,10 @@ pub fn text(r: &Report) -> String {
     t.section("evictions (pods of the team evicted, each created again)");
     for (i, team) in r.teams.iter().enumerate() {
         t.row(
-            &format!("{team}: reclaimed / preempted"),
+            &format!("{team}: reclaimed / preempted / gang released"),
             each(&|p| {
                 let s = &p.summary.teams[i];
-                format!("{} / {}", s.reclaimed, s.preempted)
+                format!("{} / {} / {}", s.reclaimed, s.preempted, s.released)
             }),
         );
     }

@@ -24,7 +24,7 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 #[test]
-#[ignore = "finds engine bugs still open (issue 14's note): a topology-required gang's member placed again after a failed bind is not kept to its gang's domain, and a gang left partly bound is never released; run with --ignored"]
+#[ignore = "4 of the 500 default seeds still break an invariant (66, 228, 246: a gang partly bound after the quiet tail; 439: a timed-out bind that landed, its room given away); run with --ignored"]
 fn every_seed_keeps_every_invariant() {
     let events = env("DROVER_SIM_EVENTS", 2_000);
     let seeds: Vec<u64> = match std::env::var("DROVER_SIM_SEED") {

@@ -36,6 +36,7 @@ impl Engine {
             .as_ref()
             .is_none_or(|c| c.node_name.is_some() || c.uid != pod.uid)
             || self.cache.is_assumed(&pod.key)
+            || self.conflicted.get(&pod.key) == Some(&pod.uid)
         {
             self.queue.remove(&pod.key);
             return true;
@@ -157,10 +158,35 @@ impl Engine {
             .filter(|p| p.node_name.is_none() && !p.deleting && self.ours(p))
             .filter(|p| scheduler.is_none_or(|s| *p.scheduler_name == *s))
             .filter(|p| !self.cache.is_assumed(&p.key))
+            .filter(|p| self.conflicted.get(&p.key) != Some(&p.uid))
             .cloned()
             .collect();
         v.sort_by(|a, b| (a.created_ms, &a.key).cmp(&(b.created_ms, &b.key)));
         v
+    }
+
+    /// For a level the gang requires: the domain its placed members already hold, so
+    /// that members placed again (after a failed bind or a lost node) join them.
+    pub(super) fn hold_domain(
+        &self,
+        gang: &GangKey,
+        topology: Option<crate::topology::Constraint>,
+        snap: &crate::snapshot::Snapshot,
+    ) -> Option<crate::topology::Constraint> {
+        let mut c = topology?;
+        if c.required {
+            c.within = self
+                .gangs
+                .members_in(gang, false)
+                .iter()
+                .filter_map(|k| self.cache.pod(k))
+                .filter(|p| !p.deleting)
+                .filter_map(|p| snap.slot_of(p.node_name.as_deref()?))
+                .filter_map(|s| snap.slot(s))
+                .map(|n| crate::topology::domain_of(n, &c.level))
+                .min();
+        }
+        Some(c)
     }
 
     /// Decides `pod`'s gang all together.
@@ -207,6 +233,7 @@ impl Engine {
             None => None,
         };
         let snap = self.cache.snapshot();
+        let topology = self.hold_domain(gang, topology, &snap);
         let min_resources = self.gangs.group(gang).map(|g| g.min_resources.clone());
         self.stats.decisions += 1;
         let decision = gang::decide(
@@ -265,9 +292,22 @@ impl Engine {
                 self.stats.gang_waits_ms.push((now - first).max(0));
                 self.release_reservation(gang, now);
                 self.gang_tried.remove(gang);
+                let left: Vec<Arc<PodInfo>> = all
+                    .iter()
+                    .filter(|p| !placed.iter().any(|(m, _, _)| m.key == p.key))
+                    .cloned()
+                    .collect();
                 for (member, _, node) in placed {
                     self.queue.take(&member.key);
                     self.place(member, node);
+                }
+                // Members beyond the ones placed (the gang needed fewer, or quota cut
+                // them) are tried again one by one once the gang runs.
+                for p in left {
+                    self.queue.backoff(&p.key, now);
+                }
+                if !self.in_flight.contains_key(&pod.key) {
+                    self.queue.backoff(&pod.key, now);
                 }
                 GangStep::Done
             }

@@ -166,6 +166,7 @@ impl Engine {
         };
         let min_resources = self.gangs.group(gang).map(|g| g.min_resources.clone());
         let snap = self.cache.snapshot();
+        let topology = self.hold_domain(gang, topology, &snap);
         self.stats.decisions += 1;
         let decision = gang::decide(
             &self.opts.config.profile,

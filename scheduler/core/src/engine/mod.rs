@@ -159,6 +159,9 @@ pub enum EvictionReason {
     Reclaim,
     /// A pod of higher priority in its queue needs the room.
     Preemption,
+    /// Its gang stayed partly placed (fewer than minMember) beyond
+    /// `gangs.repairSeconds`: the placed members go so the gang can start whole.
+    GangRelease,
 }
 
 impl EvictionReason {
@@ -167,6 +170,7 @@ impl EvictionReason {
         match self {
             EvictionReason::Reclaim => "reclaim",
             EvictionReason::Preemption => "preemption",
+            EvictionReason::GangRelease => "gang-release",
         }
     }
 }
@@ -321,6 +325,11 @@ pub struct Engine {
     group_status: HashMap<GangKey, PodGroupStatus>,
     /// Gangs whose scheduleTimeoutSeconds passed (reported once).
     timed_out: HashSet<GangKey>,
+    /// Gangs with some but fewer than minMember members placed, since when.
+    partial_since: HashMap<GangKey, i64>,
+    /// Pods whose bind the API answered 409/404, by UID: never bound again; the watch
+    /// says what became of them.
+    conflicted: HashMap<PodKey, Arc<str>>,
     /// Failed binds per gang member, so a member that keeps failing backs off.
     bind_failures: HashMap<PodKey, u32>,
     /// The last Queue status written, by queue.
@@ -373,6 +382,8 @@ impl Engine {
             reservations: BTreeMap::new(),
             group_status: HashMap::new(),
             timed_out: HashSet::new(),
+            partial_since: HashMap::new(),
+            conflicted: HashMap::new(),
             bind_failures: HashMap::new(),
             queue_status: HashMap::new(),
             waiting_since: HashMap::new(),
@@ -629,6 +640,9 @@ impl Engine {
             self.uids.insert(info.uid.clone(), key.clone());
         }
         let was_placed = self.cache.pod(&key).is_some_and(|p| p.node_name.is_some());
+        if info.node_name.is_some() || self.conflicted.get(&key) != Some(&info.uid) {
+            self.conflicted.remove(&key);
+        }
         let ours = self.ours(&info);
         let info = Arc::new(info);
         let change = self.cache.upsert_pod((*info).clone());
@@ -723,6 +737,7 @@ impl Engine {
             self.uids.remove(&uid);
         }
         tracing::debug!(pod = %key, was_placed, "pod deleted");
+        self.conflicted.remove(key);
         self.cache.delete_pod(key);
         self.forget_member(key, now);
         self.ledger.set(key, None);
@@ -949,9 +964,15 @@ impl Engine {
                 }
             }
             BindResult::Gone(why) => {
-                tracing::info!(pod = %pod.key, node = %node, reason = %why, "pod is gone or already bound; dropping it");
+                // 409: it is bound already (most often by this very bind, answered
+                // late after a timeout) or was replaced; 404: it is gone. The watch
+                // says which; until then it keeps its room on the node and is never
+                // bound again.
+                tracing::info!(pod = %pod.key, node = %node, reason = %why, "pod is gone or already bound; waiting for the watch");
                 self.stats.bind_conflicts += 1;
-                self.unassume(&pod.key);
+                self.conflicted.insert(pod.key.clone(), pod.uid.clone());
+                self.cache
+                    .finish_binding(&pod.key, now + self.opts.config.confirm_timeout_ms);
                 self.forget_pod(&pod.key);
             }
             BindResult::Failed(why) => {
@@ -1011,6 +1032,7 @@ impl Engine {
                 let event = match reason {
                     EvictionReason::Reclaim => "Reclaimed",
                     EvictionReason::Preemption => "Preempted",
+                    EvictionReason::GangRelease => "GangReleased",
                 };
                 self.event(EventObject::Pod(pod), true, event, note);
             }
@@ -1114,6 +1136,7 @@ impl Engine {
         }
         if self.writes() {
             self.report_timeouts(now);
+            self.release_partial_gangs(now);
             self.sync_queues();
         }
     }
@@ -1130,6 +1153,8 @@ impl Engine {
     /// An assumption expired: the pod is pending again (if it is in fact bound, the
     /// watch says so, and a new bind is answered "already bound").
     fn after_expiry(&mut self, key: &PodKey, now: i64) {
+        // Its room on the node is free again.
+        self.queue.cluster_changed(now);
         let Some(current) = self.cache.pod(key).cloned() else {
             return;
         };

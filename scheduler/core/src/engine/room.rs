@@ -71,12 +71,16 @@ impl Engine {
                 _ => format!("pod/{}", p.key).into(),
             }
         };
-        // A unit with a member that refused eviction is left whole.
+        // A unit with a member that refused eviction is left whole (and a gang with
+        // any member that refused).
         let blocked: HashSet<Arc<str>> = self
             .refused
             .keys()
             .filter_map(|k| self.cache.pod(k))
-            .map(|p| unit_of(p))
+            .flat_map(|p| {
+                let gang = GangKey::of(p).map(|g| -> Arc<str> { format!("gang/{g}").into() });
+                std::iter::once(unit_of(p)).chain(gang)
+            })
             .collect();
         let mut candidates: Vec<Candidate> = Vec::new();
         for p in self.cache.pods() {
@@ -90,12 +94,21 @@ impl Engine {
             if blocked.contains(&unit) {
                 continue;
             }
-            candidates.push(Candidate {
+            let candidate = Candidate {
                 pod: p.clone(),
                 queue: self.queue_name(p),
                 started_ms: self.placed_at.get(&p.key).copied().unwrap_or(p.created_ms),
                 unit,
-            });
+            };
+            // A member beyond minMember is its own unit and also part of its gang's:
+            // the gang, evicted, goes with every member it has.
+            if let Some(g) = GangKey::of(p).filter(|_| extra.contains(&p.key)) {
+                candidates.push(Candidate {
+                    unit: format!("gang/{g}").into(),
+                    ..candidate.clone()
+                });
+            }
+            candidates.push(candidate);
         }
         // Sorted, so that the plan does not depend on hash order.
         candidates.sort_by(|a, b| a.pod.key.cmp(&b.pod.key));
@@ -227,6 +240,7 @@ impl Engine {
                     "evicted by drover: {who} of queue {queue} has a higher priority ({}) than this pod ({})",
                     pod.priority, v.priority
                 ),
+                EvictionReason::GangRelease => format!("evicted by drover for {who}"),
             };
             self.evicting.insert(
                 v.key.clone(),
@@ -241,6 +255,73 @@ impl Engine {
             self.push(Action::Evict { pod: v, reason });
         }
     }
+    /// Gangs that have had some but fewer than minMember members placed for
+    /// `gangs.repairSeconds` (a member's bind failed and no node takes it again, a
+    /// node was lost, a member was deleted): their placed members are evicted, so the
+    /// gang starts again whole instead of holding part of its room forever.
+    pub(super) fn release_partial_gangs(&mut self, now: i64) {
+        let repair = self.opts.config.gang_repair_ms;
+        let gangs: Vec<GangKey> = self.gangs.gangs().cloned().collect();
+        let mut partial: HashSet<GangKey> = HashSet::new();
+        for g in gangs {
+            let Ok(min) = self.gangs.min_member(&g) else {
+                continue;
+            };
+            let c = self.gangs.counts(&g);
+            if c.scheduled == 0 || c.scheduled >= min {
+                continue;
+            }
+            partial.insert(g.clone());
+            let since = *self.partial_since.entry(g.clone()).or_insert(now);
+            if now - since < repair {
+                continue;
+            }
+            let placed: Vec<Arc<PodInfo>> = self
+                .gangs
+                .members_in(&g, false)
+                .iter()
+                .filter_map(|k| self.cache.pod(k))
+                .filter(|p| p.node_name.is_some() && !p.deleting)
+                .cloned()
+                .collect();
+            // A bind still in flight may complete it; another scheduler's gang is not
+            // drover's to release.
+            if placed.is_empty()
+                || placed.iter().any(|p| {
+                    self.cache.is_assumed(&p.key)
+                        || !self.ours(p)
+                        || self.evicting.contains_key(&p.key)
+                })
+            {
+                continue;
+            }
+            self.partial_since.remove(&g);
+            tracing::warn!(gang = %g, placed = placed.len(), min, "gang stayed partly placed; releasing its placed members");
+            for v in placed {
+                let note = format!(
+                    "evicted by drover: gang {g} had {} of minMember {min} members placed for {}s (gangs.repairSeconds) without being completed; its placed members go so that it starts again whole",
+                    c.scheduled,
+                    repair / 1000
+                );
+                self.evicting.insert(
+                    v.key.clone(),
+                    Eviction {
+                        until: now + EVICTION_HOLD_MS,
+                        pod: v.clone(),
+                        reason: EvictionReason::GangRelease,
+                        note,
+                        accepted: false,
+                    },
+                );
+                self.push(Action::Evict {
+                    pod: v,
+                    reason: EvictionReason::GangRelease,
+                });
+            }
+        }
+        self.partial_since.retain(|g, _| partial.contains(g));
+    }
+
     /// Plans evictions so that every claimant fits (all of them, or none, when
     /// `all_or_nothing`), on the nodes in `within` only when given. Returns the victims
     /// with why, or `None` when an all-or-nothing set would not fit whole.
