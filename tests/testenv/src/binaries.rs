@@ -56,9 +56,20 @@ impl Binary {
     }
 }
 
-/// The repository root (two levels above this crate's manifest).
+/// The repository root: the nearest directory above the running package that holds
+/// `tests/controlplane`.
 pub fn repo_root() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // From the running test's package directory (set by cargo at run time), not the
+    // compiling one: a build shared between clones through one target directory must
+    // not bake in the path of the clone that compiled it.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = dir
+        .ancestors()
+        .find(|d| d.join("tests/controlplane").is_dir())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
     std::fs::canonicalize(&root).unwrap_or(root)
 }
 
