@@ -737,7 +737,9 @@ impl Extender {
                 tracing::debug!(pod = %key, node = %args.node, "bound");
                 Ok(ExtenderBindingResult::default())
             }
+            // kube-scheduler retries; a bind that did land answers 409 then.
             drover_core::engine::BindResult::Gone(why)
+            | drover_core::engine::BindResult::Unknown(why)
             | drover_core::engine::BindResult::Failed(why) => Err(RequestError::Bind(format!(
                 "binding {key} to {}: {why}",
                 args.node

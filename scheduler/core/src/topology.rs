@@ -262,10 +262,14 @@ pub fn place(
     candidates.sort_by(|(a, da), (b, db)| {
         (a.gpu, a.memory, a.cpu, &da.name).cmp(&(b.gpu, b.memory, b.cpu, &db.name))
     });
+    let mut last_miss = None;
     for (_, d) in &candidates {
-        if let GangOutcome::Placed(p) = place_within(profile, members, snapshot, &d.slots) {
-            let where_ = describe(&c.level, std::slice::from_ref(&d.name), &p);
-            return TopologyOutcome::Placed { placed: p, where_ };
+        match place_within(profile, members, snapshot, &d.slots) {
+            GangOutcome::Placed(p) => {
+                let where_ = describe(&c.level, std::slice::from_ref(&d.name), &p);
+                return TopologyOutcome::Placed { placed: p, where_ };
+            }
+            GangOutcome::Waiting { diagnosis, .. } => last_miss = Some(diagnosis.message()),
         }
     }
     let short = c.level.rsplit('/').next().unwrap_or(&c.level);
@@ -274,8 +278,11 @@ pub fn place(
             .first()
             .map(|d| free_of(snapshot, &d.slots).to_string())
             .unwrap_or_else(|| "no usable node".into());
+        let why = last_miss
+            .map(|m| format!(" (enough in sum, but not node by node: {m})"))
+            .unwrap_or_default();
         return TopologyOutcome::NoFit(format!(
-            "its bound members are in {short} {held} (required level {}), which cannot hold its {} pending member(s) ({want}) too; {held} has {free} free",
+            "its bound members are in {short} {held} (required level {}), which cannot hold its {} pending member(s) ({want}) too; {held} has {free} free{why}",
             c.level,
             members.len(),
         ));

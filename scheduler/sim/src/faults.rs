@@ -69,6 +69,9 @@ const REPAIR_WINDOW_MS: i64 = 60_000;
 const REASON_WINDOW_MS: i64 = 10_000;
 /// How long the world runs on without faults or arrivals once the events are spent.
 const TAIL_MS: i64 = 120_000;
+/// After the tail, how long binds already issued may take to land while no job finishes
+/// (a gang placed in the tail's last instant is not yet whole when the tail ends).
+const SETTLE_MS: i64 = 60_000;
 /// Lines of history a failure prints (`DROVER_SIM_TRACE` overrides).
 const TRACE_LINES: usize = 60;
 /// A request that times out is answered after this long.
@@ -340,6 +343,8 @@ struct World {
     target: u64,
     processed: u64,
     tail_from: Option<i64>,
+    /// The tail is over; only binds already issued still land.
+    settling: bool,
     events: BTreeMap<(i64, u64), Ev>,
     seq: u64,
     // The API server's truth.
@@ -398,6 +403,7 @@ impl World {
             target,
             processed: 0,
             tail_from: None,
+            settling: false,
             events: BTreeMap::new(),
             seq: 0,
             nodes: BTreeMap::new(),
@@ -984,16 +990,19 @@ impl World {
                 },
             ),
             Fate::Error | Fate::TimeoutLost => {
-                let (after, why) = if fate == Fate::Error {
-                    (latency, "500 Internal Server Error")
+                let (after, result) = if fate == Fate::Error {
+                    (
+                        latency,
+                        BindResult::Failed("500 Internal Server Error".into()),
+                    )
                 } else {
-                    (TIMEOUT_MS, TIMED_OUT)
+                    (TIMEOUT_MS, BindResult::Unknown(TIMED_OUT.into()))
                 };
                 self.push(
                     self.now + after,
                     Ev::BindAnswer {
                         key: key.clone(),
-                        result: BindResult::Failed(why.into()),
+                        result,
                         epoch,
                     },
                 );
@@ -1029,11 +1038,17 @@ impl World {
             ));
         }
         if let Some((k, v)) = used.iter().find(|(k, v)| *v > n.allocatable.get(k)) {
+            let on: Vec<String> = n
+                .pods
+                .iter()
+                .map(|p| format!("{} ({})", p.key, p.requests))
+                .collect();
             return Err(format!(
-                "engine placed {} on {node}: {} {v} requested over its allocatable {}",
+                "engine placed {} on {node}: {} {v} requested over its allocatable {} (the engine counts {})",
                 pod.key,
                 k.name(),
-                n.allocatable.get(&k)
+                n.allocatable.get(&k),
+                on.join(", ")
             ));
         }
         if let Some(res) = &n.reservation
@@ -1114,7 +1129,7 @@ impl World {
         };
         let latency = self.rng.random_range(1..50);
         let (at, result) = match fate {
-            Fate::TimeoutLanded => (self.now + TIMEOUT_MS, BindResult::Failed(TIMED_OUT.into())),
+            Fate::TimeoutLanded => (self.now + TIMEOUT_MS, BindResult::Unknown(TIMED_OUT.into())),
             _ => (self.now + latency, result),
         };
         self.push(at, Ev::BindAnswer { key, result, epoch });
@@ -1130,7 +1145,7 @@ impl World {
             BindResult::Gone(_) => {
                 self.gone.insert((key.clone(), o.uid.clone()));
             }
-            BindResult::Failed(_) => {
+            BindResult::Failed(_) | BindResult::Unknown(_) => {
                 self.failed_bind_at.insert(key.clone(), self.now);
                 if let Some(j) = self.pods.get(&key).and_then(|p| p.job) {
                     self.jobs[j].troubled_at = self.now;
@@ -1416,6 +1431,8 @@ impl World {
                     }
                 }
             }
+            // Settling: no room opens, so nothing new is placed while binds land.
+            Ev::Finish { .. } if self.settling => {}
             Ev::Finish { job, run } => self.finish(job, run),
             Ev::Fault => self.fault(),
             Ev::NodeAdd => {
@@ -1507,7 +1524,13 @@ impl World {
             if let Some(t) = self.tail_from
                 && self.now > t + TAIL_MS
             {
-                break;
+                if !self.settling {
+                    self.settling = true;
+                    self.note("the tail ends; binds in flight may land, no job finishes".into());
+                }
+                if self.outstanding.is_empty() || self.now > t + TAIL_MS + SETTLE_MS {
+                    break;
+                }
             }
         }
         self.check_settled()

@@ -8,7 +8,8 @@ use drover_core::engine::BindResult;
 use drover_core::model::PodKey;
 
 /// Binds `key` (with UID `uid`, so a recreated pod is never bound by mistake) to `node`.
-/// A 409 (already bound, or recreated) or 404 (deleted) is [`BindResult::Gone`].
+/// A 409 (already bound, or recreated) or 404 (deleted) is [`BindResult::Gone`]; an
+/// error that leaves the outcome open (no answer, a 504) is [`BindResult::Unknown`].
 pub async fn bind(client: Client, key: &PodKey, uid: &str, node: &str) -> BindResult {
     let api: Api<Pod> = Api::namespaced(client, &key.namespace);
     let binding = Binding {
@@ -38,6 +39,9 @@ pub async fn bind(client: Client, key: &PodKey, uid: &str, node: &str) -> BindRe
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
             BindResult::Gone(s.message.clone())
         }
-        Err(e) => BindResult::Failed(e.to_string()),
+        // The server said it did not bind.
+        Err(kube::Error::Api(s)) if s.code != 504 => BindResult::Failed(s.message.clone()),
+        // A gateway timeout, a dropped connection, a client timeout: it may have landed.
+        Err(e) => BindResult::Unknown(e.to_string()),
     }
 }

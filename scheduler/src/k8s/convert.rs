@@ -374,6 +374,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
                         i64::MAX
                     })
             }),
+        completes_gang: false,
     })
 }
 

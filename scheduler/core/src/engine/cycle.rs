@@ -162,6 +162,16 @@ impl Engine {
             .cloned()
             .collect();
         v.sort_by(|a, b| (a.created_ms, &a.key).cmp(&(b.created_ms, &b.key)));
+        // A gang partly placed (a bind failed, a node went) is completed ahead of
+        // capacity held for other gangs: its placed members are idle until it is whole.
+        let scheduled = self.gangs.counts(gang).scheduled;
+        if scheduled > 0 && self.gangs.min_member(gang).is_ok_and(|m| scheduled < m) {
+            for p in &mut v {
+                let mut completing = PodInfo::clone(p);
+                completing.completes_gang = true;
+                *p = Arc::new(completing);
+            }
+        }
         v
     }
 

@@ -138,6 +138,11 @@ pub enum BindResult {
     /// The pod is already bound (by an earlier run, say), was recreated or deleted:
     /// drop it, the watch has the truth. Never retried.
     Gone(String),
+    /// The request ended without an answer (a timeout, a dropped connection): the bind
+    /// may have landed. The pod keeps its room on the node, so nothing else is given
+    /// it, until the watch shows the pod; if it still shows it unbound once
+    /// `binding.confirmTimeoutSeconds` pass, the pod is pending again and retried.
+    Unknown(String),
     /// Anything else: the pod is pending again and retried.
     Failed(String),
 }
@@ -330,6 +335,10 @@ pub struct Engine {
     /// Pods whose bind the API answered 409/404, by UID: never bound again; the watch
     /// says what became of them.
     conflicted: HashMap<PodKey, Arc<str>>,
+    /// Of those, the pods whose bind went unanswered: retried if the watch still shows
+    /// them unbound when their room expires.
+    /// The message each was given.
+    unanswered: HashMap<PodKey, String>,
     /// Failed binds per gang member, so a member that keeps failing backs off.
     bind_failures: HashMap<PodKey, u32>,
     /// The last Queue status written, by queue.
@@ -384,6 +393,7 @@ impl Engine {
             timed_out: HashSet::new(),
             partial_since: HashMap::new(),
             conflicted: HashMap::new(),
+            unanswered: HashMap::new(),
             bind_failures: HashMap::new(),
             queue_status: HashMap::new(),
             waiting_since: HashMap::new(),
@@ -642,6 +652,7 @@ impl Engine {
         let was_placed = self.cache.pod(&key).is_some_and(|p| p.node_name.is_some());
         if info.node_name.is_some() || self.conflicted.get(&key) != Some(&info.uid) {
             self.conflicted.remove(&key);
+            self.unanswered.remove(&key);
         }
         let ours = self.ours(&info);
         let info = Arc::new(info);
@@ -738,6 +749,7 @@ impl Engine {
         }
         tracing::debug!(pod = %key, was_placed, "pod deleted");
         self.conflicted.remove(key);
+        self.unanswered.remove(key);
         self.cache.delete_pod(key);
         self.forget_member(key, now);
         self.ledger.set(key, None);
@@ -899,6 +911,22 @@ impl Engine {
                 self.gangs.touch(&g);
             }
             self.queue.cluster_changed(now);
+            // Pods whose bind went unanswered wait for the watch, not the queue: say
+            // why again.
+            if self.writes() {
+                let mut waiting: Vec<_> = self.unanswered.iter().collect();
+                waiting.sort();
+                let writes: Vec<Action> = waiting
+                    .into_iter()
+                    .map(|(k, m)| Action::Unschedulable {
+                        pod: k.clone(),
+                        message: m.clone(),
+                    })
+                    .collect();
+                for a in writes {
+                    self.push(a);
+                }
+            }
         } else {
             // Writes not yet handed out are no longer this replica's to make.
             self.actions.clear();
@@ -974,6 +1002,28 @@ impl Engine {
                 self.cache
                     .finish_binding(&pod.key, now + self.opts.config.confirm_timeout_ms);
                 self.forget_pod(&pod.key);
+            }
+            BindResult::Unknown(why) => {
+                // It may have landed: giving its room to another pod could put two on
+                // room for one. Wait for the watch, as for a 409.
+                tracing::warn!(pod = %pod.key, node = %node, error = %why, "bind unanswered; keeping its room until the watch shows the pod");
+                self.stats.bind_failures += 1;
+                self.conflicted.insert(pod.key.clone(), pod.uid.clone());
+                self.cache
+                    .finish_binding(&pod.key, now + self.opts.config.confirm_timeout_ms);
+                self.forget_pod(&pod.key);
+                let note = format!(
+                    "binding to {node} went unanswered ({why}); its room is kept until the pod shows bound, or is retried after binding.confirmTimeoutSeconds"
+                );
+                self.unanswered.insert(pod.key.clone(), note.clone());
+                if self.writes() {
+                    self.last_message.insert(pod.key.clone(), note.clone());
+                    self.push(Action::Unschedulable {
+                        pod: pod.key.clone(),
+                        message: note.clone(),
+                    });
+                }
+                self.event(EventObject::Pod(pod), true, "FailedBinding", note);
             }
             BindResult::Failed(why) => {
                 tracing::warn!(pod = %pod.key, node = %node, error = %why, "bind failed; will retry");
@@ -1155,6 +1205,10 @@ impl Engine {
     fn after_expiry(&mut self, key: &PodKey, now: i64) {
         // Its room on the node is free again.
         self.queue.cluster_changed(now);
+        // An unanswered bind the watch never showed landed: try the pod again.
+        if self.unanswered.remove(key).is_some() {
+            self.conflicted.remove(key);
+        }
         let Some(current) = self.cache.pod(key).cloned() else {
             return;
         };

@@ -84,10 +84,12 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// True when `pod` may ignore this reservation: it is a member of the gang, or
-    /// has a higher priority.
+    /// True when `pod` may ignore this reservation: it is a member of the gang, has a
+    /// higher priority, or completes a gang already partly placed (whose placed members
+    /// hold room that does nothing until the gang is whole).
     pub fn admits(&self, pod: &PodInfo) -> bool {
         pod.priority > self.priority
+            || pod.completes_gang
             || pod
                 .gang
                 .as_ref()

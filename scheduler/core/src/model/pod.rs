@@ -138,6 +138,10 @@ pub struct PodInfo {
     /// Least memory per GPU the pod accepts, in MiB (`drover.dev/gpu-memory-min`);
     /// `i64::MAX` when the annotation does not parse (no node satisfies it).
     pub gpu_memory_min_mib: Option<i64>,
+    /// Set by the engine, never read from the API: the pod is a pending member of a gang
+    /// that already has members placed, so it completes room already granted and may
+    /// use capacity held for another gang (see [`super::Reservation::admits`]).
+    pub completes_gang: bool,
 }
 
 /// How a pod names its gang: the `scheduling.x-k8s.io/pod-group` label or Volcano's
