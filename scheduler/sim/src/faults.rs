@@ -76,6 +76,8 @@ const SETTLE_MS: i64 = 60_000;
 const TRACE_LINES: usize = 60;
 /// A request that times out is answered after this long.
 const TIMEOUT_MS: i64 = 5_000;
+/// The engine's `binding.confirmTimeoutSeconds` (its default).
+const CONFIRM_TIMEOUT_MS: i64 = 30_000;
 /// What a timed-out bind is answered.
 const TIMED_OUT: &str = "request timed out";
 
@@ -373,6 +375,9 @@ struct World {
     /// Binds that landed although the engine was told they failed, until the engine
     /// is shown the pod.
     ambiguous: BTreeMap<PodKey, Arc<str>>,
+    /// Binds answered "unknown" (uid, when): the engine keeps their room and counts them
+    /// for their queue until the watch shows them or its confirm timeout passes.
+    unanswered: BTreeMap<PodKey, (Arc<str>, i64)>,
     failed_bind_at: HashMap<PodKey, i64>,
     /// Victims of evictions under way, by this process.
     victims: BTreeSet<PodKey>,
@@ -425,6 +430,7 @@ impl World {
             outstanding: BTreeMap::new(),
             gone: HashSet::new(),
             ambiguous: BTreeMap::new(),
+            unanswered: BTreeMap::new(),
             failed_bind_at: HashMap::new(),
             victims: BTreeSet::new(),
             binds: 0,
@@ -587,6 +593,7 @@ impl World {
                 if p.node_name.is_some() {
                     self.ambiguous.remove(&p.key);
                     self.outstanding.remove(&p.key);
+                    self.unanswered.remove(&p.key);
                 }
                 // A pod recreated under its name: the bind in flight was for the old one.
                 if self.outstanding.get(&p.key).is_some_and(|o| o.uid != p.uid) {
@@ -597,6 +604,7 @@ impl World {
             }
             Delivery::PodDeleted(k) => {
                 self.ambiguous.remove(&k);
+                self.unanswered.remove(&k);
                 self.outstanding.remove(&k);
                 self.shown.remove(&k);
                 self.engine.handle_pod_deleted(&k, now);
@@ -926,6 +934,15 @@ impl World {
         if !self.leading {
             return Err(format!("bind of {key} handed out while not leading"));
         }
+        if self
+            .unanswered
+            .remove(key)
+            .is_some_and(|(uid, at)| uid == pod.uid && self.now - at < CONFIRM_TIMEOUT_MS)
+        {
+            return Err(format!(
+                "bind of {key} handed out again while its last bind is unanswered"
+            ));
+        }
         if &*pod.scheduler_name != "drover" {
             return Err(format!(
                 "bind of {key}, a pod of scheduler {}",
@@ -1146,6 +1163,10 @@ impl World {
                 self.gone.insert((key.clone(), o.uid.clone()));
             }
             BindResult::Failed(_) | BindResult::Unknown(_) => {
+                if matches!(result, BindResult::Unknown(_)) {
+                    self.unanswered
+                        .insert(key.clone(), (o.uid.clone(), self.now));
+                }
                 self.failed_bind_at.insert(key.clone(), self.now);
                 if let Some(j) = self.pods.get(&key).and_then(|p| p.job) {
                     self.jobs[j].troubled_at = self.now;
@@ -1245,7 +1266,14 @@ impl World {
             if p.queue.as_deref() != Some(queue) || p.deleting || self.victims.contains(k) {
                 continue;
             }
-            if p.node_name.is_some() || self.outstanding.get(k).is_some_and(|o| o.uid == p.uid) {
+            let unanswered = self
+                .unanswered
+                .get(k)
+                .is_some_and(|(uid, at)| *uid == p.uid && self.now - at <= CONFIRM_TIMEOUT_MS);
+            if p.node_name.is_some()
+                || unanswered
+                || self.outstanding.get(k).is_some_and(|o| o.uid == p.uid)
+            {
                 used.add(&p.requests);
             }
         }
@@ -1368,6 +1396,7 @@ impl World {
         self.last_disruption = self.now;
         self.engine = new_engine();
         self.outstanding.clear();
+        self.unanswered.clear();
         self.ambiguous.clear();
         self.victims.clear();
         self.shown.clear();

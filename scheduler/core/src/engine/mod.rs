@@ -645,6 +645,9 @@ impl Engine {
             && old.uid != info.uid
         {
             self.uids.remove(&old.uid);
+            // A new pod under the name (a relist may show no delete): it has heard
+            // nothing yet.
+            self.last_message.remove(&key);
         }
         if !info.uid.is_empty() {
             self.uids.insert(info.uid.clone(), key.clone());

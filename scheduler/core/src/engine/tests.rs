@@ -117,6 +117,59 @@ fn a_pod_is_bound_and_a_conflict_is_not_retried() {
 }
 
 #[test]
+fn an_unanswered_bind_keeps_its_room_then_is_retried() {
+    let mut e = engine();
+    e.handle_node(node("a", 4000, 16), 0);
+    let p = pod("p", 1000, 1);
+    e.handle_pod(p.clone(), 0);
+    assert_eq!(binds(&run(&mut e, 0)).len(), 1);
+    e.handle_bind_result(&p.key, BindResult::Unknown("timed out".into()), 5_000);
+    let said = run(&mut e, 5_000);
+    assert!(
+        said.iter()
+            .any(|a| matches!(a, Action::Unschedulable { pod, message }
+            if *pod == p.key && message.contains("went unanswered"))),
+        "the pod says why it waits: {said:?}"
+    );
+    // It may have landed: another pod does not get its room, and it is not bound again.
+    let q = pod("q", 3500, 1);
+    e.handle_pod(q.clone(), 5_001);
+    assert!(
+        binds(&run(&mut e, 10_000)).is_empty(),
+        "the room stays held"
+    );
+    // The watch never shows it bound: once the confirm timeout passes it is tried
+    // again (and `q`, which now fits, too).
+    let mut later = run(&mut e, 40_000);
+    later.extend(run(&mut e, 60_000));
+    let mut bound: Vec<String> = binds(&later).into_iter().map(|(p, _)| p).collect();
+    bound.sort();
+    assert_eq!(
+        bound,
+        vec!["p".to_string()],
+        "p is retried; q still does not fit"
+    );
+}
+
+#[test]
+fn an_unanswered_bind_the_watch_shows_landed_is_done() {
+    let mut e = engine();
+    e.handle_node(node("a", 4000, 16), 0);
+    let p = pod("p", 1000, 1);
+    e.handle_pod(p.clone(), 0);
+    assert_eq!(binds(&run(&mut e, 0)).len(), 1);
+    e.handle_bind_result(&p.key, BindResult::Unknown("timed out".into()), 5_000);
+    let mut landed = p.clone();
+    landed.node_name = Some("a".into());
+    e.handle_pod(landed, 6_000);
+    let later = run(&mut e, 100_000);
+    assert!(
+        binds(&later).is_empty(),
+        "a bind that landed is never repeated"
+    );
+}
+
+#[test]
 fn a_failed_bind_is_retried_after_backoff() {
     let mut e = engine();
     e.handle_node(node("a", 4000, 16), 0);

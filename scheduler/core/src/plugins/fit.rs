@@ -146,6 +146,22 @@ mod tests {
         let mut two_pods = node("tiny", 4000, 8 * GI);
         two_pods.max_pods = 1;
         two_pods.add_pod(Arc::new(pod(0, 0)));
+        // 3 of 4 free CPUs held for a waiting gang.
+        let mut reserved = node("r", 4000, 8 * GI);
+        reserved.reservation = Some(Arc::new(Reservation {
+            namespace: "default".into(),
+            gang: "waiting".into(),
+            priority: 0,
+            amount: Resources {
+                cpu: 3000,
+                ..Default::default()
+            },
+            pods: 1,
+        }));
+        let mut completing = pod(2000, GI);
+        completing.completes_gang = true;
+        let mut higher = pod(2000, GI);
+        higher.priority = 10;
         let mut foo_pod = pod(100, 0);
         foo_pod
             .requests
@@ -201,6 +217,34 @@ mod tests {
                 &foo_node,
                 false,
                 vec!["Insufficient example.com/foo"],
+            ),
+            (
+                "backfill beside a reservation",
+                pod(1000, GI),
+                &reserved,
+                true,
+                vec![],
+            ),
+            (
+                "backfill into a reservation",
+                pod(2000, GI),
+                &reserved,
+                false,
+                vec!["node(s) had free capacity held for a waiting gang"],
+            ),
+            (
+                "a higher priority ignores it",
+                higher,
+                &reserved,
+                true,
+                vec![],
+            ),
+            (
+                "a partly placed gang's member ignores it",
+                completing,
+                &reserved,
+                true,
+                vec![],
             ),
             (
                 "pod count",
