@@ -1,8 +1,10 @@
 //! drover-extender behind the real kube-scheduler (built by the test harness), on kwok
 //! nodes, with the example configuration from manifests/extender/: pods that keep the
 //! default scheduler name are placed by drover's scores (in both nodeCacheCapable
-//! modes), a gang is held until all of it can be placed, and a pod over its queue's max
-//! is filtered everywhere.
+//! modes), a gang is held until all of it can be placed, gangs competing for room for
+//! fewer of them never share it (two gangs of 4 with room for 6, three with room for
+//! 8, created interleaved or one after the other, polled every 100 ms), and a pod over
+//! its queue's max is filtered everywhere.
 
 use std::time::Duration;
 
@@ -325,6 +327,253 @@ async fn bind_verb_binds_with_the_pod_uid() -> anyhow::Result<()> {
     let (status, body) = post(running.addr, "/bind", &args(&uid)).await?;
     assert_eq!((status, body.as_str()), (200, r#"{"Error":""}"#));
     assert_eq!(node_of_pod(&client, "b").await?, "n-0");
+    shutdown.cancel();
+    Ok(())
+}
+
+/// Members of `gang` (4 of them, one per 4-CPU node), created by the caller's order.
+fn member(gang: &str, i: usize) -> Pod {
+    TestPod::new(format!("{gang}-{i}"))
+        .cpu("3")
+        .memory("1Gi")
+        .label(GROUP_LABEL, gang)
+        .annotation(MIN_MEMBER_ANNOTATION, "4")
+        .build()
+}
+
+/// Bound members per gang (every gang named, bound or not), live pods only.
+async fn bound_by_gang(
+    client: &Client,
+    gangs: &[&str],
+) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+    let mut counts: std::collections::BTreeMap<String, usize> =
+        gangs.iter().map(|g| (g.to_string(), 0)).collect();
+    for p in drover_e2e::pods(client, NS).await? {
+        if p.metadata.deletion_timestamp.is_some() || node_of(&p).is_none() {
+            continue;
+        }
+        if let Some(g) = p.metadata.labels.as_ref().and_then(|l| l.get(GROUP_LABEL))
+            && let Some(c) = counts.get_mut(g)
+        {
+            *c += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Polls every 100 ms until `done` holds of the counts, failing the moment more than
+/// `room` gangs have members bound (kube-scheduler binds a gang member by member, so a
+/// gang may be partly bound on its way to whole, but a gang beyond the room would
+/// mean two gangs share room for one: a deadlock). Returns the counts that satisfied
+/// `done`.
+async fn watch_gangs(
+    client: &Client,
+    gangs: &[&str],
+    room: usize,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&std::collections::BTreeMap<String, usize>) -> bool,
+) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let counts = bound_by_gang(client, gangs).await?;
+        let started = counts.values().filter(|c| **c > 0).count();
+        anyhow::ensure!(
+            started <= room,
+            "{started} gangs have members bound with room for {room}: {counts:?}"
+        );
+        if done(&counts) {
+            return Ok(counts);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not {what} within {within:?}: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// For `hold` more, every gang stays whole or empty, polled every 100 ms.
+async fn stays_whole_or_empty(
+    client: &Client,
+    gangs: &[&str],
+    hold: Duration,
+) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+    let until = tokio::time::Instant::now() + hold;
+    let mut last = bound_by_gang(client, gangs).await?;
+    while tokio::time::Instant::now() < until {
+        last = bound_by_gang(client, gangs).await?;
+        anyhow::ensure!(
+            last.values().all(|c| *c == 0 || *c == 4),
+            "a gang partly bound once settled: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(last)
+}
+
+async fn delete_gang(client: &Client, gang: &str) -> anyhow::Result<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for i in 0..4 {
+        api.delete(
+            &format!("{gang}-{i}"),
+            &DeleteParams::default().grace_period(0),
+        )
+        .await?;
+    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        &format!("gang {gang}'s pods gone"),
+        || {
+            let api = api.clone();
+            let gang = gang.to_string();
+            async move {
+                let all = api.list(&Default::default()).await?.items;
+                Ok(!all.iter().any(|p| {
+                    p.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with(&format!("{gang}-")))
+                }))
+            }
+        },
+    )
+    .await
+}
+
+/// Two gangs of 4 with room for 6, members created interleaved: one binds whole, the
+/// other binds nothing (never 3 and 3). Deleting the placed gang lets the other bind
+/// whole. A third gang created after, all at once, finds room for 2 and binds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gangs_with_room_for_one_never_share_it() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    let node = |i: usize| {
+        FakeNode::new(format!("n-{i}"))
+            .cpu("4")
+            .memory("8Gi")
+            .build()
+    };
+    cp.create_nodes(&(0..6).map(node).collect::<Vec<Node>>())
+        .await?;
+    let (_running, shutdown, _ks) = with_drover(&cp, true).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let gangs = ["a", "b", "c"];
+    for i in 0..4 {
+        for g in ["a", "b"] {
+            pods.create(&PostParams::default(), &member(g, i)).await?;
+        }
+    }
+    let first = watch_gangs(
+        &client,
+        &gangs,
+        1,
+        Duration::from_secs(60),
+        "one gang whole",
+        |c| c.values().any(|n| *n == 4),
+    )
+    .await?;
+    let (whole, other) = if first["a"] == 4 {
+        ("a", "b")
+    } else {
+        ("b", "a")
+    };
+    let settled = stays_whole_or_empty(&client, &gangs, Duration::from_secs(3)).await?;
+    assert_eq!((settled[whole], settled[other]), (4, 0), "{settled:?}");
+    let held = pods.get(&format!("{other}-0")).await?;
+    let msg = unschedulable_message(&held).unwrap_or_default();
+    assert!(msg.contains(&format!("gang default/{other}")), "{msg}");
+    eprintln!("interleaved: {whole} whole, {other} held: {msg}");
+
+    delete_gang(&client, whole).await?;
+    watch_gangs(
+        &client,
+        &gangs,
+        1,
+        Duration::from_secs(60),
+        "the other gang whole",
+        |c| c[other] == 4,
+    )
+    .await?;
+
+    // One gang after the other: c, created whole while `other` runs, has room for 2.
+    for i in 0..4 {
+        pods.create(&PostParams::default(), &member("c", i)).await?;
+    }
+    let settled = stays_whole_or_empty(&client, &gangs, Duration::from_secs(5)).await?;
+    assert_eq!((settled[other], settled["c"]), (4, 0), "{settled:?}");
+    delete_gang(&client, other).await?;
+    watch_gangs(
+        &client,
+        &gangs,
+        1,
+        Duration::from_secs(60),
+        "gang c whole",
+        |c| c["c"] == 4,
+    )
+    .await?;
+    assert!(drover_e2e::overcommitted(&client).await?.is_empty());
+    shutdown.cancel();
+    Ok(())
+}
+
+/// Three gangs of 4 with room for 8, members created interleaved: two bind whole, one
+/// binds nothing; deleting one placed gang lets the third bind whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gangs_with_room_for_two() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    let node = |i: usize| {
+        FakeNode::new(format!("n-{i}"))
+            .cpu("4")
+            .memory("8Gi")
+            .build()
+    };
+    cp.create_nodes(&(0..8).map(node).collect::<Vec<Node>>())
+        .await?;
+    let (_running, shutdown, _ks) = with_drover(&cp, true).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let gangs = ["a", "b", "c"];
+    for i in 0..4 {
+        for g in gangs {
+            pods.create(&PostParams::default(), &member(g, i)).await?;
+        }
+    }
+    watch_gangs(
+        &client,
+        &gangs,
+        2,
+        Duration::from_secs(90),
+        "two gangs whole",
+        |c| c.values().filter(|n| **n == 4).count() == 2,
+    )
+    .await?;
+    let settled = stays_whole_or_empty(&client, &gangs, Duration::from_secs(3)).await?;
+    let mut counts: Vec<usize> = settled.values().copied().collect();
+    counts.sort();
+    assert_eq!(counts, vec![0, 4, 4], "{settled:?}");
+    let waiting = settled
+        .iter()
+        .find(|(_, n)| **n == 0)
+        .map(|(g, _)| g.clone())
+        .expect("one gang waits");
+    let placed = settled
+        .iter()
+        .find(|(_, n)| **n == 4)
+        .map(|(g, _)| g.clone())
+        .expect("a gang runs");
+    delete_gang(&client, &placed).await?;
+    watch_gangs(
+        &client,
+        &gangs,
+        2,
+        Duration::from_secs(60),
+        "the waiting gang whole",
+        |c| c[&waiting] == 4,
+    )
+    .await?;
+    assert!(drover_e2e::overcommitted(&client).await?.is_empty());
     shutdown.cancel();
     Ok(())
 }
