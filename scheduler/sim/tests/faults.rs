@@ -3,7 +3,7 @@
 //! events, relists, node losses, refused evictions, lost leases and restarts, with the
 //! invariants checked after every step.
 //!
-//! - `cargo test -p drover-sim --test faults`: 300 seeds of 2 000 events each (part of
+//! - `cargo test -p drover-sim --test faults`: 500 seeds of 2 000 events each (part of
 //!   the suite);
 //! - `DROVER_SIM_SEED=N`: only seed N (a failure names its seed; the replay is exact);
 //! - `DROVER_SIM_SEEDS=5000 DROVER_SIM_EVENTS=4000 DROVER_SIM_FIRST_SEED=1000`: more
@@ -34,7 +34,7 @@ fn every_seed_keeps_every_invariant() {
         ],
         Err(_) => {
             let first = env("DROVER_SIM_FIRST_SEED", 1);
-            (first..first + env("DROVER_SIM_SEEDS", 300)).collect()
+            (first..first + env("DROVER_SIM_SEEDS", 500)).collect()
         }
     };
     let started = Instant::now();
