@@ -76,8 +76,6 @@ const SETTLE_MS: i64 = 60_000;
 const TRACE_LINES: usize = 60;
 /// A request that times out is answered after this long.
 const TIMEOUT_MS: i64 = 5_000;
-/// The engine's `binding.confirmTimeoutSeconds` (its default).
-const CONFIRM_TIMEOUT_MS: i64 = 30_000;
 /// What a timed-out bind is answered.
 const TIMED_OUT: &str = "request timed out";
 
@@ -378,6 +376,8 @@ struct World {
     /// Binds answered "unknown" (uid, when): the engine keeps their room and counts them
     /// for their queue until the watch shows them or its confirm timeout passes.
     unanswered: BTreeMap<PodKey, (Arc<str>, i64)>,
+    /// The engine's `binding.confirmTimeoutSeconds`, in ms.
+    confirm_ms: i64,
     failed_bind_at: HashMap<PodKey, i64>,
     /// Victims of evictions under way, by this process.
     victims: BTreeSet<PodKey>,
@@ -431,6 +431,7 @@ impl World {
             gone: HashSet::new(),
             ambiguous: BTreeMap::new(),
             unanswered: BTreeMap::new(),
+            confirm_ms: config().confirm_timeout_ms,
             failed_bind_at: HashMap::new(),
             victims: BTreeSet::new(),
             binds: 0,
@@ -937,7 +938,7 @@ impl World {
         if self
             .unanswered
             .remove(key)
-            .is_some_and(|(uid, at)| uid == pod.uid && self.now - at < CONFIRM_TIMEOUT_MS)
+            .is_some_and(|(uid, at)| uid == pod.uid && self.now - at < self.confirm_ms)
         {
             return Err(format!(
                 "bind of {key} handed out again while its last bind is unanswered"
@@ -1269,7 +1270,7 @@ impl World {
             let unanswered = self
                 .unanswered
                 .get(k)
-                .is_some_and(|(uid, at)| *uid == p.uid && self.now - at <= CONFIRM_TIMEOUT_MS);
+                .is_some_and(|(uid, at)| *uid == p.uid && self.now - at <= self.confirm_ms);
             if p.node_name.is_some()
                 || unanswered
                 || self.outstanding.get(k).is_some_and(|o| o.uid == p.uid)

@@ -132,13 +132,7 @@ async fn prioritize_decides_with_whole_nodes() -> anyhow::Result<()> {
 async fn a_gang_is_held_until_all_of_it_fits() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let client = cp.client();
-    let node = |i: usize| {
-        FakeNode::new(format!("n-{i}"))
-            .cpu("4")
-            .memory("8Gi")
-            .build()
-    };
-    cp.create_nodes(&(0..3).map(node).collect::<Vec<Node>>())
+    cp.create_nodes(&(0..3).map(small_node).collect::<Vec<Node>>())
         .await?;
     let (running, shutdown, _ks) = with_drover(&cp, true).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
@@ -179,7 +173,7 @@ async fn a_gang_is_held_until_all_of_it_fits() -> anyhow::Result<()> {
     let msg = unschedulable_message(&pods.get("train-0").await?).unwrap_or_default();
     eprintln!("held: {msg}");
 
-    cp.create_nodes(&[node(3)]).await?;
+    cp.create_nodes(&[small_node(3)]).await?;
     wait_until(
         Duration::from_secs(60),
         Duration::from_millis(250),
@@ -331,6 +325,33 @@ async fn bind_verb_binds_with_the_pod_uid() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A 4-cpu, 8 GiB node.
+fn small_node(i: usize) -> Node {
+    FakeNode::new(format!("n-{i}"))
+        .cpu("4")
+        .memory("8Gi")
+        .build()
+}
+
+/// A control plane with `nodes` small nodes, drover behind kube-scheduler, and the
+/// members of `gangs` created interleaved (`a-0`, `b-0`, `a-1`, ...).
+async fn competing(
+    nodes: usize,
+    gangs: &[&str],
+) -> anyhow::Result<(ControlPlane, CancellationToken, ProcessGuard)> {
+    let cp = ControlPlane::start().await?;
+    cp.create_nodes(&(0..nodes).map(small_node).collect::<Vec<Node>>())
+        .await?;
+    let (_running, shutdown, ks) = with_drover(&cp, true).await?;
+    let pods: Api<Pod> = Api::namespaced(cp.client(), NS);
+    for i in 0..4 {
+        for g in gangs {
+            pods.create(&PostParams::default(), &member(g, i)).await?;
+        }
+    }
+    Ok((cp, shutdown, ks))
+}
+
 /// Members of `gang` (4 of them, one per 4-CPU node), created by the caller's order.
 fn member(gang: &str, i: usize) -> Pod {
     TestPod::new(format!("{gang}-{i}"))
@@ -447,24 +468,10 @@ async fn delete_gang(client: &Client, gang: &str) -> anyhow::Result<()> {
 /// whole. A third gang created after, all at once, finds room for 2 and binds nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gangs_with_room_for_one_never_share_it() -> anyhow::Result<()> {
-    let cp = ControlPlane::start().await?;
+    let (cp, shutdown, _ks) = competing(6, &["a", "b"]).await?;
     let client = cp.client();
-    let node = |i: usize| {
-        FakeNode::new(format!("n-{i}"))
-            .cpu("4")
-            .memory("8Gi")
-            .build()
-    };
-    cp.create_nodes(&(0..6).map(node).collect::<Vec<Node>>())
-        .await?;
-    let (_running, shutdown, _ks) = with_drover(&cp, true).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let gangs = ["a", "b", "c"];
-    for i in 0..4 {
-        for g in ["a", "b"] {
-            pods.create(&PostParams::default(), &member(g, i)).await?;
-        }
-    }
     let first = watch_gangs(
         &client,
         &gangs,
@@ -522,24 +529,9 @@ async fn two_gangs_with_room_for_one_never_share_it() -> anyhow::Result<()> {
 /// binds nothing; deleting one placed gang lets the third bind whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gangs_with_room_for_two() -> anyhow::Result<()> {
-    let cp = ControlPlane::start().await?;
-    let client = cp.client();
-    let node = |i: usize| {
-        FakeNode::new(format!("n-{i}"))
-            .cpu("4")
-            .memory("8Gi")
-            .build()
-    };
-    cp.create_nodes(&(0..8).map(node).collect::<Vec<Node>>())
-        .await?;
-    let (_running, shutdown, _ks) = with_drover(&cp, true).await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let gangs = ["a", "b", "c"];
-    for i in 0..4 {
-        for g in gangs {
-            pods.create(&PostParams::default(), &member(g, i)).await?;
-        }
-    }
+    let (cp, shutdown, _ks) = competing(8, &gangs).await?;
+    let client = cp.client();
     watch_gangs(
         &client,
         &gangs,

@@ -1001,20 +1001,14 @@ impl Engine {
                 // bound again.
                 tracing::info!(pod = %pod.key, node = %node, reason = %why, "pod is gone or already bound; waiting for the watch");
                 self.stats.bind_conflicts += 1;
-                self.conflicted.insert(pod.key.clone(), pod.uid.clone());
-                self.cache
-                    .finish_binding(&pod.key, now + self.opts.config.confirm_timeout_ms);
-                self.forget_pod(&pod.key);
+                self.await_watch(&pod, now);
             }
             BindResult::Unknown(why) => {
                 // It may have landed: giving its room to another pod could put two on
                 // room for one. Wait for the watch, as for a 409.
                 tracing::warn!(pod = %pod.key, node = %node, error = %why, "bind unanswered; keeping its room until the watch shows the pod");
                 self.stats.bind_failures += 1;
-                self.conflicted.insert(pod.key.clone(), pod.uid.clone());
-                self.cache
-                    .finish_binding(&pod.key, now + self.opts.config.confirm_timeout_ms);
-                self.forget_pod(&pod.key);
+                self.await_watch(&pod, now);
                 let note = format!(
                     "binding to {node} went unanswered ({why}); its room is kept until the pod shows bound, or is retried after binding.confirmTimeoutSeconds"
                 );
@@ -1051,6 +1045,16 @@ impl Engine {
                 self.event(EventObject::Pod(pod), true, "FailedBinding", note);
             }
         }
+    }
+
+    /// A bind whose outcome only the watch can tell: the pod keeps its room on the node
+    /// until the watch shows it or the confirm timeout passes, and is not bound again
+    /// for this UID meanwhile.
+    fn await_watch(&mut self, pod: &PodInfo, now: i64) {
+        self.conflicted.insert(pod.key.clone(), pod.uid.clone());
+        self.cache
+            .finish_binding(&pod.key, now + self.opts.config.confirm_timeout_ms);
+        self.forget_pod(&pod.key);
     }
 
     /// Takes back an assumption: the pod no longer counts on its node and is pending

@@ -116,13 +116,19 @@ fn a_pod_is_bound_and_a_conflict_is_not_retried() {
     );
 }
 
-#[test]
-fn an_unanswered_bind_keeps_its_room_then_is_retried() {
+/// An engine that has handed out the bind of pod `p` (1 cpu) to node `a` (4 cpus).
+fn one_bind_out() -> (Engine, PodInfo) {
     let mut e = engine();
     e.handle_node(node("a", 4000, 16), 0);
     let p = pod("p", 1000, 1);
     e.handle_pod(p.clone(), 0);
     assert_eq!(binds(&run(&mut e, 0)).len(), 1);
+    (e, p)
+}
+
+#[test]
+fn an_unanswered_bind_keeps_its_room_then_is_retried() {
+    let (mut e, p) = one_bind_out();
     e.handle_bind_result(&p.key, BindResult::Unknown("timed out".into()), 5_000);
     let said = run(&mut e, 5_000);
     assert!(
@@ -153,11 +159,7 @@ fn an_unanswered_bind_keeps_its_room_then_is_retried() {
 
 #[test]
 fn an_unanswered_bind_the_watch_shows_landed_is_done() {
-    let mut e = engine();
-    e.handle_node(node("a", 4000, 16), 0);
-    let p = pod("p", 1000, 1);
-    e.handle_pod(p.clone(), 0);
-    assert_eq!(binds(&run(&mut e, 0)).len(), 1);
+    let (mut e, p) = one_bind_out();
     e.handle_bind_result(&p.key, BindResult::Unknown("timed out".into()), 5_000);
     let mut landed = p.clone();
     landed.node_name = Some("a".into());
@@ -171,11 +173,7 @@ fn an_unanswered_bind_the_watch_shows_landed_is_done() {
 
 #[test]
 fn a_failed_bind_is_retried_after_backoff() {
-    let mut e = engine();
-    e.handle_node(node("a", 4000, 16), 0);
-    let p = pod("p", 1000, 1);
-    e.handle_pod(p.clone(), 0);
-    assert_eq!(binds(&run(&mut e, 0)).len(), 1);
+    let (mut e, p) = one_bind_out();
     e.handle_bind_result(&p.key, BindResult::Failed("500".into()), 10);
     assert!(binds(&run(&mut e, 10)).is_empty(), "backs off first");
     assert_eq!(binds(&run(&mut e, 5_000)).len(), 1, "then tries again");
