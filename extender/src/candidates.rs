@@ -129,6 +129,7 @@ impl Candidates {
                 0,
                 // Their zones come from the cache.
                 cache.may_have_numa(),
+                cache.namespace_map(),
             )),
             slots,
             names,
@@ -189,6 +190,18 @@ impl<N: NodeSource + ?Sized> NodeSource for Subset<'_, N> {
 
     fn may_have_numa(&self) -> bool {
         self.base.may_have_numa()
+    }
+
+    fn may_have_pod_affinity(&self) -> bool {
+        self.base.may_have_pod_affinity()
+    }
+
+    fn namespace_labels(&self, name: &str) -> Option<&drover_core::model::Labels> {
+        self.base.namespace_labels(name)
+    }
+
+    fn visit_all(&self, f: &mut dyn FnMut(&NodeInfo, drover_core::model::Row)) {
+        self.base.visit_all(f)
     }
 }
 

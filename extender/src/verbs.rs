@@ -32,7 +32,7 @@ use drover_core::engine::{Engine, Mode, Options, Resource, Verdict};
 use drover_core::framework::{NodeSource, feasible, rejections, score_nodes};
 use drover_core::gang::GangKey;
 use drover_core::model::{PodInfo, PodKey};
-use drover_core::plugins::Reason;
+use drover_core::plugins::{CycleState, Reason};
 use drover_core::snapshot::Snapshot;
 use k8s_openapi::api::core::v1::Pod;
 use rayon::prelude::*;
@@ -440,9 +440,10 @@ impl Extender {
                             // The snapshot counts the member on its node already.
                             let mut without = (**n).clone();
                             without.remove_pod(&pod.key);
+                            let cx = CycleState::new(&self.config.profile, &pod, &*cands.snapshot);
                             (
-                                feasible(&self.config.profile, &pod, &without),
-                                first_reasons(&self.config.profile, &pod, &without),
+                                feasible(&self.config.profile, &cx, &pod, &without),
+                                first_reasons(&self.config.profile, &cx, &pod, &without),
                             )
                         });
                     match (at, fits) {
@@ -565,7 +566,8 @@ impl Extender {
 
     fn run_filters<N: NodeSource + ?Sized>(&self, pod: &PodInfo, view: &N, pass: &mut [bool]) {
         let profile = &self.config.profile;
-        let check = |i: usize| view.get(i).is_some_and(|n| feasible(profile, pod, n));
+        let cx = CycleState::new(profile, pod, view);
+        let check = |i: usize| view.get(i).is_some_and(|n| feasible(profile, &cx, pod, n));
         if pass.len() >= PARALLEL_MIN {
             pass.par_iter_mut()
                 .enumerate()
@@ -751,12 +753,13 @@ impl Extender {
 /// The reasons of the first filter that rejects the node, joined.
 fn first_reasons(
     profile: &drover_core::framework::Profile,
+    cx: &CycleState,
     pod: &PodInfo,
     node: &drover_core::model::NodeInfo,
 ) -> String {
     for f in &profile.filters {
         let mut reasons = Vec::new();
-        if !f.filter(pod, node, &mut |r| reasons.push(r)) {
+        if !f.filter(cx, pod, node, &mut |r| reasons.push(r)) {
             return join(&reasons);
         }
     }
@@ -777,6 +780,7 @@ fn unresolvable_reason(r: &Reason) -> bool {
     matches!(
         r,
         Reason::NodeAffinity
+            | Reason::PodAffinity
             | Reason::NodeName
             | Reason::Unschedulable
             | Reason::UntoleratedTaint(_)

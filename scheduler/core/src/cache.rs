@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::classes::{ClassId, NodeClasses};
-use crate::model::{NodeInfo, Numa, PodInfo, PodKey, Reservation, Resources};
+use crate::model::{Labels, NodeInfo, Numa, PodInfo, PodKey, Reservation, Resources};
 use crate::snapshot::{CHUNK, Chunk, Snapshot};
 
 /// Where a pod stands in the cache.
@@ -61,6 +61,8 @@ pub struct ClusterCache {
     numa: HashMap<Arc<str>, Arc<Numa>>,
     /// The nodes' equivalence classes.
     classes: NodeClasses,
+    /// Namespaces' labels, by name.
+    namespaces: Arc<HashMap<Arc<str>, Labels>>,
 }
 
 impl ClusterCache {
@@ -78,7 +80,35 @@ impl ClusterCache {
             self.classes.len(),
             // Nodes get their zones only from this table.
             !self.numa.is_empty(),
+            self.namespaces.clone(),
         )
+    }
+
+    /// Namespace `name` now has `labels` (`None`: it is gone). Returns true when that
+    /// changed anything.
+    pub fn set_namespace(&mut self, name: &str, labels: Option<Labels>) -> bool {
+        let changed = match &labels {
+            Some(l) => self.namespaces.get(name) != Some(l),
+            None => self.namespaces.contains_key(name),
+        };
+        if changed {
+            let map = Arc::make_mut(&mut self.namespaces);
+            match labels {
+                Some(l) => {
+                    map.insert(name.into(), l);
+                }
+                None => {
+                    map.remove(name);
+                }
+            }
+            self.generation += 1;
+        }
+        changed
+    }
+
+    /// The names of the namespaces the cache knows.
+    pub fn namespace_names(&self) -> Vec<Arc<str>> {
+        self.namespaces.keys().cloned().collect()
     }
 
     /// The generation of the newest state.

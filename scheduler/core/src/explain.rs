@@ -138,6 +138,13 @@ pub fn explain(
             );
         }
     }
+    if pod.is_gated() && status.bound_to.is_none() {
+        let _ = writeln!(
+            o,
+            "gates: waiting for gates {}; no scheduler attempts it until they are removed from spec.schedulingGates",
+            names(&pod.scheduling_gates)
+        );
+    }
     explain_queue(&mut o, pod, quota);
 
     if let Some(g) = &pod.gang {
@@ -159,8 +166,9 @@ pub fn explain(
                 Ok(min) => {
                     let _ = writeln!(
                         o,
-                        " (minMember {min} from {source}): {} pending, {} scheduled, {} running, {} succeeded, {} failed",
+                        " (minMember {min} from {source}): {} pending, {} gated, {} scheduled, {} running, {} succeeded, {} failed",
                         counts.pending,
+                        counts.gated,
                         counts.scheduled,
                         counts.running,
                         counts.succeeded,
@@ -184,29 +192,33 @@ pub fn explain(
                                 }
                             );
                         }
-                        let verdict = match gang::decide(
-                            profile,
-                            &key,
-                            min,
-                            min_resources.as_ref(),
-                            topology.and_then(Result::ok).as_ref(),
-                            &members,
-                            counts.scheduled,
-                            snapshot,
-                        ) {
-                            GangDecision::Running => {
-                                "the gang runs; this pod is placed on its own".to_string()
-                            }
-                            GangDecision::Wait(m) | GangDecision::NoFit { message: m, .. } => m,
-                            GangDecision::Placed { placed: p, where_ } => format!(
-                                "all {} pending members fit now, on {} node(s){}",
-                                p.len(),
-                                p.iter()
-                                    .map(|(_, _, n)| n.clone())
-                                    .collect::<std::collections::BTreeSet<_>>()
-                                    .len(),
-                                where_.map(|w| format!(" in {w}")).unwrap_or_default()
-                            ),
+                        let gated = gangs.gated_wait(&key, min);
+                        let verdict = match gated {
+                            Some(m) => m,
+                            None => match gang::decide(
+                                profile,
+                                &key,
+                                min,
+                                min_resources.as_ref(),
+                                topology.and_then(Result::ok).as_ref(),
+                                &members,
+                                counts.scheduled,
+                                snapshot,
+                            ) {
+                                GangDecision::Running => {
+                                    "the gang runs; this pod is placed on its own".to_string()
+                                }
+                                GangDecision::Wait(m) | GangDecision::NoFit { message: m, .. } => m,
+                                GangDecision::Placed { placed: p, where_ } => format!(
+                                    "all {} pending members fit now, on {} node(s){}",
+                                    p.len(),
+                                    p.iter()
+                                        .map(|(_, _, n)| n.clone())
+                                        .collect::<std::collections::BTreeSet<_>>()
+                                        .len(),
+                                    where_.map(|w| format!(" in {w}")).unwrap_or_default()
+                                ),
+                            },
                         };
                         let _ = writeln!(o, "  now: {verdict}");
                     }

@@ -15,8 +15,11 @@ use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use rayon::prelude::*;
 
 use crate::classes::ClassId;
+use crate::model::Labels;
 use crate::model::{NodeInfo, PodInfo, Row};
-use crate::plugins::{Filter, Norm, Reason, Score, ScoreFor, fit::FitRow, packing::Packing};
+use crate::plugins::{
+    CycleState, Filter, Norm, Reason, Score, ScoreFor, fit::FitRow, packing::Packing,
+};
 use crate::snapshot::{CHUNK, Chunk, Snapshot};
 
 /// Below this many slots the cycle filters and scores on the calling thread alone:
@@ -27,7 +30,7 @@ use crate::snapshot::{CHUNK, Chunk, Snapshot};
 const PARALLEL_MIN_SLOTS: usize = 3072;
 
 /// Most score plugins a profile may have.
-pub const MAX_SCORE_PLUGINS: usize = 5;
+pub const MAX_SCORE_PLUGINS: usize = 6;
 
 /// The filters and weighted scores one scheduling profile runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,6 +67,8 @@ impl Profile {
                     },
                 ),
                 (Score::Numa, 1),
+                // kube-scheduler's weight.
+                (Score::InterPodAffinity, 2),
             ],
         }
     }
@@ -103,6 +108,25 @@ pub trait NodeSource: Sync {
     fn chunk(&self, _c: usize) -> Option<&Chunk> {
         None
     }
+    /// False only when no node runs a pod with inter-pod affinity or anti-affinity
+    /// terms (then only the pod's own terms are counted).
+    fn may_have_pod_affinity(&self) -> bool {
+        true
+    }
+    /// The labels of namespace `name`, for terms' `namespaceSelector`s.
+    fn namespace_labels(&self, _name: &str) -> Option<&Labels> {
+        None
+    }
+    /// Calls `f` on every node (with its row) of the cluster the source shows: a view
+    /// of some of a snapshot's nodes still counts the pods of all of them for terms
+    /// whose domains reach past the view.
+    fn visit_all(&self, f: &mut dyn FnMut(&NodeInfo, Row)) {
+        for i in 0..self.slots() {
+            if let Some((n, row)) = self.get_with_row(i) {
+                f(n, row);
+            }
+        }
+    }
 }
 
 impl NodeSource for Snapshot {
@@ -122,6 +146,12 @@ impl NodeSource for Snapshot {
     #[inline]
     fn chunk(&self, c: usize) -> Option<&Chunk> {
         self.chunks().get(c).map(|c| &**c)
+    }
+    fn may_have_pod_affinity(&self) -> bool {
+        Snapshot::may_have_pod_affinity(self)
+    }
+    fn namespace_labels(&self, name: &str) -> Option<&Labels> {
+        Snapshot::namespace_labels(self, name)
     }
 }
 
@@ -174,6 +204,12 @@ impl NodeSource for Overlay<'_> {
     #[inline]
     fn chunk(&self, c: usize) -> Option<&Chunk> {
         self.chunks.get(c).map(|c| &**c)
+    }
+    fn may_have_pod_affinity(&self) -> bool {
+        self.chunks.iter().any(|c| c.flags() & Row::AFFINITY != 0)
+    }
+    fn namespace_labels(&self, name: &str) -> Option<&Labels> {
+        self.base.namespace_labels(name)
     }
 }
 
@@ -238,17 +274,19 @@ pub fn feasible_anywhere<N: NodeSource + ?Sized>(
     pod: &PodInfo,
     nodes: &N,
 ) -> bool {
-    (0..nodes.slots()).any(|i| nodes.get(i).is_some_and(|n| feasible(profile, pod, n)))
+    let cx = CycleState::new(profile, pod, nodes);
+    (0..nodes.slots()).any(|i| nodes.get(i).is_some_and(|n| feasible(profile, &cx, pod, n)))
 }
 
-/// True when `node` passes every filter of `profile` for `pod`.
+/// True when `node` passes every filter of `profile` for `pod`; `cx` is what was
+/// counted for `pod` over the nodes `node` is one of ([`CycleState::new`]).
 #[inline]
-pub fn feasible(profile: &Profile, pod: &PodInfo, node: &NodeInfo) -> bool {
+pub fn feasible(profile: &Profile, cx: &CycleState, pod: &PodInfo, node: &NodeInfo) -> bool {
     node.known
         && profile
             .filters
             .iter()
-            .all(|f| f.filter(pod, node, &mut |_| {}))
+            .all(|f| f.filter(cx, pod, node, &mut |_| {}))
 }
 
 /// A feasible node: its slot, its class, and its raw score per plugin (the columns of
@@ -325,6 +363,8 @@ struct Plan {
     waste: Option<(usize, crate::plugins::waste::WasteFor)>,
     /// Empty when nothing is answered per class.
     memo: Arc<ClassMemo>,
+    /// What was counted over every node for the pod.
+    cx: CycleState,
 }
 
 impl Plan {
@@ -337,19 +377,20 @@ impl Plan {
         // passes it and the NUMA score is the same on all (a column left at 0 totals
         // as a column of equal scores does).
         let numa = nodes.may_have_numa();
+        let cx = CycleState::new(profile, pod, nodes);
         let (class_scores, mut node_scores): (Vec<_>, Vec<_>) = profile
             .scores
             .iter()
             .enumerate()
             .filter(|(_, (s, w))| {
-                *w != 0 && !s.is_flat_for(pod) && (numa || !matches!(s, Score::Numa))
+                *w != 0 && !s.is_flat_for(pod, &cx) && (numa || !matches!(s, Score::Numa))
             })
-            .map(|(k, (s, _))| (k, s.prepare(pod)))
+            .map(|(k, (s, _))| (k, s.prepare(&cx, pod)))
             .partition(|(k, _)| profile.scores[*k].0.class_wide(pod));
         let (class_filters, mut node_filters): (Vec<Filter>, Vec<Filter>) = profile
             .filters
             .iter()
-            .filter(|f| !f.passes_everywhere(pod) && (numa || **f != Filter::Numa))
+            .filter(|f| !f.passes_everywhere(pod, &cx) && (numa || **f != Filter::Numa))
             .cloned()
             .partition(|f| f.class_wide(pod));
         // Fit and exclusive read rows; a node must pass every filter, so their order
@@ -401,6 +442,7 @@ impl Plan {
             packing,
             waste,
             memo: Arc::new(memo),
+            cx,
         }
     }
 
@@ -427,7 +469,7 @@ impl Plan {
         if !self
             .class_filters
             .iter()
-            .all(|f| f.filter(pod, node, &mut |_| {}))
+            .all(|f| f.filter(&self.cx, pod, node, &mut |_| {}))
         {
             return false;
         }
@@ -503,7 +545,7 @@ impl Plan {
         if !self
             .node_filters
             .iter()
-            .all(|f| f.filter(pod, node, &mut |_| {}))
+            .all(|f| f.filter(&self.cx, pod, node, &mut |_| {}))
         {
             return false;
         }
@@ -838,6 +880,12 @@ impl Evaluation {
         self.feasible
     }
 
+    /// True when some node's verdict depends on the pods of other nodes: after a pod
+    /// is placed the evaluation must be made again, not refreshed node by node.
+    pub fn reads_other_pods(&self) -> bool {
+        self.plan.cx.reads_other_pods()
+    }
+
     /// The ranges of the raw scores, found again after a refresh.
     fn ranges(&self) -> Ranges {
         self.ranges.unwrap_or_else(|| ranges_of(&self.parts))
@@ -908,6 +956,14 @@ pub fn same_shape(a: &PodInfo, b: &PodInfo) -> bool {
         && a.exclusive == b.exclusive
         && a.gang.as_ref().map(|g| &g.name) == b.gang.as_ref().map(|g| &g.name)
         && a.gpu_memory_min_mib == b.gpu_memory_min_mib
+        && a.pod_affinity == b.pod_affinity
+}
+
+/// [`same_shape`] over `nodes`: labels matter too when the pod's own terms or any
+/// existing pod's terms may read them.
+pub fn same_question<N: NodeSource + ?Sized>(a: &PodInfo, b: &PodInfo, nodes: &N) -> bool {
+    same_shape(a, b)
+        && (a.labels == b.labels || (a.pod_affinity.is_none() && !nodes.may_have_pod_affinity()))
 }
 
 /// Runs one scheduling cycle for `pod`. Ties go to the node whose name sorts first,
@@ -925,6 +981,7 @@ pub fn schedule_one<N: NodeSource + ?Sized>(
 
 /// Why each node rejects `pod`: the reasons of the first failing filter of every node.
 pub fn diagnose<N: NodeSource + ?Sized>(profile: &Profile, pod: &PodInfo, nodes: &N) -> Diagnosis {
+    let cx = CycleState::new(profile, pod, nodes);
     let mut d = Diagnosis::default();
     for i in 0..nodes.slots() {
         let Some(node) = nodes.get(i).filter(|n| n.known) else {
@@ -933,7 +990,7 @@ pub fn diagnose<N: NodeSource + ?Sized>(profile: &Profile, pod: &PodInfo, nodes:
         d.nodes += 1;
         for f in &profile.filters {
             let mut reasons: Vec<Reason> = Vec::new();
-            if !f.filter(pod, node, &mut |r| reasons.push(r)) {
+            if !f.filter(&cx, pod, node, &mut |r| reasons.push(r)) {
                 for r in reasons {
                     *d.reasons.entry(r.to_string()).or_default() += 1;
                 }
@@ -951,6 +1008,7 @@ pub fn rejections<N: NodeSource + ?Sized>(
     pod: &PodInfo,
     nodes: &N,
 ) -> Vec<(Arc<str>, Vec<Reason>)> {
+    let cx = CycleState::new(profile, pod, nodes);
     let mut out = Vec::new();
     for i in 0..nodes.slots() {
         let Some(node) = nodes.get(i).filter(|n| n.known) else {
@@ -958,7 +1016,7 @@ pub fn rejections<N: NodeSource + ?Sized>(
         };
         for f in &profile.filters {
             let mut reasons = Vec::new();
-            if !f.filter(pod, node, &mut |r| reasons.push(r)) {
+            if !f.filter(&cx, pod, node, &mut |r| reasons.push(r)) {
                 out.push((node.name.clone(), reasons));
                 break;
             }
@@ -1271,9 +1329,10 @@ mod tests {
         // left out here too: raw scores compare column by column.
         let plan = Plan::new(profile, pod, nodes);
         let active = |k: usize| plan.active(k);
+        let cx = &plan.cx;
         let rows: Vec<(usize, &NodeInfo)> = nodes
             .nodes()
-            .filter(|(_, n)| feasible(profile, pod, n))
+            .filter(|(_, n)| feasible(profile, cx, pod, n))
             .map(|(i, n)| (i, &**n))
             .collect();
         let mut totals = vec![0i64; rows.len()];
@@ -1284,7 +1343,7 @@ mod tests {
             }
             let mut column: Vec<i64> = rows
                 .iter()
-                .map(|(_, n)| if active(k) { s.score(pod, n) } else { 0 })
+                .map(|(_, n)| if active(k) { s.score(cx, pod, n) } else { 0 })
                 .collect();
             for (raw, c) in raws.iter_mut().zip(&column) {
                 raw[k] = *c;

@@ -13,8 +13,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::framework::{Diagnosis, Evaluation, Overlay, Profile, diagnose, feasible, same_shape};
+use crate::framework::{
+    Diagnosis, Evaluation, Overlay, Profile, diagnose, feasible, same_question,
+};
 use crate::model::{NodeInfo, PodInfo, PodKey, Resources};
+use crate::plugins::CycleState;
 use crate::snapshot::Snapshot;
 
 /// The label that names a pod's group (scheduler-plugins, Kubeflow).
@@ -83,6 +86,9 @@ pub struct PodGroupInfo {
 pub enum MemberState {
     /// Not on a node yet.
     Pending,
+    /// Not on a node and carrying scheduling gates: never attempted, and while any
+    /// member is gated a gang below minMember places none.
+    Gated,
     /// Bound or assumed; `running` once its phase is Running.
     Assigned {
         /// Phase Running.
@@ -94,11 +100,24 @@ pub enum MemberState {
     Failed,
 }
 
+impl MemberState {
+    /// The state of a member not on a node: gated while it carries scheduling gates.
+    pub fn unplaced(pod: &PodInfo) -> Self {
+        if pod.is_gated() {
+            MemberState::Gated
+        } else {
+            MemberState::Pending
+        }
+    }
+}
+
 /// Member counts of one gang.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GangCounts {
-    /// Members not on a node.
+    /// Members not on a node (gated ones apart).
     pub pending: usize,
+    /// Members not on a node that carry scheduling gates.
+    pub gated: usize,
     /// Members on a node (bound or assumed), running or not.
     pub scheduled: usize,
     /// Members running.
@@ -146,7 +165,9 @@ impl GangCounts {
             GangPhase::Running
         } else if self.succeeded >= min && self.running == 0 {
             GangPhase::Finished
-        } else if self.failed > 0 && self.pending + self.scheduled + self.succeeded < min {
+        } else if self.failed > 0
+            && self.pending + self.gated + self.scheduled + self.succeeded < min
+        {
             GangPhase::Failed
         } else if attempted || self.scheduled > 0 {
             GangPhase::Scheduling
@@ -297,6 +318,7 @@ impl GangTracker {
         for (s, _) in self.members.get(gang).into_iter().flatten().map(|(_, v)| v) {
             match s {
                 MemberState::Pending => c.pending += 1,
+                MemberState::Gated => c.gated += 1,
                 MemberState::Assigned { running } => {
                     c.scheduled += 1;
                     if *running {
@@ -308,6 +330,34 @@ impl GangTracker {
             }
         }
         c
+    }
+
+    /// Why a gang below `min` members on nodes waits for its gated members, naming
+    /// them; `None` when none is gated or the gang already runs. A gang is placed all
+    /// together or not at all, so none of its members is bound while another still
+    /// carries a scheduling gate (Kueue's admission gate, for one).
+    pub fn gated_wait(&self, gang: &GangKey, min: usize) -> Option<String> {
+        let members = self.members.get(gang)?;
+        let gated: Vec<String> = members
+            .iter()
+            .filter(|(_, (s, _))| *s == MemberState::Gated)
+            .map(|(k, _)| k.name.to_string())
+            .collect();
+        if gated.is_empty() || self.counts(gang).scheduled >= min {
+            return None;
+        }
+        const SHOWN: usize = 5;
+        let more = gated.len().saturating_sub(SHOWN);
+        Some(format!(
+            "gang {gang}: waiting for scheduling gates on {} member(s) ({}{}); no member is bound until none is gated",
+            gated.len(),
+            gated[..gated.len().min(SHOWN)].join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ))
     }
 
     /// The gang's minimum member count: from its PodGroup if there is one, else from
@@ -643,6 +693,9 @@ fn plan_reservation_on(
     let mut plan = ReservationPlan::new();
     let mut cost = (0i64, 0i64, 0i64);
     for pod in order {
+        // Counted over the nodes as they are: what the drained pods' terms would allow
+        // is not assumed.
+        let cx = CycleState::new(profile, pod, snapshot);
         let mut best: Option<((i64, i64, i64, i64), usize)> = None;
         for (slot, node) in snapshot.nodes() {
             if !node.known || allowed.is_some_and(|a| !a.contains(&slot)) || held_by_other(node) {
@@ -662,7 +715,7 @@ fn plan_reservation_on(
                 }
                 v
             });
-            if !feasible(profile, pod, view) {
+            if !feasible(profile, &cx, pod, view) {
                 continue;
             }
             // What must still drain on the real node before the member fits there.
@@ -741,7 +794,7 @@ pub fn place_all(profile: &Profile, members: &[Arc<PodInfo>], snapshot: &Snapsho
     for (i, pod) in order.iter().enumerate() {
         if !eval
             .as_ref()
-            .is_some_and(|(j, _)| same_shape(order[*j], pod))
+            .is_some_and(|(j, _)| same_question(order[*j], pod, &overlay))
         {
             eval = Some((i, Evaluation::new(profile, pod, &overlay)));
         }
@@ -749,8 +802,14 @@ pub fn place_all(profile: &Profile, members: &[Arc<PodInfo>], snapshot: &Snapsho
         match e.best(profile, &overlay) {
             Some(p) => {
                 overlay.place(p.slot, (*pod).clone());
-                e.refresh(pod, &overlay, p.slot);
                 placed.push((pod.key.clone(), p.slot, p.node));
+                // A member's terms (or the terms it answers to) reach past its node:
+                // the next member is evaluated afresh over the overlay.
+                if e.reads_other_pods() || pod.pod_affinity.is_some() {
+                    eval = None;
+                } else {
+                    e.refresh(pod, &overlay, p.slot);
+                }
             }
             None => {
                 return GangOutcome::Waiting {
@@ -913,6 +972,7 @@ mod tests {
             t.counts(&g),
             GangCounts {
                 pending: 1,
+                gated: 0,
                 scheduled: 2,
                 running: 1,
                 succeeded: 1,
@@ -930,6 +990,7 @@ mod tests {
         // (counts, min, attempted, phase)
         let c = |pending, scheduled, running, succeeded, failed| GangCounts {
             pending,
+            gated: 0,
             scheduled,
             running,
             succeeded,
@@ -1065,7 +1126,9 @@ mod tests {
         cache.reserve("ns", "g", 0, &plan);
         let snap = cache.snapshot();
         let profile = Profile::default();
-        let fits = |p: &PodInfo| crate::framework::feasible(&profile, p, snap.slot(0).unwrap());
+        let cx = crate::plugins::CycleState::default();
+        let fits =
+            |p: &PodInfo| crate::framework::feasible(&profile, &cx, p, snap.slot(0).unwrap());
         // (pod, fits?)
         let mut high = (*pod("high", 3000)).clone();
         high.priority = 10;
@@ -1090,6 +1153,7 @@ mod tests {
         let snap = cache.snapshot();
         assert!(crate::framework::feasible(
             &profile,
+            &cx,
             &pod("too-big", 2000),
             snap.slot(0).unwrap()
         ));

@@ -715,6 +715,9 @@ impl VictimSearch<'_> {
                 }
             }
         }
+        // Inter-pod terms are counted over the nodes as they are: evicting a victim
+        // is not assumed to lift an anti-affinity it imposes.
+        let cx = crate::plugins::CycleState::new(self.profile, pod, nodes);
         let mut best: Option<Victims> = None;
         for slot in 0..nodes.slots() {
             let Some(node) = nodes.get(slot).filter(|n| n.known) else {
@@ -748,7 +751,7 @@ impl VictimSearch<'_> {
                     }
                     victims.push(c.pod.clone());
                 }
-                fits = crate::framework::feasible(self.profile, pod, &n);
+                fits = crate::framework::feasible(self.profile, &cx, pod, &n);
             }
             if fits
                 && !victims.is_empty()

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::{NodeInfo, Row};
+use crate::model::{Labels, NodeInfo, Row};
 
 /// Nodes per chunk.
 pub const CHUNK: usize = 64;
@@ -21,6 +21,8 @@ pub const CHUNK: usize = 64;
 pub struct Chunk {
     nodes: [Option<Arc<NodeInfo>>; CHUNK],
     rows: [Row; CHUNK],
+    /// Every flag some row of the chunk has.
+    flags: u32,
 }
 
 impl Default for Chunk {
@@ -28,6 +30,7 @@ impl Default for Chunk {
         Chunk {
             nodes: [const { None }; CHUNK],
             rows: [Row::EMPTY; CHUNK],
+            flags: 0,
         }
     }
 }
@@ -51,10 +54,21 @@ impl Chunk {
         &self.rows
     }
 
+    /// Every flag some row of the chunk has.
+    #[inline]
+    pub fn flags(&self) -> u32 {
+        self.flags
+    }
+
+    fn rows_changed(&mut self) {
+        self.flags = self.rows.iter().fold(0, |f, r| f | r.flags);
+    }
+
     /// Puts `node` in slot `i` (`None` frees it).
     pub fn set(&mut self, i: usize, node: Option<Arc<NodeInfo>>) {
         self.rows[i] = node.as_deref().map_or(Row::EMPTY, NodeInfo::row);
         self.nodes[i] = node;
+        self.rows_changed();
     }
 
     /// Applies `f` to the node in slot `i`, copying the node only if it is shared; does
@@ -64,6 +78,7 @@ impl Chunk {
             let node = Arc::make_mut(node);
             f(node);
             self.rows[i] = node.row();
+            self.rows_changed();
         }
     }
 }
@@ -79,6 +94,10 @@ pub struct Snapshot {
     classes: usize,
     /// False when no node carries NUMA zones.
     numa: bool,
+    /// True when some node runs a pod with inter-pod affinity terms.
+    pod_affinity: bool,
+    /// Namespaces' labels, by name (for terms' `namespaceSelector`).
+    namespaces: Arc<HashMap<Arc<str>, Labels>>,
 }
 
 impl Snapshot {
@@ -91,14 +110,38 @@ impl Snapshot {
         generation: u64,
         classes: usize,
         numa: bool,
+        namespaces: Arc<HashMap<Arc<str>, Labels>>,
     ) -> Self {
+        let pod_affinity = chunks.iter().any(|c| c.flags() & Row::AFFINITY != 0);
         Snapshot {
             chunks,
             index,
             generation,
             classes,
             numa,
+            pod_affinity,
+            namespaces,
         }
+    }
+
+    /// False when no node runs a pod with inter-pod affinity or anti-affinity terms.
+    pub fn may_have_pod_affinity(&self) -> bool {
+        self.pod_affinity
+    }
+
+    /// The labels of namespace `name`, when it is known.
+    pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {
+        self.namespaces.get(name)
+    }
+
+    /// The namespaces' labels, shared (for a snapshot made from other nodes).
+    pub fn namespace_map(&self) -> Arc<HashMap<Arc<str>, Labels>> {
+        self.namespaces.clone()
+    }
+
+    /// Every known namespace with its labels.
+    pub fn namespaces(&self) -> impl Iterator<Item = (&Arc<str>, &Labels)> {
+        self.namespaces.iter()
     }
 
     /// False when no node carries NUMA zones (then the NUMA filter passes every node

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::framework::{Evaluation, NodeSource, Overlay, Profile, diagnose, same_shape};
+use crate::framework::{Evaluation, NodeSource, Overlay, Profile, diagnose, same_question};
 use crate::gang::GangOutcome;
 use crate::model::{NodeInfo, PodInfo, PodKey, Resources};
 use crate::snapshot::Snapshot;
@@ -128,6 +128,15 @@ impl NodeSource for Within<'_, '_> {
     fn may_have_numa(&self) -> bool {
         self.overlay.may_have_numa()
     }
+    fn may_have_pod_affinity(&self) -> bool {
+        self.overlay.may_have_pod_affinity()
+    }
+    fn namespace_labels(&self, name: &str) -> Option<&crate::model::Labels> {
+        self.overlay.namespace_labels(name)
+    }
+    fn visit_all(&self, f: &mut dyn FnMut(&NodeInfo, crate::model::Row)) {
+        self.overlay.visit_all(f)
+    }
 }
 
 fn free_of(snapshot: &Snapshot, slots: &[usize]) -> Resources {
@@ -175,7 +184,7 @@ pub fn place_within(
         };
         if !eval
             .as_ref()
-            .is_some_and(|(j, _)| same_shape(order[*j], pod))
+            .is_some_and(|(j, _)| same_question(order[*j], pod, &within))
         {
             eval = Some((i, Evaluation::new(profile, pod, &within)));
         }
@@ -184,12 +193,17 @@ pub fn place_within(
             Some(p) => {
                 let slot = slots[p.slot];
                 overlay.place(slot, (*pod).clone());
-                let within = Within {
-                    overlay: &overlay,
-                    slots,
-                };
-                e.refresh(pod, &within, p.slot);
                 placed.push((pod.key.clone(), slot, p.node));
+                // Inter-pod terms reach past the node: evaluate the next member afresh.
+                if e.reads_other_pods() || pod.pod_affinity.is_some() {
+                    eval = None;
+                } else {
+                    let within = Within {
+                        overlay: &overlay,
+                        slots,
+                    };
+                    e.refresh(pod, &within, p.slot);
+                }
             }
             None => {
                 return GangOutcome::Waiting {

@@ -304,7 +304,7 @@ impl<'a> Simulation<'a> {
             engine.handle_node(n, 0);
         }
         for t in &scenario.teams {
-            engine.handle_namespace(&t.name, None, 0);
+            engine.handle_namespace(&t.name, Some(Default::default()), 0);
             if policy.queues {
                 engine.handle_queue(team_queue(t), 0);
             }

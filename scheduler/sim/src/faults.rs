@@ -635,7 +635,7 @@ impl World {
                 }
                 Resource::Namespaces => {
                     for q in QUEUES {
-                        e.handle_namespace(q, None, now);
+                        e.handle_namespace(q, Some(Default::default()), now);
                     }
                 }
                 Resource::Queues => {

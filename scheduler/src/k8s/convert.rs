@@ -10,8 +10,9 @@ use thiserror::Error;
 
 use drover_core::gang::{self, GangKey, PodGroupInfo};
 use drover_core::model::{
-    GangRef, HostPort, Labels, NodeInfo, Phase, PodInfo, PodKey, Protocol, Requirement,
-    ResourceKind, Resources, SelectorOp, SelectorTerm, Taint, TaintEffect, Toleration,
+    GangRef, HostPort, LabelSelector, Labels, NamespaceScope, NodeInfo, Phase, PodAffinity,
+    PodAffinityTerm, PodInfo, PodKey, Protocol, Requirement, ResourceKind, Resources, SelectorOp,
+    SelectorTerm, Taint, TaintEffect, Toleration,
 };
 use drover_core::quantity::{QuantityError, parse_resource};
 
@@ -122,6 +123,169 @@ fn op(object: &str, s: &str) -> Result<SelectorOp, ConvertError> {
             });
         }
     })
+}
+
+/// A `metav1.LabelSelector`: `matchLabels` as `In` of one value, then
+/// `matchExpressions` (only In, NotIn, Exists and DoesNotExist are allowed there).
+fn label_selector(
+    object: &str,
+    what: &str,
+    s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> Result<LabelSelector, ConvertError> {
+    let mut reqs: Vec<Requirement> = s
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| Requirement {
+            key: k.as_str().into(),
+            op: SelectorOp::In,
+            values: vec![v.as_str().into()],
+            bound: 0,
+            field: false,
+        })
+        .collect();
+    for r in s.match_expressions.iter().flatten() {
+        let op = match r.operator.as_str() {
+            "In" => SelectorOp::In,
+            "NotIn" => SelectorOp::NotIn,
+            "Exists" => SelectorOp::Exists,
+            "DoesNotExist" => SelectorOp::DoesNotExist,
+            other => {
+                return Err(ConvertError::Selector {
+                    object: object.into(),
+                    problem: format!(
+                        "{what}: unknown label selector operator {other:?} (use In, NotIn, Exists or DoesNotExist)"
+                    ),
+                });
+            }
+        };
+        let mut values: Vec<Arc<str>> = r
+            .values
+            .iter()
+            .flatten()
+            .map(|v| Arc::from(v.as_str()))
+            .collect();
+        values.sort();
+        reqs.push(Requirement {
+            key: r.key.as_str().into(),
+            op,
+            values,
+            bound: 0,
+            field: false,
+        });
+    }
+    Ok(LabelSelector(reqs))
+}
+
+/// One `PodAffinityTerm` of a pod in `namespace` with `labels`: its namespaces
+/// default to the pod's own, and `matchLabelKeys` / `mismatchLabelKeys` join the
+/// selector as `In` / `NotIn` the pod's own value (as the API server merges them; a
+/// key the pod lacks is left out).
+fn pod_affinity_term(
+    object: &str,
+    what: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    t: &k8s_openapi::api::core::v1::PodAffinityTerm,
+) -> Result<PodAffinityTerm, ConvertError> {
+    let mut selector = t
+        .label_selector
+        .as_ref()
+        .map(|s| label_selector(object, what, s))
+        .transpose()?;
+    for (keys, op) in [
+        (&t.match_label_keys, SelectorOp::In),
+        (&t.mismatch_label_keys, SelectorOp::NotIn),
+    ] {
+        for key in keys.iter().flatten() {
+            if let (Some(sel), Some(v)) = (selector.as_mut(), labels.get(key)) {
+                sel.0.push(Requirement {
+                    key: key.as_str().into(),
+                    op,
+                    values: vec![v.as_str().into()],
+                    bound: 0,
+                    field: false,
+                });
+            }
+        }
+    }
+    let mut names: Vec<Arc<str>> = t
+        .namespaces
+        .iter()
+        .flatten()
+        .map(|n| Arc::from(n.as_str()))
+        .collect();
+    let ns_selector = t
+        .namespace_selector
+        .as_ref()
+        .map(|s| label_selector(object, what, s))
+        .transpose()?;
+    if names.is_empty() && ns_selector.is_none() {
+        names.push(namespace.into());
+    }
+    names.sort();
+    names.dedup();
+    if t.topology_key.is_empty() {
+        return Err(ConvertError::Selector {
+            object: object.into(),
+            problem: format!("{what}: topologyKey is empty"),
+        });
+    }
+    Ok(PodAffinityTerm {
+        selector,
+        namespaces: NamespaceScope {
+            names,
+            selector: ns_selector,
+        },
+        topology_key: t.topology_key.as_str().into(),
+    })
+}
+
+/// `spec.affinity.podAffinity` and `podAntiAffinity`; `None` when there is no term.
+fn pod_affinity(
+    object: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    a: Option<&k8s_openapi::api::core::v1::Affinity>,
+) -> Result<Option<Arc<PodAffinity>>, ConvertError> {
+    let Some(a) = a else { return Ok(None) };
+    let term = |what: &str, t| pod_affinity_term(object, what, namespace, labels, t);
+    let mut out = PodAffinity::default();
+    if let Some(p) = &a.pod_affinity {
+        for t in p
+            .required_during_scheduling_ignored_during_execution
+            .iter()
+            .flatten()
+        {
+            out.required.push(term("podAffinity", t)?);
+        }
+        for w in p
+            .preferred_during_scheduling_ignored_during_execution
+            .iter()
+            .flatten()
+        {
+            out.preferred
+                .push((w.weight, term("podAffinity", &w.pod_affinity_term)?));
+        }
+    }
+    if let Some(p) = &a.pod_anti_affinity {
+        for t in p
+            .required_during_scheduling_ignored_during_execution
+            .iter()
+            .flatten()
+        {
+            out.required_anti.push(term("podAntiAffinity", t)?);
+        }
+        for w in p
+            .preferred_during_scheduling_ignored_during_execution
+            .iter()
+            .flatten()
+        {
+            out.preferred_anti
+                .push((w.weight, term("podAntiAffinity", &w.pod_affinity_term)?));
+        }
+    }
+    Ok((!out.is_empty()).then(|| Arc::new(out)))
 }
 
 fn term(object: &str, t: &NodeSelectorTerm) -> Result<SelectorTerm, ConvertError> {
@@ -356,6 +520,18 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
             .and_then(|a| a.get(EXCLUSIVE_ANNOTATION))
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
         gang: gang_ref(pod),
+        pod_affinity: pod_affinity(
+            &object,
+            ns,
+            meta.labels.as_ref().unwrap_or(&BTreeMap::new()),
+            spec.affinity.as_ref(),
+        )?,
+        scheduling_gates: spec
+            .scheduling_gates
+            .iter()
+            .flatten()
+            .map(|g| Arc::from(g.name.as_str()))
+            .collect(),
         queue: meta
             .labels
             .as_ref()
@@ -744,6 +920,95 @@ mod tests {
 
     fn res(cpu: &str, mem: &str) -> serde_json::Value {
         json!({"requests": {"cpu": cpu, "memory": mem}})
+    }
+
+    #[test]
+    fn pod_affinity_terms_are_read_as_kube_scheduler_reads_them() {
+        let mut p = pod(json!({
+            "containers": [{"name": "a"}],
+            "schedulingGates": [{"name": "example.com/admission"}],
+            "affinity": {
+                "podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [{
+                        "labelSelector": {"matchLabels": {"app": "web"}},
+                        "matchLabelKeys": ["pod-template-hash", "absent"],
+                        "topologyKey": "kubernetes.io/hostname"
+                    }],
+                    "preferredDuringSchedulingIgnoredDuringExecution": [{
+                        "weight": 30,
+                        "podAffinityTerm": {
+                            "labelSelector": {"matchExpressions": [{"key": "tier", "operator": "Exists"}]},
+                            "namespaceSelector": {},
+                            "topologyKey": "topology.kubernetes.io/zone"
+                        }
+                    }]
+                },
+                "podAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [{
+                        "labelSelector": {"matchLabels": {"role": "db"}},
+                        "namespaces": ["data"],
+                        "mismatchLabelKeys": ["tenant"],
+                        "topologyKey": "topology.kubernetes.io/zone"
+                    }]
+                }
+            }
+        }));
+        p.metadata.labels = Some(
+            [
+                ("app", "web"),
+                ("pod-template-hash", "abc"),
+                ("tenant", "t1"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        let info = pod_info(&p).unwrap();
+        assert_eq!(
+            &*info.scheduling_gates,
+            &[Arc::from("example.com/admission")]
+        );
+        let a = info.pod_affinity.expect("terms");
+        let anti = &a.required_anti[0];
+        assert_eq!(&*anti.topology_key, "kubernetes.io/hostname");
+        // The pod's own namespace, and its template hash joined to the selector.
+        assert_eq!(anti.namespaces.names, vec![Arc::from("ns")]);
+        let sel = anti.selector.as_ref().unwrap();
+        let same = Labels::new([("app", "web"), ("pod-template-hash", "abc")]);
+        let older = Labels::new([("app", "web"), ("pod-template-hash", "old")]);
+        assert!(sel.matches(&same) && !sel.matches(&older));
+        // An empty namespaceSelector: every namespace, none listed.
+        let (w, pref) = &a.preferred_anti[0];
+        assert_eq!(*w, 30);
+        assert!(pref.namespaces.names.is_empty());
+        assert!(pref.namespaces.contains("anything", None));
+        // Listed namespaces only; mismatchLabelKeys is NotIn the pod's value.
+        let aff = &a.required[0];
+        assert_eq!(aff.namespaces.names, vec![Arc::from("data")]);
+        let sel = aff.selector.as_ref().unwrap();
+        assert!(sel.matches(&Labels::new([("role", "db"), ("tenant", "t2")])));
+        assert!(!sel.matches(&Labels::new([("role", "db"), ("tenant", "t1")])));
+
+        // A bad operator names the pod and says what is allowed.
+        let bad = pod(json!({
+            "containers": [{"name": "a"}],
+            "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                "labelSelector": {"matchExpressions": [{"key": "x", "operator": "Gt", "values": ["1"]}]},
+                "topologyKey": "kubernetes.io/hostname"
+            }]}}
+        }));
+        let e = pod_info(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("ns/p") && e.contains("\"Gt\"") && e.contains("In, NotIn"),
+            "{e}"
+        );
+        // No terms: nothing is kept.
+        assert!(
+            pod_info(&pod(json!({"containers": [{"name": "a"}]})))
+                .unwrap()
+                .pod_affinity
+                .is_none()
+        );
     }
 
     #[test]

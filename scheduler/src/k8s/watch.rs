@@ -7,8 +7,6 @@
 //! relist no longer shows); a resource the API server does not serve (a CRD that is
 //! not installed) is reported once, and drover works without it.
 
-use std::sync::Arc;
-
 use drover_core::engine::{BindResult, Engine, EvictionResult, Resource};
 use drover_core::gang::GangKey;
 use drover_core::model::PodKey;
@@ -269,14 +267,14 @@ pub fn apply(engine: &mut Engine, input: Input, now: i64, metrics: &Metrics) -> 
             now,
             |e, n| {
                 if let Some(name) = n.metadata.name.as_deref() {
-                    let q = n
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(drover_core::quota::QUEUE_LABEL))
-                        .filter(|v| !v.is_empty())
-                        .map(|v| Arc::from(v.as_str()));
-                    e.handle_namespace(name, q, now);
+                    let labels = drover_core::model::Labels::new(
+                        n.metadata
+                            .labels
+                            .iter()
+                            .flatten()
+                            .map(|(k, v)| (k.as_str(), v.as_str())),
+                    );
+                    e.handle_namespace(name, Some(labels), now);
                 }
             },
             |e, n| {

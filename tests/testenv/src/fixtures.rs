@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, Node, NodeSpec, NodeStatus, Pod, PodSpec,
-    ResourceRequirements, Taint, Toleration,
+    Affinity, Container, ContainerPort, Node, NodeSpec, NodeStatus, Pod, PodSchedulingGate,
+    PodSpec, ResourceRequirements, Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -195,6 +195,7 @@ pub struct TestPod {
     init_containers: Vec<BTreeMap<String, String>>,
     overhead: Option<BTreeMap<String, String>>,
     affinity: Option<Affinity>,
+    scheduling_gates: Vec<String>,
 }
 
 impl TestPod {
@@ -217,6 +218,7 @@ impl TestPod {
             init_containers: Vec::new(),
             overhead: None,
             affinity: None,
+            scheduling_gates: Vec::new(),
         }
     }
 
@@ -350,6 +352,13 @@ impl TestPod {
         self
     }
 
+    /// Adds a scheduling gate (`spec.schedulingGates`): no scheduler attempts the pod
+    /// until every gate is removed.
+    pub fn scheduling_gate(mut self, name: &str) -> Self {
+        self.scheduling_gates.push(name.to_string());
+        self
+    }
+
     /// The Pod object to create.
     pub fn build(self) -> Pod {
         let main = Container {
@@ -399,6 +408,12 @@ impl TestPod {
                 priority_class_name: self.priority_class_name,
                 overhead: self.overhead.as_ref().map(quantities),
                 affinity: self.affinity,
+                scheduling_gates: (!self.scheduling_gates.is_empty()).then(|| {
+                    self.scheduling_gates
+                        .into_iter()
+                        .map(|name| PodSchedulingGate { name })
+                        .collect()
+                }),
                 ..Default::default()
             }),
             status: None,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::framework::{Outcome, same_shape, schedule_one};
+use crate::framework::{Outcome, same_question, schedule_one};
 use crate::gang::{self, GangDecision, GangKey, MemberState};
 use crate::model::{PodInfo, Resources};
 
@@ -66,7 +66,7 @@ impl Engine {
             .memo
             .failed
             .iter()
-            .find(|(p, _)| same_shape(p, &pod))
+            .find(|(p, _)| same_question(p, &pod, &snap))
             .map(|(_, d)| d.clone());
         let outcome = match remembered {
             Some(d) => Outcome::Unschedulable(d),
@@ -84,7 +84,11 @@ impl Engine {
                 self.stats.unschedulable += 1;
                 self.wait(&pod, &d.message(), now);
                 if self.memo.failed.len() < 64
-                    && !self.memo.failed.iter().any(|(p, _)| same_shape(p, &pod))
+                    && !self
+                        .memo
+                        .failed
+                        .iter()
+                        .any(|(p, _)| same_question(p, &pod, &snap))
                 {
                     self.memo.failed.push((pod.clone(), d));
                 }
@@ -213,6 +217,11 @@ impl Engine {
         let counts = self.gangs.counts(gang);
         if counts.scheduled >= min {
             return GangStep::Runs;
+        }
+        if let Some(message) = self.gangs.gated_wait(gang, min) {
+            let pending = self.pending_members(gang, None);
+            self.wait_all(&pending, pod, &message, now);
+            return GangStep::Done;
         }
         if self.gang_tried.get(gang) == Some(&self.cache.generation()) {
             // Nothing changed since this gang last failed: do not decide it again.

@@ -151,6 +151,14 @@ impl Engine {
         if counts.scheduled >= min {
             return None;
         }
+        if let Some(message) = self.gangs.gated_wait(gang, min) {
+            // Lifting a gate changes the gang's version: it is decided again then.
+            return Some(Verdict::HoldForMembers {
+                message,
+                gang: gang.clone(),
+                version: self.gang_version(gang),
+            });
+        }
         let mut pending = self.pending_members(gang, Some(&pod.scheduler_name));
         if let Err(message) = self.gang_quota(gang, min, counts.scheduled, &mut pending) {
             return Some(Verdict::Hold(message));

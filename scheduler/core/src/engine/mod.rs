@@ -36,7 +36,7 @@ use crate::cache::{ClusterCache, PodChange};
 use crate::config::Config;
 use crate::framework::Diagnosis;
 use crate::gang::{GangKey, GangTracker, MemberState, PodGroupInfo};
-use crate::model::{DisruptionBudget, NodeInfo, Numa, Phase, PodInfo, PodKey, Resources};
+use crate::model::{DisruptionBudget, Labels, NodeInfo, Numa, Phase, PodInfo, PodKey, Resources};
 use crate::queue::QueueSet;
 use crate::quota::{Contribution, Ledger, QueueSpec, QueueTree};
 use crate::snapshot::Snapshot;
@@ -356,6 +356,8 @@ pub struct Engine {
     /// When each pod on a node was first seen there (ms): how long it has run, for
     /// the minimum runtime of eviction victims.
     placed_at: HashMap<PodKey, i64>,
+    /// Pending pods of ours that carry scheduling gates: never attempted.
+    gated: HashSet<PodKey>,
     memo: Memo,
     actions: VecDeque<Action>,
     stats: Stats,
@@ -402,6 +404,7 @@ impl Engine {
             in_flight: HashMap::new(),
             admitted: HashMap::new(),
             placed_at: HashMap::new(),
+            gated: HashSet::new(),
             memo: Memo {
                 generation: u64::MAX,
                 failed: Vec::new(),
@@ -586,12 +589,21 @@ impl Engine {
                     }
                 }
                 Resource::Namespaces => {
-                    let gone: Vec<String> = self
+                    let mut gone: Vec<String> = self
                         .namespace_queues
                         .keys()
                         .filter(|n| !seen.contains(*n))
                         .cloned()
                         .collect();
+                    gone.extend(
+                        self.cache
+                            .namespace_names()
+                            .iter()
+                            .filter(|n| !seen.contains(&***n))
+                            .map(|n| n.to_string()),
+                    );
+                    gone.sort();
+                    gone.dedup();
                     for n in gone {
                         self.handle_namespace(&n, None, now);
                     }
@@ -660,9 +672,16 @@ impl Engine {
         let ours = self.ours(&info);
         let info = Arc::new(info);
         let change = self.cache.upsert_pod((*info).clone());
+        // A gated pod is not yet asking for anything: no demand on its queue.
+        let gated = ours && matches!(change, PodChange::Pending) && info.is_gated();
+        if gated {
+            self.gated.insert(key.clone());
+        } else {
+            self.gated.remove(&key);
+        }
         let contribution = match change {
             PodChange::Assigned => Some(true),
-            PodChange::Pending if ours => Some(false),
+            PodChange::Pending if ours && !gated => Some(false),
             _ => None,
         };
         if matches!(change, PodChange::Assigned) || !ours {
@@ -688,7 +707,7 @@ impl Engine {
                 // Going away (evicted, deleted): no longer a member the gang can count
                 // on, though it holds its node until it is gone.
                 _ if info.deleting => None,
-                (PodChange::Pending, _) => Some(MemberState::Pending),
+                (PodChange::Pending, _) => Some(MemberState::unplaced(&info)),
                 (PodChange::Assigned, p) => Some(MemberState::Assigned {
                     running: p == Phase::Running,
                 }),
@@ -708,7 +727,7 @@ impl Engine {
             self.forget_member(&key, now);
         }
         match change {
-            PodChange::Pending if ours && self.opts.mode == Mode::Scheduler => {
+            PodChange::Pending if ours && !gated && self.opts.mode == Mode::Scheduler => {
                 self.queue.add_or_update(self.queue_name(&info), info, now)
             }
             PodChange::Terminal if was_placed => {
@@ -758,6 +777,7 @@ impl Engine {
         self.ledger.set(key, None);
         self.admitted.remove(key);
         self.placed_at.remove(key);
+        self.gated.remove(key);
         self.forget_pod(key);
         if was_placed {
             self.queue.cluster_changed(now);
@@ -846,11 +866,21 @@ impl Engine {
         self.queue.cluster_changed(now);
     }
 
-    /// A namespace's `drover.dev/queue` label is now `queue` (`None`: no label, or
-    /// the namespace is gone).
-    pub fn handle_namespace(&mut self, namespace: &str, queue: Option<Arc<str>>, now: i64) {
+    /// Namespace `namespace` now has `labels` (`None`: it is gone): its
+    /// `drover.dev/queue` label names the default queue of its pods, and terms'
+    /// `namespaceSelector`s read its labels.
+    pub fn handle_namespace(&mut self, namespace: &str, labels: Option<Labels>, now: i64) {
         self.now = now;
         self.saw(Resource::Namespaces, namespace.to_string());
+        let queue = labels
+            .as_ref()
+            .and_then(|l| l.get(crate::quota::QUEUE_LABEL))
+            .filter(|v| !v.is_empty())
+            .map(Arc::<str>::from);
+        if self.cache.set_namespace(namespace, labels) {
+            // Pods' inter-pod terms may select it: pods that wait are worth trying.
+            self.queue.cluster_changed(now);
+        }
         let changed = match queue {
             Some(q) => {
                 self.namespace_queues
@@ -1070,7 +1100,8 @@ impl Engine {
             self.ledger
                 .set(key, ours.then(|| self.contribution(&current, false)));
             if ours && self.gangs.gang_of(key).is_some() {
-                self.gangs.observe(&current, MemberState::Pending);
+                self.gangs
+                    .observe(&current, MemberState::unplaced(&current));
             }
         }
     }
@@ -1224,7 +1255,9 @@ impl Engine {
             .set(key, ours.then(|| self.contribution(&current, false)));
         if ours
             && self.gangs.gang_of(key).is_some()
-            && let Some(g) = self.gangs.observe(&current, MemberState::Pending)
+            && let Some(g) = self
+                .gangs
+                .observe(&current, MemberState::unplaced(&current))
         {
             self.gang_tried.remove(&g);
             self.bump(&g, now);

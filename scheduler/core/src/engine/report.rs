@@ -76,8 +76,9 @@ pub struct Gauges {
     pub gangs_running: i64,
     /// How long the oldest waiting gang has waited since its first attempt (ms).
     pub oldest_gang_wait_ms: i64,
-    /// Pending pods by queue state: active, backoff, unschedulable, in flight.
-    pub pending: [(&'static str, i64); 4],
+    /// Pending pods by queue state: active, backoff, unschedulable, in flight, and
+    /// gated (scheduling gates left: not in the queue at all).
+    pub pending: [(&'static str, i64); 5],
     /// Pending pods per fair-share queue.
     pub pending_per_queue: Vec<(Arc<str>, i64)>,
     /// Per valid Queue.
@@ -200,7 +201,7 @@ impl Engine {
             let c = self.gangs.counts(gang);
             if c.scheduled >= min {
                 g.gangs_running += 1;
-            } else if c.pending > 0 {
+            } else if c.pending + c.gated > 0 {
                 g.gangs_waiting += 1;
                 if let Some(t) = self.gangs.started(gang) {
                     g.oldest_gang_wait_ms = g.oldest_gang_wait_ms.max(now - t);
@@ -213,6 +214,7 @@ impl Engine {
             ("backoff", b as i64),
             ("unschedulable", u as i64),
             ("in_flight", f as i64),
+            ("gated", self.gated.len() as i64),
         ];
         g.pending_per_queue = self
             .queue

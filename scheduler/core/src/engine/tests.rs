@@ -378,3 +378,111 @@ fn extender_plans_hold_every_member_until_bound_or_lapsed() {
     }
     assert_eq!(e.gangs().counts(&GangKey::new("ns", "g")).scheduled, 1);
 }
+
+fn gated(p: PodInfo) -> PodInfo {
+    PodInfo {
+        scheduling_gates: vec!["example.com/admission".into()],
+        ..p
+    }
+}
+
+fn pending_gauge(e: &Engine, state: &str) -> i64 {
+    e.gauges(0)
+        .pending
+        .iter()
+        .find(|(s, _)| *s == state)
+        .map(|(_, n)| *n)
+        .expect("a state of drover_pending_pods")
+}
+
+#[test]
+fn a_gated_pod_is_never_attempted_until_its_gates_are_lifted() {
+    let mut e = engine();
+    e.handle_node(node("a", 4000, 16), 0);
+    let p = pod("p", 1000, 1);
+    e.handle_pod(gated(p.clone()), 0);
+    let actions = run(&mut e, 100_000);
+    assert!(binds(&actions).is_empty(), "gated: not bound");
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Unschedulable { .. })),
+        "the API server already says SchedulingGated; drover writes nothing"
+    );
+    assert_eq!(pending_gauge(&e, "gated"), 1);
+    assert_eq!(pending_gauge(&e, "active"), 0);
+    e.handle_pod(p, 100_001);
+    assert_eq!(binds(&run(&mut e, 100_001)), vec![("p".into(), "a".into())]);
+    assert_eq!(pending_gauge(&e, "gated"), 0);
+}
+
+#[test]
+fn a_gang_with_a_gated_member_waits_whole() {
+    // Room for the whole gang, and for an elastic gang's minimum without the gated
+    // member: still nothing is bound while one member is gated.
+    for (size, min) in [(3, 3), (3, 2)] {
+        let mut e = engine();
+        e.handle_node(node("a", 8000, 16), 0);
+        let members: Vec<PodInfo> = (0..size)
+            .map(|i| member(&format!("m{i}"), "g", min))
+            .collect();
+        for m in &members[..size - 1] {
+            e.handle_pod(m.clone(), 0);
+        }
+        e.handle_pod(gated(members[size - 1].clone()), 0);
+        let actions = run(&mut e, 100_000);
+        assert!(
+            binds(&actions).is_empty(),
+            "gang {size}/{min}: nothing bound"
+        );
+        let said = actions.iter().find_map(|a| match a {
+            Action::Unschedulable { message, .. } => Some(message.clone()),
+            _ => None,
+        });
+        let said = said.expect("the ungated members hear why");
+        assert!(
+            said.contains("waiting for scheduling gates on 1 member(s) (m2)"),
+            "{said}"
+        );
+        let g = GangKey::new("ns", "g");
+        assert_eq!(e.gangs().counts(&g).gated, 1);
+        assert_eq!(e.gauges(0).gangs_waiting, 1);
+        e.handle_pod(members[size - 1].clone(), 100_001);
+        assert_eq!(
+            binds(&run(&mut e, 100_001)).len(),
+            size,
+            "gang {size}/{min}: whole once ungated"
+        );
+    }
+}
+
+#[test]
+fn the_extender_holds_a_gang_with_a_gated_member() {
+    let mut e = Engine::new(Options {
+        config: Config::default(),
+        scheduler_names: vec![],
+        mode: Mode::Extender {
+            plan_ttl_ms: 60_000,
+            admission_ttl_ms: 30_000,
+        },
+        tick_ms: 1_000,
+    });
+    for r in Resource::BEFORE_DECIDING {
+        e.handle_list_done(r, 0);
+    }
+    e.handle_node(node("a", 8000, 16), 0);
+    let members: Vec<PodInfo> = (0..3).map(|i| member(&format!("m{i}"), "g", 3)).collect();
+    e.handle_pod(members[0].clone(), 0);
+    e.handle_pod(members[1].clone(), 0);
+    e.handle_pod(gated(members[2].clone()), 0);
+    let v = e.extender_verdict(&members[0], 1);
+    assert!(
+        matches!(&v, Verdict::HoldForMembers { message, .. } if message.contains("scheduling gates")),
+        "{v:?}"
+    );
+    e.handle_pod(members[2].clone(), 2);
+    assert!(matches!(
+        e.extender_verdict(&members[0], 3),
+        Verdict::Planned { .. }
+    ));
+}

@@ -41,6 +41,18 @@ impl Labels {
             .map(|i| &*self.0[i].1)
     }
 
+    /// The value of `key`, shared.
+    #[inline]
+    pub fn get_shared(&self, key: &str) -> Option<&Arc<str>> {
+        if self.0.len() <= 16 {
+            return self.0.iter().find(|(k, _)| **k == *key).map(|(_, v)| v);
+        }
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
     /// Every pair, sorted by key.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (&**k, &**v))
@@ -53,7 +65,7 @@ impl Labels {
 }
 
 /// The operator of a node selector requirement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SelectorOp {
     /// The label's value is one of the values.
     In,
@@ -71,7 +83,7 @@ pub enum SelectorOp {
 
 /// One requirement of a node selector term: on a label, or on the node's name
 /// (`matchFields` with `metadata.name`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Requirement {
     /// The label key; for a field requirement, `metadata.name`.
     pub key: Arc<str>,
@@ -117,6 +129,21 @@ impl SelectorTerm {
     /// True when every requirement holds (and there is at least one).
     pub fn matches(&self, labels: &Labels, name: &str) -> bool {
         !self.0.is_empty() && self.0.iter().all(|r| r.matches(labels, name))
+    }
+}
+
+/// A label selector over pods or namespaces (`metav1.LabelSelector`, its `matchLabels`
+/// as `In` requirements of one value): every requirement holds. An empty selector
+/// matches everything; where the API allows a nil selector that matches nothing, the
+/// model holds an `Option` of this.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LabelSelector(pub Vec<Requirement>);
+
+impl LabelSelector {
+    /// True when every requirement holds for `labels`.
+    #[inline]
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.0.iter().all(|r| r.matches(labels, ""))
     }
 }
 

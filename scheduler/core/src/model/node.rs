@@ -37,6 +37,9 @@ pub struct NodeInfo {
     pub system_pods: i64,
     /// How many of the pods asked for the node to themselves.
     pub exclusive_pods: i64,
+    /// Pods with inter-pod affinity or anti-affinity terms: the cycle reads their terms
+    /// (anti-affinity is symmetric; existing pods' terms score incoming pods).
+    pub affinity_pods: i64,
     /// Bumped on every change; lets readers tell two versions apart.
     pub generation: u64,
     /// Capacity held for a waiting gang, if any (see [`Reservation`]).
@@ -119,6 +122,7 @@ impl NodeInfo {
         self.requested.add(&pod.requests);
         self.system_pods += i64::from(pod.daemonset);
         self.exclusive_pods += i64::from(pod.exclusive && !pod.daemonset);
+        self.affinity_pods += i64::from(pod.pod_affinity.is_some());
         self.used_ports.extend(pod.host_ports.iter().cloned());
         self.pods.push(pod);
         self.generation += 1;
@@ -131,6 +135,7 @@ impl NodeInfo {
         self.requested.sub(&pod.requests);
         self.system_pods -= i64::from(pod.daemonset);
         self.exclusive_pods -= i64::from(pod.exclusive && !pod.daemonset);
+        self.affinity_pods -= i64::from(pod.pod_affinity.is_some());
         for hp in &pod.host_ports {
             if let Some(j) = self.used_ports.iter().position(|u| u == hp) {
                 self.used_ports.swap_remove(j);
@@ -156,6 +161,7 @@ impl NodeInfo {
             (self.exclusive_pods > 0, Row::HELD),
             (!self.pods.is_empty(), Row::PODS),
             (self.pod_count() > self.system_pods, Row::WORKLOAD),
+            (self.affinity_pods > 0, Row::AFFINITY),
         ] {
             if set {
                 flags |= flag;
@@ -188,7 +194,7 @@ pub struct Row {
     /// The node's class.
     pub class: ClassId,
     /// [`Row::KNOWN`], [`Row::RESERVED`], [`Row::HELD`], [`Row::PODS`],
-    /// [`Row::WORKLOAD`].
+    /// [`Row::WORKLOAD`], [`Row::AFFINITY`].
     pub flags: u32,
 }
 
@@ -203,6 +209,8 @@ impl Row {
     pub const PODS: u32 = 1 << 3;
     /// The node runs at least one pod that is not a system pod.
     pub const WORKLOAD: u32 = 1 << 4;
+    /// The node runs at least one pod with inter-pod affinity or anti-affinity terms.
+    pub const AFFINITY: u32 = 1 << 5;
 
     /// The row of an empty slot: no filter passes it.
     pub const EMPTY: Row = Row {

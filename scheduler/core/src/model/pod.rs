@@ -142,6 +142,11 @@ pub struct PodInfo {
     /// that already has members placed, so it completes room already granted and may
     /// use capacity held for another gang (see [`super::Reservation::admits`]).
     pub completes_gang: bool,
+    /// `spec.schedulingGates`, by name: while any is left the pod is never attempted
+    /// (and its gang waits whole).
+    pub scheduling_gates: Vec<Arc<str>>,
+    /// Inter-pod affinity and anti-affinity; `None` when the pod has no term.
+    pub pod_affinity: Option<Arc<super::PodAffinity>>,
 }
 
 /// How a pod names its gang: the `scheduling.x-k8s.io/pod-group` label or Volcano's
@@ -165,6 +170,19 @@ impl PodInfo {
     /// True when the pod holds resources on a node: bound, not ended.
     pub fn is_assigned(&self) -> bool {
         self.node_name.is_some() && !self.phase.is_terminal()
+    }
+
+    /// True while the pod carries scheduling gates.
+    pub fn is_gated(&self) -> bool {
+        !self.scheduling_gates.is_empty()
+    }
+
+    /// True when the pod has required inter-pod anti-affinity terms (which other pods
+    /// must respect: the symmetry of anti-affinity).
+    pub fn has_required_anti_affinity(&self) -> bool {
+        self.pod_affinity
+            .as_ref()
+            .is_some_and(|a| !a.required_anti.is_empty())
     }
 
     /// True when the pod constrains which nodes it may use by label or name.

@@ -9,6 +9,7 @@
 pub mod exclusive;
 pub mod fit;
 pub mod gpu_memory;
+pub mod interpod;
 pub mod node_affinity;
 pub mod node_name;
 pub mod numa;
@@ -19,6 +20,7 @@ pub mod unschedulable;
 pub mod waste;
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::model::{NodeInfo, PodInfo, ResourceKind, Taint};
 
@@ -50,6 +52,12 @@ pub enum Reason {
     NumaZone,
     /// The node's GPUs have less memory than the pod asks for (or none is known).
     GpuMemory,
+    /// A required pod affinity term has no matching pod in the node's domain.
+    PodAffinity,
+    /// A required pod anti-affinity term has a matching pod in the node's domain.
+    PodAntiAffinity,
+    /// An existing pod's required anti-affinity keeps the pod out of the node's domain.
+    ExistingAntiAffinity,
 }
 
 impl fmt::Display for Reason {
@@ -83,6 +91,13 @@ impl fmt::Display for Reason {
             Reason::ReservedForGang => {
                 f.write_str("node(s) had free capacity held for a waiting gang")
             }
+            Reason::PodAffinity => f.write_str("node(s) didn't match pod affinity rules"),
+            Reason::PodAntiAffinity => {
+                f.write_str("node(s) didn't match pod anti-affinity rules")
+            }
+            Reason::ExistingAntiAffinity => {
+                f.write_str("node(s) didn't satisfy existing pods anti-affinity rules")
+            }
         }
     }
 }
@@ -113,11 +128,46 @@ pub enum Filter {
         /// DaemonSet and static pods keep exclusive pods off a node too.
         system_pods_count: bool,
     },
+    /// Required inter-pod affinity and anti-affinity (`InterPodAffinity`).
+    InterPodAffinity,
+}
+
+/// What one cycle counted over every node for one pod, for the plugins whose verdict
+/// on a node depends on the pods of other nodes (kube-scheduler's `CycleState`).
+/// Empty — nothing counted, nothing to read — for most pods.
+#[derive(Clone, Debug, Default)]
+pub struct CycleState {
+    /// `InterPodAffinity`'s counts, when the pod or some existing pod has terms.
+    pub inter_pod: Option<Arc<interpod::State>>,
+}
+
+impl CycleState {
+    /// Counts what `profile`'s plugins need for `pod` over `nodes`.
+    pub fn new<N: crate::framework::NodeSource + ?Sized>(
+        profile: &crate::framework::Profile,
+        pod: &PodInfo,
+        nodes: &N,
+    ) -> Self {
+        let filter = profile.filters.contains(&Filter::InterPodAffinity);
+        let score = profile
+            .scores
+            .iter()
+            .any(|(s, w)| *w != 0 && matches!(s, Score::InterPodAffinity));
+        CycleState {
+            inter_pod: interpod::State::new(pod, nodes, filter, score).map(Arc::new),
+        }
+    }
+
+    /// True when a node's verdict depends on other pods: placing a pod anywhere may
+    /// change it, so what was worked out over the nodes must be worked out again.
+    pub fn reads_other_pods(&self) -> bool {
+        self.inter_pod.is_some()
+    }
 }
 
 impl Filter {
     /// The filters of the default profile, cheapest first.
-    pub const DEFAULT: [Filter; 9] = [
+    pub const DEFAULT: [Filter; 10] = [
         Filter::Unschedulable,
         Filter::NodeName,
         Filter::Taints,
@@ -129,6 +179,7 @@ impl Filter {
         Filter::GpuMemory,
         Filter::Fit,
         Filter::Numa,
+        Filter::InterPodAffinity,
     ];
 
     /// The plugin's name, as in kube-scheduler.
@@ -143,6 +194,7 @@ impl Filter {
             Filter::Exclusive { .. } => "NodeExclusive",
             Filter::Numa => "NUMATopology",
             Filter::GpuMemory => "GPUMemory",
+            Filter::InterPodAffinity => "InterPodAffinity",
         }
     }
 
@@ -156,14 +208,17 @@ impl Filter {
             | Filter::Ports
             | Filter::Fit
             | Filter::Numa
-            | Filter::Exclusive { .. } => false,
+            | Filter::Exclusive { .. }
+            | Filter::InterPodAffinity => false,
         }
     }
 
     /// True when the filter passes every node for `pod`, whatever the node: the pod
-    /// names no node, asks for no host port, or is a system pod (which goes anywhere).
-    pub fn passes_everywhere(&self, pod: &PodInfo) -> bool {
+    /// names no node, asks for no host port, or is a system pod (which goes anywhere);
+    /// no inter-pod term constrains it.
+    pub fn passes_everywhere(&self, pod: &PodInfo, cx: &CycleState) -> bool {
         match self {
+            Filter::InterPodAffinity => cx.inter_pod.as_ref().is_none_or(|s| !s.filters()),
             Filter::NodeName => pod.node_name.is_none(),
             Filter::Ports => pod.host_ports.is_empty(),
             Filter::Exclusive { .. } => pod.daemonset,
@@ -173,10 +228,17 @@ impl Filter {
         }
     }
 
-    /// Runs the filter.
+    /// Runs the filter; `cx` is what the cycle counted for `pod`.
     #[inline]
-    pub fn filter(&self, pod: &PodInfo, node: &NodeInfo, why: &mut dyn FnMut(Reason)) -> bool {
+    pub fn filter(
+        &self,
+        cx: &CycleState,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        why: &mut dyn FnMut(Reason),
+    ) -> bool {
         match self {
+            Filter::InterPodAffinity => cx.inter_pod.as_ref().is_none_or(|s| s.filter(node, why)),
             Filter::Unschedulable => unschedulable::filter(pod, node, why),
             Filter::NodeName => node_name::filter(pod, node, why),
             Filter::Taints => taints::filter(pod, node, why),
@@ -206,6 +268,9 @@ pub enum Score {
     LeastWaste(waste::Waste),
     /// Fewest NUMA zones spanned (`NUMATopology` scoring).
     Numa,
+    /// Preferred inter-pod affinity and anti-affinity, and existing pods' terms about
+    /// the pod (`InterPodAffinity` scoring).
+    InterPodAffinity,
 }
 
 /// A score plugin prepared for one pod (see [`Score::prepare`]).
@@ -221,6 +286,8 @@ pub enum ScoreFor {
     LeastWaste(waste::WasteFor),
     /// See [`Score::Numa`].
     Numa,
+    /// See [`Score::InterPodAffinity`]; `None`: nothing scores the pod.
+    InterPodAffinity(Option<Arc<interpod::State>>),
 }
 
 impl ScoreFor {
@@ -233,6 +300,7 @@ impl ScoreFor {
             ScoreFor::Taints => taints::score(pod, node),
             ScoreFor::LeastWaste(w) => w.waste(node),
             ScoreFor::Numa => numa::score(pod, node),
+            ScoreFor::InterPodAffinity(s) => s.as_ref().map_or(0, |s| s.score(node)),
         }
     }
 }
@@ -287,19 +355,21 @@ impl Score {
             Score::Taints => "TaintToleration",
             Score::LeastWaste(_) => "LeastWaste",
             Score::Numa => "NUMATopology",
+            Score::InterPodAffinity => "InterPodAffinity",
         }
     }
 
-    /// The raw score of `node` for `pod`.
+    /// The raw score of `node` for `pod` (with what the cycle counted, `cx`).
     #[inline]
-    pub fn score(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
-        self.prepare(pod).score(pod, node)
+    pub fn score(&self, cx: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64 {
+        self.prepare(cx, pod).score(pod, node)
     }
 
     /// The score prepared for `pod`: what does not depend on the node is worked out
     /// once, for a cycle that scores many nodes.
-    pub fn prepare(&self, pod: &PodInfo) -> ScoreFor {
+    pub fn prepare(&self, cx: &CycleState, pod: &PodInfo) -> ScoreFor {
         match self {
+            Score::InterPodAffinity => ScoreFor::InterPodAffinity(cx.inter_pod.clone()),
             Score::Packing(p) => ScoreFor::Packing(p.prepare(pod)),
             Score::NodeAffinity => ScoreFor::NodeAffinity,
             Score::Taints => ScoreFor::Taints,
@@ -314,14 +384,17 @@ impl Score {
         match self {
             Score::Taints => true,
             Score::NodeAffinity => crate::classes::preferred_affinity_is_class_wide(pod),
-            Score::Packing(_) | Score::LeastWaste(_) | Score::Numa => false,
+            Score::Packing(_) | Score::LeastWaste(_) | Score::Numa | Score::InterPodAffinity => {
+                false
+            }
         }
     }
 
     /// True when the plugin cannot tell nodes apart for this pod, so its scores can be
     /// skipped.
-    pub fn is_flat_for(&self, pod: &PodInfo) -> bool {
+    pub fn is_flat_for(&self, pod: &PodInfo, cx: &CycleState) -> bool {
         match self {
+            Score::InterPodAffinity => cx.inter_pod.as_ref().is_none_or(|s| !s.scores()),
             Score::Packing(_) => false,
             Score::NodeAffinity => pod.preferred_affinity.is_empty(),
             Score::Taints => false,
@@ -353,6 +426,7 @@ impl Score {
             Score::Taints => Norm::Max { max, reverse: true },
             Score::LeastWaste(_) => Norm::Waste { min, max },
             Score::Numa => Norm::Numa { min, max },
+            Score::InterPodAffinity => Norm::MinMax { min, max },
         }
     }
 }
@@ -380,6 +454,13 @@ pub enum Norm {
     },
     /// Least waste (see [`waste::normalized`]).
     Waste {
+        /// The least raw score.
+        min: i64,
+        /// The greatest raw score.
+        max: i64,
+    },
+    /// `MAX_SCORE * (raw - min) / (max - min)` (see [`interpod::normalized`]).
+    MinMax {
         /// The least raw score.
         min: i64,
         /// The greatest raw score.
@@ -413,6 +494,7 @@ impl Norm {
             }
             Norm::Waste { min, max } => waste::normalized(raw, min, max),
             Norm::Numa { min, max } => numa::normalized(raw, min, max),
+            Norm::MinMax { min, max } => interpod::normalized(raw, min, max),
         }
     }
 }
@@ -475,7 +557,9 @@ pub(crate) mod testutil {
     /// Collects a filter's verdict and reasons.
     pub fn run(f: &super::Filter, p: &PodInfo, n: &NodeInfo) -> (bool, Vec<String>) {
         let mut reasons = Vec::new();
-        let ok = f.filter(p, n, &mut |r| reasons.push(r.to_string()));
+        let ok = f.filter(&super::CycleState::default(), p, n, &mut |r| {
+            reasons.push(r.to_string())
+        });
         (ok, reasons)
     }
 }
