@@ -330,6 +330,18 @@ impl SchedulingQueue {
         self.park(key, now_ms);
     }
 
+    /// Something changed for this parked pod alone (its gang gained a member that
+    /// will not enter the queue itself): another try after its backoff.
+    pub fn wake(&mut self, key: &PodKey, now_ms: i64) {
+        if self
+            .pods
+            .get(key)
+            .is_some_and(|q| matches!(q.at, Where::Unschedulable(_)))
+        {
+            self.requeue_after_backoff(key, now_ms);
+        }
+    }
+
     /// Something changed that may let unschedulable pods fit (a node was added or
     /// grew, a pod went away): give every one of them another try after its backoff.
     pub fn cluster_changed(&mut self, now_ms: i64) {
@@ -502,6 +514,13 @@ impl QueueSet {
     pub fn urgent(&mut self, key: &PodKey) {
         if let Some(q) = self.sub(key) {
             q.urgent(key);
+        }
+    }
+
+    /// See [`SchedulingQueue::wake`].
+    pub fn wake(&mut self, key: &PodKey, now_ms: i64) {
+        if let Some(q) = self.sub(key) {
+            q.wake(key, now_ms);
         }
     }
 

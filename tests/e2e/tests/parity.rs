@@ -7,7 +7,7 @@ use std::time::Duration;
 use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
 use drover_e2e::{Drover, gang_counts, node_of, unschedulable_message};
 use drover_testenv::{ControlPlane, FakeNode, ProcessGuard, TestPod, wait_until};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Affinity, Pod};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -182,9 +182,11 @@ async fn a_gang_with_a_gated_member_waits_whole_then_binds_whole() -> anyhow::Re
     .await?;
     let drover = Drover::start(client.clone());
     // Room for the whole gang; one of its three members is gated (an elastic gang
-    // whose two ungated members alone would make minMember 2 waits all the same).
+    // whose two ungated members alone would make minMember 2 waits all the same). The
+    // gated member is created first: an elastic gang whose minimum exists is placed
+    // without members that do not exist yet.
     for (gang, min) in [("g", 3), ("e", 2)] {
-        for i in 0..3 {
+        for i in [2, 0, 1] {
             let mut p = TestPod::new(format!("{gang}-{i}"))
                 .scheduler("drover")
                 .cpu("1")
@@ -243,5 +245,341 @@ async fn a_gang_with_a_gated_member_waits_whole_then_binds_whole() -> anyhow::Re
         },
     )
     .await?;
+    drover.stop().await
+}
+
+const HOST: &str = "kubernetes.io/hostname";
+const ZONE: &str = "topology.kubernetes.io/zone";
+
+/// One required pod (anti-)affinity term as the API writes it.
+fn term(key: &str, selector: serde_json::Value) -> serde_json::Value {
+    json!({"topologyKey": key, "labelSelector": {"matchLabels": selector}})
+}
+
+fn affinity(affine: &[serde_json::Value], anti: &[serde_json::Value]) -> Affinity {
+    let mut a = json!({});
+    if !affine.is_empty() {
+        a["podAffinity"] = json!({"requiredDuringSchedulingIgnoredDuringExecution": affine});
+    }
+    if !anti.is_empty() {
+        a["podAntiAffinity"] = json!({"requiredDuringSchedulingIgnoredDuringExecution": anti});
+    }
+    serde_json::from_value(a).expect("a valid affinity")
+}
+
+/// Nodes `{pool}-0..n` of pool `pool`, in zone `{pool}-z{i / per_zone}`.
+fn pool(pool: &str, n: usize, per_zone: usize) -> Vec<k8s_openapi::api::core::v1::Node> {
+    (0..n)
+        .map(|i| {
+            FakeNode::new(format!("{pool}-{i}"))
+                .cpu("4")
+                .memory("16Gi")
+                .label("pool", pool)
+                .label(ZONE, &format!("{pool}-z{}", i / per_zone))
+                .build()
+        })
+        .collect()
+}
+
+/// A 1-cpu pod of scheduler `s` restricted to pool `pool`.
+fn pod_in(s: Sched, pool: &str, name: &str) -> TestPod {
+    TestPod::new(name)
+        .scheduler(s.name())
+        .cpu("1")
+        .memory("1Gi")
+        .node_selector("pool", pool)
+}
+
+/// Where every pod of the namespace is, by name (None: pending).
+async fn placements(
+    client: &Client,
+    ns: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, Option<String>>> {
+    Ok(drover_e2e::pods(client, ns)
+        .await?
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                node_of(p).map(str::to_string),
+            )
+        })
+        .collect())
+}
+
+/// The inter-pod affinity rows of the parity table, every row in its own pool of
+/// nodes, on a fresh control plane for each scheduler: the same objects, the same
+/// outcome (which nodes differ where both schedulers may choose; what is required
+/// holds for both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inter_pod_affinity_is_decided_as_kube_scheduler_decides_it() -> anyhow::Result<()> {
+    for s in Sched::BOTH {
+        let cp = ControlPlane::start().await?;
+        let client = cp.client();
+        let mut nodes = Vec::new();
+        for (p, n, per_zone) in [
+            ("a", 5, 5),
+            ("b", 5, 5),
+            ("c", 4, 2),
+            ("d", 1, 1),
+            ("e", 2, 2),
+            ("f", 2, 2),
+            ("g", 2, 2),
+        ] {
+            nodes.extend(pool(p, n, per_zone));
+        }
+        cp.create_nodes(&nodes).await?;
+        // Pods already placed (nodeName: no scheduler decides them), and a namespace
+        // whose labels a namespaceSelector matches.
+        drover_testenv::ensure_namespace(&client, "team-x").await?;
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .patch(
+                "team-x",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"team": "x"}}})),
+            )
+            .await?;
+        let placed = [
+            pod_in(s, "c", "db").label("role", "db").node_name("c-2"),
+            pod_in(s, "e", "cache")
+                .namespace("team-x")
+                .label("role", "cache")
+                .node_name("e-1"),
+            pod_in(s, "f", "f-rev1")
+                .label("app", "f")
+                .label("rev", "1")
+                .node_name("f-0"),
+            pod_in(s, "f", "f-rev2")
+                .label("app", "f")
+                .label("rev", "2")
+                .node_name("f-1"),
+            pod_in(s, "g", "loner")
+                .affinity(affinity(&[], &[term(HOST, json!({"app": "g"}))]))
+                .node_name("g-0"),
+        ];
+        for p in placed {
+            let p = p.build();
+            let ns = p.metadata.namespace.clone().unwrap_or(NS.into());
+            Api::<Pod>::namespaced(client.clone(), &ns)
+                .create(&PostParams::default(), &p)
+                .await?;
+        }
+        let running = Running::start(&cp, s).await?;
+        let spread = |app: &str| affinity(&[], &[term(HOST, json!({"app": app}))]);
+        let mut pods = Vec::new();
+        for i in 0..3 {
+            pods.push(
+                pod_in(s, "a", &format!("a-{i}"))
+                    .label("app", "a")
+                    .affinity(spread("a")),
+            );
+        }
+        for i in 0..6 {
+            pods.push(
+                pod_in(s, "b", &format!("b-{i}"))
+                    .label("app", "b")
+                    .affinity(spread("b")),
+            );
+        }
+        pods.push(
+            pod_in(s, "c", "near-host")
+                .affinity(affinity(&[term(HOST, json!({"role": "db"}))], &[])),
+        );
+        pods.push(
+            pod_in(s, "c", "near-zone")
+                .affinity(affinity(&[term(ZONE, json!({"role": "db"}))], &[])),
+        );
+        pods.push(
+            pod_in(s, "d", "no-peer")
+                .affinity(affinity(&[term(HOST, json!({"role": "nobody"}))], &[])),
+        );
+        let mut to_team = term(HOST, json!({"role": "cache"}));
+        to_team["namespaceSelector"] = json!({"matchLabels": {"team": "x"}});
+        pods.push(pod_in(s, "e", "to-team").affinity(affinity(&[to_team], &[])));
+        pods.push(
+            pod_in(s, "e", "own-ns-only")
+                .affinity(affinity(&[term(HOST, json!({"role": "cache"}))], &[])),
+        );
+        let mut by_rev = term(HOST, json!({"app": "f"}));
+        by_rev["matchLabelKeys"] = json!(["rev"]);
+        pods.push(
+            pod_in(s, "f", "f-new")
+                .label("app", "f")
+                .label("rev", "2")
+                .affinity(affinity(&[], &[by_rev])),
+        );
+        pods.push(
+            pod_in(s, "f", "f-any-rev")
+                .label("app", "f")
+                .label("rev", "3")
+                .affinity(affinity(&[], &[term(HOST, json!({"app": "f"}))])),
+        );
+        pods.push(pod_in(s, "g", "g-member").label("app", "g"));
+        for p in pods {
+            create(&client, &p.build()).await?;
+        }
+        // a 3, b 5, near-host, near-zone, to-team, f-new, g-member: 13 bound by the
+        // scheduler, beside the 4 of this namespace placed by nodeName.
+        let expected_bound = 13;
+        wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            "every placeable pod bound",
+            || {
+                let c = client.clone();
+                async move {
+                    let p = placements(&c, NS).await?;
+                    Ok(p.values().filter(|n| n.is_some()).count() >= expected_bound + 4)
+                }
+            },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let at = placements(&client, NS).await?;
+        let node = |name: &str| at.get(name).cloned().flatten();
+        let hosts = |prefix: &str| -> Vec<String> {
+            at.iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .filter_map(|(_, v)| v.clone())
+                .collect()
+        };
+        let distinct = |v: &[String]| v.iter().collect::<std::collections::BTreeSet<_>>().len();
+        let a = hosts("a-");
+        assert_eq!(
+            (a.len(), distinct(&a)),
+            (3, 3),
+            "{s:?}: 3 replicas on 3 hosts: {at:?}"
+        );
+        let b = hosts("b-");
+        assert_eq!(
+            (b.len(), distinct(&b)),
+            (5, 5),
+            "{s:?}: 5 of 6 bound, one per host: {at:?}"
+        );
+        assert_eq!(node("near-host").as_deref(), Some("c-2"), "{s:?}: {at:?}");
+        assert!(
+            matches!(node("near-zone").as_deref(), Some("c-2" | "c-3")),
+            "{s:?}: near-zone in the db's zone c-z1: {at:?}"
+        );
+        assert_eq!(node("no-peer"), None, "{s:?}: no pod to be near: {at:?}");
+        assert_eq!(node("to-team").as_deref(), Some("e-1"), "{s:?}: {at:?}");
+        assert_eq!(
+            node("own-ns-only"),
+            None,
+            "{s:?}: the cache is in another namespace: {at:?}"
+        );
+        assert_eq!(
+            node("f-new").as_deref(),
+            Some("f-0"),
+            "{s:?}: only rev 2 repels it: {at:?}"
+        );
+        assert_eq!(
+            node("f-any-rev"),
+            None,
+            "{s:?}: both hosts hold app=f: {at:?}"
+        );
+        assert_eq!(
+            node("g-member").as_deref(),
+            Some("g-1"),
+            "{s:?}: the loner repels it: {at:?}"
+        );
+        let api = Api::<Pod>::namespaced(client.clone(), NS);
+        let b_pending = at
+            .iter()
+            .find(|(k, v)| k.starts_with("b-") && v.is_none())
+            .map(|(k, _)| k.clone())
+            .expect("one b replica pending");
+        for (name, says) in [
+            (
+                b_pending.as_str(),
+                "5 node(s) didn't match pod anti-affinity rules",
+            ),
+            ("no-peer", "1 node(s) didn't match pod affinity rules"),
+            ("own-ns-only", "2 node(s) didn't match pod affinity rules"),
+            (
+                "f-any-rev",
+                "2 node(s) didn't match pod anti-affinity rules",
+            ),
+        ] {
+            let m = unschedulable_message(&api.get(name).await?).unwrap_or_default();
+            assert!(m.contains(says), "{s:?}: {name}: {m:?} says {says:?}");
+        }
+        if let Running::Drover(d) = running {
+            d.stop().await?;
+        }
+    }
+    Ok(())
+}
+
+/// A gang whose workers repel each other on hostname is decided over one snapshot:
+/// one worker per node when there are enough nodes, no worker bound when there are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_with_hostname_anti_affinity_gets_one_node_per_worker_or_none() -> anyhow::Result<()>
+{
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    let mut nodes = pool("h", 4, 4);
+    nodes.extend(pool("i", 4, 4));
+    cp.create_nodes(&nodes).await?;
+    let drover = Drover::start(client.clone());
+    for (gang, n) in [("h", 4), ("i", 5)] {
+        for k in 0..n {
+            let p = pod_in(Sched::Drover, gang, &format!("{gang}-{k}"))
+                .label("app", gang)
+                .label(GROUP_LABEL, gang)
+                .annotation(MIN_MEMBER_ANNOTATION, &n.to_string())
+                .affinity(affinity(&[], &[term(HOST, json!({"app": gang}))]));
+            create(&client, &p.build()).await?;
+        }
+    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "gang h bound whole",
+        || {
+            let c = client.clone();
+            async move {
+                Ok(gang_counts(&c, NS)
+                    .await?
+                    .get("h")
+                    .is_some_and(|c| c.0 == 4))
+            }
+        },
+    )
+    .await?;
+    let at = placements(&client, NS).await?;
+    let h: std::collections::BTreeSet<_> = at
+        .iter()
+        .filter(|(k, _)| k.starts_with("h-"))
+        .filter_map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(h.len(), 4, "one worker per node: {at:?}");
+    let api = Api::<Pod>::namespaced(client.clone(), NS);
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "gang i says why it waits",
+        || {
+            let api = api.clone();
+            async move {
+                let m = unschedulable_message(&api.get("i-0").await?).unwrap_or_default();
+                Ok(m.contains("anti-affinity"))
+            }
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = gang_counts(&client, NS).await?;
+    assert_eq!(
+        counts.get("i").map_or(0, |c| c.0),
+        0,
+        "5 workers, 4 hosts: none bound: {counts:?}"
+    );
+    let m = unschedulable_message(&api.get("i-0").await?).unwrap_or_default();
+    assert!(
+        m.contains("4/5 members placeable at once")
+            && m.contains("4 node(s) didn't match pod anti-affinity rules"),
+        "{m}"
+    );
     drover.stop().await
 }

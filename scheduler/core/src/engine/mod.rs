@@ -719,6 +719,13 @@ impl Engine {
                     if let Some(g) = self.gangs.observe(&info, st) {
                         self.gang_tried.remove(&g);
                         self.bump(&g, now);
+                        if gated {
+                            // It does not enter the queue: the members waiting for it
+                            // must hear that it is gated.
+                            for m in self.pending_members(&g, None) {
+                                self.queue.wake(&m.key, now);
+                            }
+                        }
                     }
                 }
                 None => self.forget_member(&key, now),
