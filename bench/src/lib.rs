@@ -161,6 +161,93 @@ pub fn gpu_gang(size: usize) -> Vec<Arc<PodInfo>> {
         .collect()
 }
 
+/// Apps the running pods of [`cluster_with_apps`] belong to.
+pub const APPS: usize = 1_000;
+
+/// A required term on `topology_key` about the pods labelled `app=<app>` of the
+/// pod's own namespace.
+pub fn app_term(topology_key: &str, app: &str) -> PodAffinityTerm {
+    PodAffinityTerm {
+        selector: Some(LabelSelector(vec![Requirement {
+            key: "app".into(),
+            op: SelectorOp::In,
+            values: vec![app.into()],
+            bound: 0,
+            field: false,
+        }])),
+        namespaces: NamespaceScope {
+            names: vec!["bench".into()],
+            selector: None,
+        },
+        topology_key: topology_key.into(),
+    }
+}
+
+/// Like [`cluster`], with every running pod in one of [`APPS`] apps (`app=app-<k>`,
+/// drawn at random), and the pods of one app in twenty carrying a required
+/// anti-affinity to their own app on hostname, as spread replicas do: the state
+/// inter-pod affinity reads on a cluster where some charts use it.
+pub fn cluster_with_apps(nodes: usize, pods: usize) -> ClusterCache {
+    let mut rng = SmallRng::seed_from_u64(42);
+    let mut apps = SmallRng::seed_from_u64(43);
+    let mut cache = ClusterCache::new();
+    let infos: Vec<NodeInfo> = (0..nodes).map(|i| node(i, nodes)).collect();
+    for n in &infos {
+        cache.upsert_node_info(n.clone());
+    }
+    let spread: Vec<Arc<PodAffinity>> = (0..APPS)
+        .map(|k| {
+            Arc::new(PodAffinity {
+                required_anti: vec![app_term(HOSTNAME, &format!("app-{k}"))],
+                ..Default::default()
+            })
+        })
+        .collect();
+    for i in 0..pods {
+        let mut p = running_pod(i, &infos[i % nodes], &mut rng);
+        // 30 pods a node, a quarter of `running_pod`'s size: the nodes are not full.
+        p.requests = Resources::cpu_mem(p.requests.cpu / 4, p.requests.memory / 4);
+        let k = apps.random_range(0..APPS);
+        p.labels = Labels::new([("app", format!("app-{k}"))]);
+        if k % 20 == 0 {
+            p.pod_affinity = Some(spread[k].clone());
+        }
+        cache.upsert_pod(p);
+    }
+    cache
+}
+
+const HOSTNAME: &str = "kubernetes.io/hostname";
+
+/// [`pending_pod`] labelled `app=web` with a required anti-affinity on hostname to
+/// the pods of `app-7` (about 150 of [`cluster_with_apps`]'s nodes hold one).
+pub fn pending_pod_with_anti_affinity(name: &str) -> PodInfo {
+    let mut p = pending_pod(name);
+    p.labels = Labels::new([("app", "web")]);
+    p.pod_affinity = Some(Arc::new(PodAffinity {
+        required_anti: vec![app_term(HOSTNAME, "app-7")],
+        ..Default::default()
+    }));
+    p
+}
+
+/// [`gpu_gang`] whose ranks repel each other on hostname: one rank per node.
+pub fn gpu_gang_with_anti_affinity(size: usize) -> Vec<Arc<PodInfo>> {
+    let affinity = Arc::new(PodAffinity {
+        required_anti: vec![app_term(HOSTNAME, "trainer")],
+        ..Default::default()
+    });
+    gpu_gang(size)
+        .into_iter()
+        .map(|p| {
+            let mut p = (*p).clone();
+            p.labels = Labels::new([("app", "trainer")]);
+            p.pod_affinity = Some(affinity.clone());
+            Arc::new(p)
+        })
+        .collect()
+}
+
 /// Resident memory of this process in bytes (Linux), or 0 where unknown.
 pub fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();

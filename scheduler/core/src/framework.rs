@@ -8,7 +8,7 @@
 //! cycle allocates the list of feasible nodes and little else, and builds rejection
 //! reasons only when the pod fits nowhere, in a second pass.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
@@ -880,6 +880,68 @@ impl Evaluation {
         self.feasible
     }
 
+    /// `pod` was just placed on the node in `slot` of `nodes`, and the next pod asks
+    /// the same question ([`same_question`]): re-evaluates that node and, when the
+    /// pods of other nodes matter (inter-pod terms), counts `pod` among them and
+    /// re-evaluates every node of the topology domains that changed. False when the
+    /// evaluation must be made afresh instead: placing the pod turned a plugin on that
+    /// was off for this pod (a first pod whose anti-affinity repels the next).
+    pub fn placed<N: NodeSource + ?Sized>(
+        &mut self,
+        pod: &PodInfo,
+        nodes: &N,
+        slot: usize,
+        domains: &mut Domains,
+    ) -> bool {
+        if self.plan.cx.inter_pod.is_none() {
+            self.refresh(pod, nodes, slot);
+            return true;
+        }
+        let Some(node) = nodes.get(slot) else {
+            return false;
+        };
+        // The score holds the counts too: let go of its handle so that they are
+        // updated in place, not copied, then give it the updated counts.
+        for (_, f) in self
+            .plan
+            .node_scores
+            .iter_mut()
+            .chain(&mut self.plan.class_scores)
+        {
+            if let ScoreFor::InterPodAffinity(s) = f {
+                *s = None;
+            }
+        }
+        let shared = self.plan.cx.inter_pod.as_mut().expect("checked");
+        let state = Arc::make_mut(shared);
+        let before = (state.filters(), state.scores());
+        let changed = state.count_placed(pod, node, nodes);
+        let after = (state.filters(), state.scores());
+        let shared = shared.clone();
+        for (_, f) in self
+            .plan
+            .node_scores
+            .iter_mut()
+            .chain(&mut self.plan.class_scores)
+        {
+            if let ScoreFor::InterPodAffinity(s) = f {
+                *s = Some(shared.clone());
+            }
+        }
+        if after != before {
+            return false;
+        }
+        self.refresh(pod, nodes, slot);
+        for (key, value) in changed {
+            for other in domains.slots(nodes, &key, &value).to_vec() {
+                if other != slot {
+                    self.refresh(pod, nodes, other);
+                }
+            }
+        }
+        true
+    }
+
     /// True when some node's verdict depends on the pods of other nodes: after a pod
     /// is placed the evaluation must be made again, not refreshed node by node.
     pub fn reads_other_pods(&self) -> bool {
@@ -936,6 +998,34 @@ impl Evaluation {
             score,
             feasible: self.feasible,
         })
+    }
+}
+
+/// The slots of a node source by topology domain, found on first use of each key:
+/// the nodes a placement changes for inter-pod terms on that key.
+#[derive(Debug, Default)]
+pub struct Domains {
+    by_key: HashMap<Arc<str>, HashMap<Arc<str>, Vec<usize>>>,
+}
+
+impl Domains {
+    /// The slots of `nodes` whose label `key` is `value`.
+    pub fn slots<N: NodeSource + ?Sized>(
+        &mut self,
+        nodes: &N,
+        key: &Arc<str>,
+        value: &str,
+    ) -> &[usize] {
+        let by_value = self.by_key.entry(key.clone()).or_insert_with(|| {
+            let mut m: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+            for i in 0..nodes.slots() {
+                if let Some(v) = nodes.get(i).and_then(|n| n.labels.get_shared(key)) {
+                    m.entry(v.clone()).or_default().push(i);
+                }
+            }
+            m
+        });
+        by_value.get(value).map_or(&[], Vec::as_slice)
     }
 }
 

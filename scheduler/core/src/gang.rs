@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::framework::{
-    Diagnosis, Evaluation, Overlay, Profile, diagnose, feasible, same_question,
+    Diagnosis, Domains, Evaluation, Overlay, Profile, diagnose, feasible, same_question,
 };
 use crate::model::{NodeInfo, PodInfo, PodKey, Resources};
 use crate::plugins::CycleState;
@@ -791,6 +791,7 @@ pub fn place_all(profile: &Profile, members: &[Arc<PodInfo>], snapshot: &Snapsho
     // Members of the same shape share one evaluation: after each placement only the
     // node that changed is evaluated again.
     let mut eval: Option<(usize, Evaluation)> = None;
+    let mut domains = Domains::default();
     for (i, pod) in order.iter().enumerate() {
         if !eval
             .as_ref()
@@ -804,11 +805,9 @@ pub fn place_all(profile: &Profile, members: &[Arc<PodInfo>], snapshot: &Snapsho
                 overlay.place(p.slot, (*pod).clone());
                 placed.push((pod.key.clone(), p.slot, p.node));
                 // A member's terms (or the terms it answers to) reach past its node:
-                // the next member is evaluated afresh over the overlay.
-                if e.reads_other_pods() || pod.pod_affinity.is_some() {
+                // the nodes of the domains it changed are evaluated again.
+                if !e.placed(pod, &overlay, p.slot, &mut domains) {
                     eval = None;
-                } else {
-                    e.refresh(pod, &overlay, p.slot);
                 }
             }
             None => {
@@ -1159,6 +1158,145 @@ mod tests {
         ));
     }
 
+    /// `place_all` gives exactly what placing the members one by one with a full
+    /// cycle each gives, in the same (key) order.
+    fn matches_full_cycles(seed: u64, members: &[Arc<PodInfo>], snap: &Snapshot) {
+        let fast = place_all(&Profile::default(), members, snap);
+        let mut overlay = Overlay::new(snap);
+        let mut slow = Vec::new();
+        let mut blocked = None;
+        for (i, m) in members.iter().enumerate() {
+            match crate::framework::schedule_one(&Profile::default(), m, &overlay) {
+                crate::framework::Outcome::Placed(p) => {
+                    overlay.place(p.slot, m.clone());
+                    slow.push((m.key.clone(), p.slot, p.node));
+                }
+                crate::framework::Outcome::Unschedulable(_) => {
+                    blocked = Some(i);
+                    break;
+                }
+            }
+        }
+        match (fast, blocked) {
+            (GangOutcome::Placed(p), None) => assert_eq!(p, slow, "seed {seed}"),
+            (GangOutcome::Waiting { placeable, .. }, Some(b)) => {
+                assert_eq!(placeable, b, "seed {seed}")
+            }
+            (f, b) => panic!("seed {seed}: {f:?} vs blocked at {b:?}"),
+        }
+    }
+
+    /// The same with inter-pod terms, the members' own and existing pods': counting
+    /// each placed member into the shared evaluation, and evaluating again the nodes
+    /// of the domains it changed, gives what a full cycle per member gives.
+    #[test]
+    fn reusing_one_evaluation_with_pod_affinity_matches_a_full_cycle_per_member() {
+        use crate::model::{
+            LabelSelector, Labels, NamespaceScope, PodAffinity, PodAffinityTerm, Requirement,
+            SelectorOp,
+        };
+        use rand::{Rng, SeedableRng};
+        let term = |key: &str, app: &str| PodAffinityTerm {
+            selector: Some(LabelSelector(vec![Requirement {
+                key: "app".into(),
+                op: SelectorOp::In,
+                values: vec![app.into()],
+                bound: 0,
+                field: false,
+            }])),
+            namespaces: NamespaceScope {
+                names: vec!["ns".into()],
+                selector: None,
+            },
+            topology_key: key.into(),
+        };
+        const HOST: &str = "kubernetes.io/hostname";
+        const ZONE: &str = "topology.kubernetes.io/zone";
+        for seed in 0..120u64 {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+            let mut existing = 0;
+            let snap = Snapshot::from_nodes((0..24).map(|i| {
+                let name = format!("n{i:02}");
+                let mut n = NodeInfo::new(
+                    &name,
+                    Resources::cpu_mem(rng.random_range(2..16) * 1000, 64 << 30),
+                    20,
+                );
+                n.labels = Labels::new([(HOST, name.clone()), (ZONE, format!("z{}", i % 4))]);
+                // Pods of the gang's app, and pods that keep it out of their zone.
+                for _ in 0..rng.random_range(0..3) {
+                    existing += 1;
+                    let repels = rng.random_bool(0.2);
+                    n.add_pod(Arc::new(PodInfo {
+                        key: PodKey::new("ns", &format!("e{existing}")),
+                        node_name: Some(n.name.clone()),
+                        requests: Resources::cpu_mem(500, 1 << 30),
+                        declares_requests: true,
+                        labels: Labels::new([("app", if repels { "other" } else { "m" })]),
+                        pod_affinity: repels.then(|| {
+                            Arc::new(PodAffinity {
+                                required_anti: vec![term(ZONE, "m")],
+                                ..Default::default()
+                            })
+                        }),
+                        ..Default::default()
+                    }));
+                }
+                n
+            }));
+            let terms = match seed % 6 {
+                0 => PodAffinity {
+                    required_anti: vec![term(HOST, "m")],
+                    ..Default::default()
+                },
+                1 => PodAffinity {
+                    required_anti: vec![term(ZONE, "m")],
+                    ..Default::default()
+                },
+                2 => PodAffinity {
+                    required: vec![term(ZONE, "m")],
+                    ..Default::default()
+                },
+                3 => PodAffinity {
+                    preferred_anti: vec![(50, term(HOST, "m"))],
+                    preferred: vec![(20, term(ZONE, "m"))],
+                    ..Default::default()
+                },
+                4 => PodAffinity {
+                    required: vec![term(HOST, "nobody-yet")],
+                    ..Default::default()
+                },
+                _ => PodAffinity::default(),
+            };
+            let terms = (!terms.is_empty()).then(|| Arc::new(terms));
+            let size = rng.random_range(2..20);
+            let members: Vec<Arc<PodInfo>> = (0..size)
+                .map(|j| {
+                    Arc::new(PodInfo {
+                        key: PodKey::new("ns", &format!("m{j:02}")),
+                        uid: format!("m{j}").into(),
+                        requests: Resources::cpu_mem(rng.random_range(1..3) * 500, 1 << 30),
+                        declares_requests: true,
+                        labels: Labels::new([("app", "m")]),
+                        pod_affinity: terms.clone(),
+                        ..Default::default()
+                    })
+                })
+                .collect();
+            // One shape for all members (the requests drawn for the first).
+            let first = members[0].requests.clone();
+            let members: Vec<Arc<PodInfo>> = members
+                .into_iter()
+                .map(|m| {
+                    let mut m = (*m).clone();
+                    m.requests = first.clone();
+                    Arc::new(m)
+                })
+                .collect();
+            matches_full_cycles(seed, &members, &snap);
+        }
+    }
+
     /// The shared evaluation gives exactly what placing the members one by one with a
     /// full cycle each gives.
     #[test]
@@ -1193,30 +1331,7 @@ mod tests {
                     })
                 })
                 .collect();
-            let fast = place_all(&Profile::default(), &members, &snap);
-            // The reference: a full cycle per member, in the same (key) order.
-            let mut overlay = Overlay::new(&snap);
-            let mut slow = Vec::new();
-            let mut blocked = None;
-            for (i, m) in members.iter().enumerate() {
-                match crate::framework::schedule_one(&Profile::default(), m, &overlay) {
-                    crate::framework::Outcome::Placed(p) => {
-                        overlay.place(p.slot, m.clone());
-                        slow.push((m.key.clone(), p.slot, p.node));
-                    }
-                    crate::framework::Outcome::Unschedulable(_) => {
-                        blocked = Some(i);
-                        break;
-                    }
-                }
-            }
-            match (fast, blocked) {
-                (GangOutcome::Placed(p), None) => assert_eq!(p, slow, "seed {seed}"),
-                (GangOutcome::Waiting { placeable, .. }, Some(b)) => {
-                    assert_eq!(placeable, b, "seed {seed}")
-                }
-                (f, b) => panic!("seed {seed}: {f:?} vs blocked at {b:?}"),
-            }
+            matches_full_cycles(seed, &members, &snap);
         }
     }
 }

@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::framework::{Evaluation, NodeSource, Overlay, Profile, diagnose, same_question};
+use crate::framework::{
+    Domains, Evaluation, NodeSource, Overlay, Profile, diagnose, same_question,
+};
 use crate::gang::GangOutcome;
 use crate::model::{NodeInfo, PodInfo, PodKey, Resources};
 use crate::snapshot::Snapshot;
@@ -177,6 +179,7 @@ pub fn place_within(
     let mut overlay = Overlay::new(snapshot);
     let mut placed: Vec<(PodKey, usize, Arc<str>)> = Vec::with_capacity(members.len());
     let mut eval: Option<(usize, Evaluation)> = None;
+    let mut domains = Domains::default();
     for (i, pod) in order.iter().enumerate() {
         let within = Within {
             overlay: &overlay,
@@ -194,15 +197,14 @@ pub fn place_within(
                 let slot = slots[p.slot];
                 overlay.place(slot, (*pod).clone());
                 placed.push((pod.key.clone(), slot, p.node));
-                // Inter-pod terms reach past the node: evaluate the next member afresh.
-                if e.reads_other_pods() || pod.pod_affinity.is_some() {
+                // Inter-pod terms reach past the node: the nodes of the domains it
+                // changed are evaluated again.
+                let within = Within {
+                    overlay: &overlay,
+                    slots,
+                };
+                if !e.placed(pod, &within, p.slot, &mut domains) {
                     eval = None;
-                } else {
-                    let within = Within {
-                        overlay: &overlay,
-                        slots,
-                    };
-                    e.refresh(pod, &within, p.slot);
                 }
             }
             None => {

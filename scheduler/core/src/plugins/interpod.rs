@@ -66,6 +66,14 @@ pub struct State {
     self_affine: bool,
     /// Topology key → value → raw score.
     scores: Counts,
+    /// Which halves were counted: the pod's own terms for the filter and the score,
+    /// existing pods' terms for either.
+    own_filter: bool,
+    own_score: bool,
+    filter: bool,
+    score: bool,
+    /// Some own term has a `namespaceSelector`.
+    own_reads_namespaces: bool,
 }
 
 /// The node's value of `key`, shared.
@@ -94,7 +102,18 @@ impl State {
         let pod_ns = nodes.namespace_labels(&pod.key.namespace);
         let mut s = State {
             self_affine: terms.required.iter().all(|t| t.matches(pod, pod_ns)),
+            own_reads_namespaces: terms
+                .required
+                .iter()
+                .chain(&terms.required_anti)
+                .chain(terms.preferred.iter().map(|(_, t)| t))
+                .chain(terms.preferred_anti.iter().map(|(_, t)| t))
+                .any(|t| t.namespaces.selector.is_some()),
             terms,
+            own_filter,
+            own_score,
+            filter,
+            score,
             ..State::default()
         };
         let own = own_filter || own_score;
@@ -126,7 +145,12 @@ impl State {
         filter: bool,
         score: bool,
     ) {
-        let ns = nodes.namespace_labels(&existing.key.namespace);
+        // A namespace's labels are looked up only for terms with a namespaceSelector.
+        let ns = if self.own_reads_namespaces {
+            nodes.namespace_labels(&existing.key.namespace)
+        } else {
+            None
+        };
         let terms = self.terms.clone();
         if filter {
             if !terms.required.is_empty() && terms.required.iter().all(|t| t.matches(existing, ns))
@@ -199,6 +223,46 @@ impl State {
         {
             add(&mut self.scores, &t.topology_key, v, weight);
         }
+    }
+
+    /// Counts `placed`, just put on `node`, as one more existing pod, for a next pod
+    /// that asks the same question (same namespace, labels and terms) — what
+    /// [`State::new`] would count over the nodes with `placed` on them. Returns the
+    /// topology domains `(key, value)` whose counts may have changed: the nodes in
+    /// them must be evaluated again.
+    pub fn count_placed<N: NodeSource + ?Sized>(
+        &mut self,
+        placed: &PodInfo,
+        node: &NodeInfo,
+        nodes: &N,
+    ) -> Vec<(Arc<str>, Arc<str>)> {
+        if self.own_filter || self.own_score {
+            self.count_own(placed, node, nodes, self.own_filter, self.own_score);
+        }
+        let theirs = placed.pod_affinity.clone().unwrap_or_default();
+        if self.filter || self.score {
+            let ns = nodes.namespace_labels(&placed.key.namespace);
+            self.count_theirs(&theirs, placed, ns, node, self.filter, self.score);
+        }
+        let mut domains: Vec<(Arc<str>, Arc<str>)> = [&*self.terms, &*theirs]
+            .into_iter()
+            .flat_map(|a| {
+                a.required
+                    .iter()
+                    .chain(&a.required_anti)
+                    .chain(a.preferred.iter().map(|(_, t)| t))
+                    .chain(a.preferred_anti.iter().map(|(_, t)| t))
+            })
+            .filter_map(|t| {
+                Some((
+                    t.topology_key.clone(),
+                    value_of(&node.labels, &t.topology_key)?.clone(),
+                ))
+            })
+            .collect();
+        domains.sort();
+        domains.dedup();
+        domains
     }
 
     /// True when the filter can reject some node.
