@@ -517,7 +517,10 @@ impl<'a> Simulation<'a> {
                 }
             }
             // Events and status: what users would read; nothing to simulate.
-            Action::Event(_) | Action::PodGroupStatus { .. } | Action::QueueStatus { .. } => {}
+            Action::Event(_)
+            | Action::PodGroupStatus { .. }
+            | Action::QueueStatus { .. }
+            | Action::Nominate { .. } => {}
         }
     }
 

@@ -912,6 +912,7 @@ impl World {
             Action::Event(e) => format!("event {}", e.reason),
             Action::PodGroupStatus { gang, .. } => format!("podgroup status {gang}"),
             Action::QueueStatus { queue, .. } => format!("queue status {queue}"),
+            Action::Nominate { pod, node } => format!("nominate {pod} -> {node:?}"),
         };
         self.digest = fnv(self.digest, &line);
         self.note(line);

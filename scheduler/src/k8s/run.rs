@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::binder::bind;
 use super::serve;
 use super::status::{
-    StatusSink, StatusTarget, StatusWriter, pod_group_status, queue_status, unschedulable_condition,
+    StatusSink, StatusTarget, StatusWriter, nominated_node, pod_group_status, queue_status,
+    unschedulable_condition,
 };
 use super::watch::{Input, apply, spawn_watches};
 use crate::metrics::Metrics;
@@ -431,6 +432,10 @@ impl Driver {
             Action::Unschedulable { pod, message } => self
                 .sink
                 .write(StatusTarget::Pod(pod), unschedulable_condition(&message)),
+            Action::Nominate { pod, node } => self.sink.write(
+                StatusTarget::Nominated(pod),
+                nominated_node(node.as_deref()),
+            ),
             Action::Event(ev) => {
                 let status = self.status.clone();
                 let type_ = if ev.warning {

@@ -158,10 +158,12 @@ impl StatusWriter {
                     .await
                     .map(drop)
             }
-            StatusTarget::Pod(p) => Api::<Pod>::namespaced(self.client.clone(), &p.namespace)
-                .patch_status(&p.name, &params, &Patch::Strategic(&patch))
-                .await
-                .map(drop),
+            StatusTarget::Pod(p) | StatusTarget::Nominated(p) => {
+                Api::<Pod>::namespaced(self.client.clone(), &p.namespace)
+                    .patch_status(&p.name, &params, &Patch::Strategic(&patch))
+                    .await
+                    .map(drop)
+            }
         };
         match written {
             Ok(_) => Ok(()),
@@ -234,6 +236,13 @@ pub enum StatusTarget {
     Queue(String),
     /// A pod's `PodScheduled` condition (see [`unschedulable_condition`]).
     Pod(PodKey),
+    /// A pod's `status.nominatedNodeName` (see [`nominated_node`]).
+    Nominated(PodKey),
+}
+
+/// The status that sets a pod's `nominatedNodeName`, or clears it (`None`).
+pub fn nominated_node(node: Option<&str>) -> serde_json::Value {
+    json!({ "nominatedNodeName": node })
 }
 
 /// The status that sets a pod's `PodScheduled=False, reason=Unschedulable` with

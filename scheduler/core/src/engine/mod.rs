@@ -231,6 +231,15 @@ pub enum Action {
     },
     /// Record an Event.
     Event(Event),
+    /// Set the pod's `status.nominatedNodeName` (`Some`), as kube-scheduler does for a
+    /// pod whose victims are being evicted from that node, or clear it (`None`) when
+    /// the pod binds elsewhere or no longer makes room. Written in order per pod.
+    Nominate {
+        /// The pod.
+        pod: PodKey,
+        /// The node, or `None` to clear.
+        node: Option<Arc<str>>,
+    },
     /// Write a PodGroup's status.
     PodGroupStatus {
         /// The PodGroup.
@@ -347,6 +356,8 @@ pub struct Engine {
     waiting_since: HashMap<PodKey, i64>,
     /// Evictions handed out.
     evicting: HashMap<PodKey, Eviction>,
+    /// Pods given `status.nominatedNodeName`: the node their victims are leaving.
+    nominated: HashMap<PodKey, Arc<str>>,
     /// Pods whose eviction was refused, left alone until the time given.
     refused: HashMap<PodKey, i64>,
     /// Binds handed out and not answered.
@@ -400,6 +411,7 @@ impl Engine {
             queue_status: HashMap::new(),
             waiting_since: HashMap::new(),
             evicting: HashMap::new(),
+            nominated: HashMap::new(),
             refused: HashMap::new(),
             in_flight: HashMap::new(),
             admitted: HashMap::new(),
@@ -520,6 +532,16 @@ impl Engine {
 
     fn writes(&self) -> bool {
         self.opts.mode == Mode::Scheduler && self.leading
+    }
+
+    /// Clears a pod's `status.nominatedNodeName` (dropped from `nominated` already).
+    fn unnominate(&mut self, key: &PodKey) {
+        if self.writes() {
+            self.push(Action::Nominate {
+                pod: key.clone(),
+                node: None,
+            });
+        }
     }
 
     fn push(&mut self, action: Action) {
@@ -785,6 +807,7 @@ impl Engine {
         self.admitted.remove(key);
         self.placed_at.remove(key);
         self.gated.remove(key);
+        self.nominated.remove(key);
         self.forget_pod(key);
         if was_placed {
             self.queue.cluster_changed(now);
@@ -1019,6 +1042,9 @@ impl Engine {
             BindResult::Bound => {
                 self.cache
                     .finish_binding(&pod.key, now + self.opts.config.confirm_timeout_ms);
+                if self.nominated.remove(&pod.key).is_some_and(|n| n != node) {
+                    self.unnominate(&pod.key);
+                }
                 self.forget_pod(&pod.key);
                 self.stats.scheduled += 1;
                 let note = format!("Successfully assigned {} to {node}", pod.key);

@@ -208,6 +208,10 @@ impl Engine {
         }
         .unwrap_or_default();
         if planned.is_empty() {
+            // No eviction makes room any more: a nomination given earlier is void.
+            if self.nominated.remove(&pod.key).is_some() {
+                self.unnominate(&pod.key);
+            }
             return;
         }
         // Something can be done: retry soon rather than park, so the grace period
@@ -230,6 +234,22 @@ impl Engine {
             None => format!("pod {}", pod.key),
         };
         tracing::info!(claimant = %who, queue = %queue, victims = planned.len(), "evicting to make room");
+        // A single pod whose victims all leave one node is nominated to it, as
+        // kube-scheduler does (a gang's members are held by its reservation instead).
+        let mut nodes = planned.iter().filter_map(|(v, _)| v.node_name.clone());
+        if gang.is_none()
+            && let Some(node) = nodes.next()
+            && nodes.all(|n| n == node)
+            && self.nominated.get(&pod.key) != Some(&node)
+        {
+            self.nominated.insert(pod.key.clone(), node.clone());
+            if self.writes() {
+                self.push(Action::Nominate {
+                    pod: pod.key.clone(),
+                    node: Some(node),
+                });
+            }
+        }
         for (v, reason) in planned {
             let from = self.queue_name(&v);
             let note = match reason {

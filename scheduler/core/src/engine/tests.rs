@@ -500,3 +500,93 @@ fn the_extender_holds_a_gang_with_a_gated_member() {
         Verdict::Planned { .. }
     ));
 }
+
+fn nominations(actions: &[Action]) -> Vec<(String, Option<String>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Nominate { pod, node } => {
+                Some((pod.name.to_string(), node.as_deref().map(str::to_string)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two 4-cpu nodes held by low-priority pods and a 4-cpu pod of priority 1000.
+fn preempting() -> (Engine, PodInfo) {
+    let mut config = Config::default();
+    config.reclaim_grace_ms = 0;
+    config.min_runtime_ms = 0;
+    let mut e = Engine::new(Options::scheduler(config, "drover"));
+    for r in Resource::BEFORE_DECIDING {
+        e.handle_list_done(r, 0);
+    }
+    e.handle_leadership(true, 0);
+    for (n, p) in [("n1", "low-a"), ("n2", "low-b")] {
+        e.handle_node(node(n, 4000, 16), 0);
+        let low = PodInfo {
+            priority: 10,
+            ..pod(p, 4000, 1)
+        };
+        e.handle_pod(bound(&low, n), 0);
+    }
+    let urgent = PodInfo {
+        priority: 1000,
+        ..pod("urgent", 4000, 1)
+    };
+    e.handle_pod(urgent.clone(), 1);
+    (e, urgent)
+}
+
+#[test]
+fn a_preempting_pod_is_nominated_to_its_victims_node_and_cleared_when_it_binds_elsewhere() {
+    // Cases: the victim's node frees and the pod binds there (the nomination stays, as
+    // the API keeps it); another node frees first (the nomination is cleared).
+    for elsewhere in [false, true] {
+        let (mut e, urgent) = preempting();
+        let actions = run(&mut e, 1_000);
+        let victims: Vec<(String, String)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Evict { pod, .. } => Some((
+                    pod.key.name.to_string(),
+                    pod.node_name.as_deref().unwrap_or("").to_string(),
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(victims.len(), 1, "{actions:?}");
+        let (victim, at) = victims[0].clone();
+        assert_eq!(
+            nominations(&actions),
+            vec![("urgent".to_string(), Some(at.clone()))]
+        );
+        e.handle_eviction_result(&PodKey::new("ns", &victim), EvictionResult::Evicted, 1_001);
+        let other = if at == "n1" {
+            ("low-b", "n2")
+        } else {
+            ("low-a", "n1")
+        };
+        let freed = if elsewhere {
+            other
+        } else {
+            (victim.as_str(), at.as_str())
+        };
+        e.handle_pod_deleted(&PodKey::new("ns", freed.0), 2_000);
+        let actions = run(&mut e, 3_000);
+        assert_eq!(
+            binds(&actions),
+            vec![("urgent".to_string(), freed.1.to_string())]
+        );
+        assert!(nominations(&actions).is_empty(), "{actions:?}");
+        e.handle_bind_result(&urgent.key, BindResult::Bound, 3_001);
+        let actions: Vec<Action> = std::iter::from_fn(|| e.poll_action()).collect();
+        let cleared = if elsewhere {
+            vec![("urgent".to_string(), None)]
+        } else {
+            vec![]
+        };
+        assert_eq!(nominations(&actions), cleared, "elsewhere={elsewhere}");
+    }
+}
