@@ -515,9 +515,11 @@ fn nominations(actions: &[Action]) -> Vec<(String, Option<String>)> {
 
 /// Two 4-cpu nodes held by low-priority pods and a 4-cpu pod of priority 1000.
 fn preempting() -> (Engine, PodInfo) {
-    let mut config = Config::default();
-    config.reclaim_grace_ms = 0;
-    config.min_runtime_ms = 0;
+    let config = Config {
+        reclaim_grace_ms: 0,
+        min_runtime_ms: 0,
+        ..Config::default()
+    };
     let mut e = Engine::new(Options::scheduler(config, "drover"));
     for r in Resource::BEFORE_DECIDING {
         e.handle_list_done(r, 0);
