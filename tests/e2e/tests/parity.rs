@@ -583,3 +583,99 @@ async fn a_gang_with_hostname_anti_affinity_gets_one_node_per_worker_or_none() -
     );
     drover.stop().await
 }
+
+/// `status.nominatedNodeName` of pod `name`, if set.
+async fn nominated(client: &Client, name: &str) -> anyhow::Result<Option<String>> {
+    let p = Api::<Pod>::namespaced(client.clone(), NS).get(name).await?;
+    Ok(p.status.and_then(|s| s.nominated_node_name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preempting_pod_is_nominated_to_its_victims_node_then_binds_there() -> anyhow::Result<()>
+{
+    const HOLD: &str = "example.com/hold";
+    for s in Sched::BOTH {
+        let cp = ControlPlane::start().await?;
+        let client = cp.client();
+        cp.create_nodes(&[FakeNode::new("n-0").cpu("4").memory("16Gi").build()])
+            .await?;
+        let _running = match s {
+            Sched::Drover => {
+                let mut opts = drover::k8s::RunOptions::new("drover");
+                opts.config = drover_core::config::FileConfig::parse(
+                    "quota: {reclaimGraceSeconds: 1, minRuntimeSeconds: 0}",
+                    "test",
+                )?
+                .validate()?;
+                Running::Drover(Drover::start_with(client.clone(), opts))
+            }
+            Sched::KubeScheduler => Running::start(&cp, s).await?,
+        };
+        // The victim holds the node and carries a finalizer, which kwok may remove on
+        // its own; either way the preemptor is nominated to the victim's node and
+        // binds there once the victim is gone.
+        let mut low = TestPod::new("low")
+            .scheduler(s.name())
+            .cpu("4")
+            .memory("1Gi")
+            .priority(10)
+            .build();
+        low.metadata.finalizers = Some(vec![HOLD.to_string()]);
+        create(&client, &low).await?;
+        wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            "the low-priority pod bound",
+            || {
+                let c = client.clone();
+                async move { Ok(node_of_pod(&c, "low").await?.is_some()) }
+            },
+        )
+        .await?;
+        create(
+            &client,
+            &TestPod::new("urgent")
+                .scheduler(s.name())
+                .cpu("4")
+                .memory("1Gi")
+                .priority(1000)
+                .build(),
+        )
+        .await?;
+        wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            "the preemptor nominated to n-0",
+            || {
+                let c = client.clone();
+                async move { Ok(nominated(&c, "urgent").await?.as_deref() == Some("n-0")) }
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
+        let released = Api::<Pod>::namespaced(client.clone(), NS)
+            .patch(
+                "low",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+        match released {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            "the preemptor bound to n-0",
+            || {
+                let c = client.clone();
+                async move { Ok(node_of_pod(&c, "urgent").await?.as_deref() == Some("n-0")) }
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
+    }
+    Ok(())
+}
