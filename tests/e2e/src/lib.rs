@@ -20,10 +20,22 @@ pub struct Drover {
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// A configuration that reclaims and preempts after one second and protects no pod
+/// by its runtime: what tests of evictions use, so they need not wait.
+pub const QUICK_EVICTIONS: &str = "quota: {reclaimGraceSeconds: 1, minRuntimeSeconds: 0}";
+
 impl Drover {
     /// Starts drover with the default configuration and scheduler name `drover`.
     pub fn start(client: Client) -> Drover {
         Self::start_with(client, RunOptions::new("drover"))
+    }
+
+    /// Starts drover with scheduler name `drover` and the configuration file `config`
+    /// (YAML, as in drover's ConfigMap).
+    pub fn start_with_config(client: Client, config: &str) -> anyhow::Result<Drover> {
+        let mut opts = RunOptions::new("drover");
+        opts.config = drover_core::config::FileConfig::parse(config, "test")?.validate()?;
+        Ok(Self::start_with(client, opts))
     }
 
     /// Starts drover with `opts`.

@@ -231,11 +231,7 @@ async fn exclusive_gangs_and_cordoned_nodes() -> anyhow::Result<()> {
             .build(),
     );
     cp.create_nodes(&nodes).await?;
-    let mut opts = drover::k8s::RunOptions::new("drover");
-    opts.config =
-        drover_core::config::FileConfig::parse("exclusive: {namespaces: [default]}", "test")?
-            .validate()?;
-    let drover = Drover::start_with(client.clone(), opts);
+    let drover = Drover::start_with_config(client.clone(), "exclusive: {namespaces: [default]}")?;
     // A 3-member gang in an exclusive namespace: one node per member, all at once.
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
     for i in 0..3 {

@@ -600,15 +600,10 @@ async fn a_preempting_pod_is_nominated_to_its_victims_node_then_binds_there() ->
         cp.create_nodes(&[FakeNode::new("n-0").cpu("4").memory("16Gi").build()])
             .await?;
         let _running = match s {
-            Sched::Drover => {
-                let mut opts = drover::k8s::RunOptions::new("drover");
-                opts.config = drover_core::config::FileConfig::parse(
-                    "quota: {reclaimGraceSeconds: 1, minRuntimeSeconds: 0}",
-                    "test",
-                )?
-                .validate()?;
-                Running::Drover(Drover::start_with(client.clone(), opts))
-            }
+            Sched::Drover => Running::Drover(Drover::start_with_config(
+                client.clone(),
+                drover_e2e::QUICK_EVICTIONS,
+            )?),
             Sched::KubeScheduler => Running::start(&cp, s).await?,
         };
         // The victim holds the node and carries a finalizer, which kwok may remove on

@@ -407,13 +407,7 @@ async fn an_idle_team_gets_its_guarantee_back_by_reclaim() -> anyhow::Result<()>
         )
         .await?;
     }
-    let mut opts = drover::k8s::RunOptions::new("drover");
-    opts.config = drover_core::config::FileConfig::parse(
-        "quota: {reclaimGraceSeconds: 1, minRuntimeSeconds: 0}",
-        "test",
-    )?
-    .validate()?;
-    let drover = Drover::start_with(client.clone(), opts);
+    let drover = Drover::start_with_config(client.clone(), drover_e2e::QUICK_EVICTIONS)?;
     // team-a is idle; team-b takes the whole cluster: a 2-pod gang, four plain pods,
     // and (youngest, so first in line) two pods a PodDisruptionBudget protects.
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
@@ -568,13 +562,7 @@ async fn a_high_priority_gang_preempts_whole_lower_priority_units_in_its_queue()
     let cp = ControlPlane::start().await?;
     let client = cp.client();
     cp.create_nodes(&four_cpu_nodes(2)).await?;
-    let mut opts = drover::k8s::RunOptions::new("drover");
-    opts.config = drover_core::config::FileConfig::parse(
-        "quota: {reclaimGraceSeconds: 1, minRuntimeSeconds: 0}",
-        "test",
-    )?
-    .validate()?;
-    let drover = Drover::start_with(client.clone(), opts);
+    let drover = Drover::start_with_config(client.clone(), drover_e2e::QUICK_EVICTIONS)?;
     // No Queue objects: every pod is in the queue `default`. Low-priority work fills
     // the cluster: a 2-member gang of 2 cpus each, then four 1-cpu pods.
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);

@@ -534,12 +534,17 @@ impl Engine {
         self.opts.mode == Mode::Scheduler && self.leading
     }
 
-    /// Clears a pod's `status.nominatedNodeName` (dropped from `nominated` already).
-    fn unnominate(&mut self, key: &PodKey) {
-        if self.writes() {
+    /// Sets (`Some`) or clears (`None`) a pod's `status.nominatedNodeName`; written
+    /// only when it changes.
+    fn nominate(&mut self, key: &PodKey, node: Option<Arc<str>>) {
+        let changed = match &node {
+            Some(n) => self.nominated.insert(key.clone(), n.clone()).as_ref() != Some(n),
+            None => self.nominated.remove(key).is_some(),
+        };
+        if changed && self.writes() {
             self.push(Action::Nominate {
                 pod: key.clone(),
-                node: None,
+                node,
             });
         }
     }
@@ -1042,8 +1047,12 @@ impl Engine {
             BindResult::Bound => {
                 self.cache
                     .finish_binding(&pod.key, now + self.opts.config.confirm_timeout_ms);
-                if self.nominated.remove(&pod.key).is_some_and(|n| n != node) {
-                    self.unnominate(&pod.key);
+                // Bound where it was nominated, the API keeps the field; elsewhere, it
+                // is cleared.
+                if self.nominated.get(&pod.key) == Some(&node) {
+                    self.nominated.remove(&pod.key);
+                } else {
+                    self.nominate(&pod.key, None);
                 }
                 self.forget_pod(&pod.key);
                 self.stats.scheduled += 1;

@@ -209,9 +209,7 @@ impl Engine {
         .unwrap_or_default();
         if planned.is_empty() {
             // No eviction makes room any more: a nomination given earlier is void.
-            if self.nominated.remove(&pod.key).is_some() {
-                self.unnominate(&pod.key);
-            }
+            self.nominate(&pod.key, None);
             return;
         }
         // Something can be done: retry soon rather than park, so the grace period
@@ -240,15 +238,8 @@ impl Engine {
         if gang.is_none()
             && let Some(node) = nodes.next()
             && nodes.all(|n| n == node)
-            && self.nominated.get(&pod.key) != Some(&node)
         {
-            self.nominated.insert(pod.key.clone(), node.clone());
-            if self.writes() {
-                self.push(Action::Nominate {
-                    pod: pod.key.clone(),
-                    node: Some(node),
-                });
-            }
+            self.nominate(&pod.key, Some(node));
         }
         for (v, reason) in planned {
             let from = self.queue_name(&v);

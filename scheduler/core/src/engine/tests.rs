@@ -6,7 +6,12 @@ use crate::model::GangRef;
 const GI: i64 = 1 << 30;
 
 fn engine() -> Engine {
-    let mut e = Engine::new(Options::scheduler(Config::default(), "drover"));
+    engine_with(Config::default())
+}
+
+/// An engine in scheduler mode, everything listed, leading.
+fn engine_with(config: Config) -> Engine {
+    let mut e = Engine::new(Options::scheduler(config, "drover"));
     for r in Resource::BEFORE_DECIDING {
         e.handle_list_done(r, 0);
     }
@@ -520,11 +525,7 @@ fn preempting() -> (Engine, PodInfo) {
         min_runtime_ms: 0,
         ..Config::default()
     };
-    let mut e = Engine::new(Options::scheduler(config, "drover"));
-    for r in Resource::BEFORE_DECIDING {
-        e.handle_list_done(r, 0);
-    }
-    e.handle_leadership(true, 0);
+    let mut e = engine_with(config);
     for (n, p) in [("n1", "low-a"), ("n2", "low-b")] {
         e.handle_node(node(n, 4000, 16), 0);
         let low = PodInfo {
