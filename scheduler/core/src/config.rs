@@ -115,6 +115,10 @@ pub struct ScoreWeights {
     pub least_waste: Option<i64>,
     /// Fewest NUMA zones spanned (nodes with a NodeResourceTopology).
     pub numa: i64,
+    /// Preferred inter-pod affinity and anti-affinity (kube-scheduler's weight, 2).
+    pub inter_pod_affinity: i64,
+    /// `ScheduleAnyway` topology spread constraints (kube-scheduler's weight, 2).
+    pub pod_topology_spread: i64,
 }
 
 impl Default for ScoreWeights {
@@ -125,6 +129,8 @@ impl Default for ScoreWeights {
             taint_toleration: 3,
             least_waste: None,
             numa: 1,
+            inter_pod_affinity: 2,
+            pod_topology_spread: 2,
         }
     }
 }
@@ -272,6 +278,31 @@ pub struct FileConfig {
     pub topology: TopologyConfig,
     /// Fair-share queues.
     pub quota: QuotaConfig,
+    /// Topology spread.
+    pub topology_spread: TopologySpreadConfig,
+}
+
+/// One cluster default spread constraint, as in kube-scheduler's
+/// `PodTopologySpreadArgs.defaultConstraints` (no `labelSelector`: it counts the pods
+/// of the pod's own controller).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DefaultSpreadConstraint {
+    /// `maxSkew` (≥ 1).
+    pub max_skew: i32,
+    /// `topologyKey`: a node label key.
+    pub topology_key: String,
+    /// `DoNotSchedule` or `ScheduleAnyway`.
+    pub when_unsatisfiable: String,
+}
+
+/// Topology spread settings in the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct TopologySpreadConfig {
+    /// Constraints for pods that have none of their own and belong to a controller.
+    /// Empty by default: drover packs; a pod's own constraints always hold.
+    pub default_constraints: Vec<DefaultSpreadConstraint>,
 }
 
 /// The validated configuration the scheduler runs with.
@@ -335,6 +366,8 @@ impl FileConfig {
             ("weights.taintToleration", w.taint_toleration),
             ("weights.leastWaste", least_waste),
             ("weights.numa", w.numa),
+            ("weights.interPodAffinity", w.inter_pod_affinity),
+            ("weights.podTopologySpread", w.pod_topology_spread),
         ] {
             if !(0..=100).contains(&v) {
                 return Err(invalid(name, format!("{v} is outside 0..=100")));
@@ -476,6 +509,48 @@ impl FileConfig {
                 ));
             }
         }
+        let mut spread_defaults: Vec<crate::model::SpreadConstraint> = Vec::new();
+        for (i, d) in self.topology_spread.default_constraints.iter().enumerate() {
+            let field = |f: &str| format!("topologySpread.defaultConstraints[{i}].{f}");
+            if d.max_skew < 1 {
+                return Err(invalid(
+                    field("maxSkew"),
+                    format!("{} must be at least 1", d.max_skew),
+                ));
+            }
+            if d.topology_key.trim().is_empty() {
+                return Err(invalid(
+                    field("topologyKey"),
+                    "is empty; name a node label key such as topology.kubernetes.io/zone",
+                ));
+            }
+            let hard = match d.when_unsatisfiable.as_str() {
+                "DoNotSchedule" => true,
+                "ScheduleAnyway" => false,
+                other => {
+                    return Err(invalid(
+                        field("whenUnsatisfiable"),
+                        format!("{other:?} is neither DoNotSchedule nor ScheduleAnyway"),
+                    ));
+                }
+            };
+            let key = d.topology_key.trim();
+            if spread_defaults
+                .iter()
+                .any(|c| &*c.topology_key == key && c.hard == hard)
+            {
+                return Err(invalid(
+                    field("topologyKey"),
+                    format!("{key} is listed twice with {}", d.when_unsatisfiable),
+                ));
+            }
+            spread_defaults.push(crate::model::SpreadConstraint::new(
+                d.max_skew,
+                key,
+                hard,
+                crate::model::SpreadSelector::Nothing,
+            ));
+        }
         let packing = Packing {
             strategy: self.packing.strategy,
             resources,
@@ -503,7 +578,10 @@ impl FileConfig {
                     least_waste,
                 ),
                 (Score::Numa, w.numa),
+                (Score::InterPodAffinity, w.inter_pod_affinity),
+                (Score::TopologySpread, w.pod_topology_spread),
             ],
+            spread_defaults,
         };
         let ms = |s: f64| (s * 1000.0).round() as i64;
         Ok(Config {

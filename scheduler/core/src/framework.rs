@@ -29,8 +29,15 @@ use crate::snapshot::{CHUNK, Chunk, Snapshot};
 /// 60 µs split.
 const PARALLEL_MIN_SLOTS: usize = 3072;
 
-/// Most score plugins a profile may have.
+/// Most score plugins with a raw-score column a profile may have (every one but
+/// [`Score::TopologySpread`], which is worked out after filtering and may come after
+/// them).
 pub const MAX_SCORE_PLUGINS: usize = 6;
+
+/// True when the score keeps a raw-score column in a cycle.
+fn has_column(s: &Score) -> bool {
+    !matches!(s, Score::TopologySpread)
+}
 
 /// The filters and weighted scores one scheduling profile runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,6 +46,10 @@ pub struct Profile {
     pub filters: Vec<Filter>,
     /// Scores with their weights.
     pub scores: Vec<(Score, i64)>,
+    /// Cluster default topology spread constraints, for pods with none of their own
+    /// (counting the pods of their controller; see [`crate::plugins::spread`]). None
+    /// by default: drover packs.
+    pub spread_defaults: Vec<crate::model::SpreadConstraint>,
 }
 
 impl Default for Profile {
@@ -67,9 +78,11 @@ impl Profile {
                     },
                 ),
                 (Score::Numa, 1),
-                // kube-scheduler's weight.
+                // kube-scheduler's weights.
                 (Score::InterPodAffinity, 2),
+                (Score::TopologySpread, 2),
             ],
+            spread_defaults: Vec::new(),
         }
     }
 }
@@ -363,6 +376,11 @@ struct Plan {
     waste: Option<(usize, crate::plugins::waste::WasteFor)>,
     /// Empty when nothing is answered per class.
     memo: Arc<ClassMemo>,
+    /// The weight of the `PodTopologySpread` score, when it scores the pod.
+    spread: Option<i64>,
+    /// The pod's own `ScheduleAnyway` spread constraints outrank packing: the packing
+    /// and least-waste scores only break ties between the totals of the others.
+    spread_outranks_packing: bool,
     /// What was counted over every node for the pod.
     cx: CycleState,
 }
@@ -370,7 +388,11 @@ struct Plan {
 impl Plan {
     fn new<N: NodeSource + ?Sized>(profile: &Profile, pod: &PodInfo, nodes: &N) -> Self {
         assert!(
-            profile.scores.len() <= MAX_SCORE_PLUGINS,
+            profile
+                .scores
+                .iter()
+                .enumerate()
+                .all(|(k, (s, _))| k < MAX_SCORE_PLUGINS || !has_column(s)),
             "too many score plugins in the profile"
         );
         // Without NUMA zones anywhere, every node counts as one zone: the NUMA filter
@@ -383,7 +405,10 @@ impl Plan {
             .iter()
             .enumerate()
             .filter(|(_, (s, w))| {
-                *w != 0 && !s.is_flat_for(pod, &cx) && (numa || !matches!(s, Score::Numa))
+                *w != 0
+                    && has_column(s)
+                    && !s.is_flat_for(pod, &cx)
+                    && (numa || !matches!(s, Score::Numa))
             })
             .map(|(k, (s, _))| (k, s.prepare(&cx, pod)))
             .partition(|(k, _)| profile.scores[*k].0.class_wide(pod));
@@ -426,6 +451,11 @@ impl Plan {
             && fit.as_ref().is_none_or(Option::is_some)
             && packing.as_ref().is_none_or(|(_, p)| !p.needs_node())
             && waste.as_ref().is_none_or(|(_, w)| !w.needs_node());
+        let spread = profile
+            .scores
+            .iter()
+            .find(|(s, w)| *w != 0 && !has_column(s) && !s.is_flat_for(pod, &cx))
+            .map(|(_, w)| *w);
         let memo = if class_filters.is_empty() && class_scores.is_empty() {
             ClassMemo::default()
         } else {
@@ -442,6 +472,12 @@ impl Plan {
             packing,
             waste,
             memo: Arc::new(memo),
+            spread_outranks_packing: spread.is_some()
+                && pod
+                    .topology_spread
+                    .as_ref()
+                    .is_some_and(|cs| cs.iter().any(|c| !c.hard)),
+            spread,
             cx,
         }
     }
@@ -750,24 +786,45 @@ struct Totals {
     class: Vec<Varying>,
     /// The weighted sum of `class` for each class whose memo cell passes (by class id).
     by_class: Vec<i64>,
+    /// The weighted `PodTopologySpread` score by slot (empty when it does not score
+    /// the pod).
+    spread: Vec<i64>,
+    /// When the pod's own spread constraints outrank packing: the packing and
+    /// least-waste scores that differ, the weighted sum of those that do not, and the
+    /// factor that lifts the other scores' total above the greatest tie-break.
+    tie: Vec<Varying>,
+    tie_constant: i64,
+    lift: i64,
 }
 
 impl Totals {
     /// The totalling of feasible nodes whose raw scores span `ranges`.
-    fn new(profile: &Profile, plan: &Plan, ranges: Ranges) -> Self {
+    fn new(profile: &Profile, plan: &Plan, ranges: Ranges, spread: Vec<i64>) -> Self {
         let mut t = Totals {
             constant: 0,
             node: Vec::new(),
             class: Vec::new(),
             by_class: Vec::new(),
+            spread,
+            tie: Vec::new(),
+            tie_constant: 0,
+            lift: 1,
         };
         for (k, (s, w)) in profile.scores.iter().enumerate() {
-            if *w == 0 {
+            if *w == 0 || !has_column(s) {
                 continue;
             }
             let (min, max) = ranges.map_or((0, 0), |r| r[k]);
             let norm = s.norm(min, max);
-            if min == max {
+            if plan.spread_outranks_packing && matches!(s, Score::Packing(_) | Score::LeastWaste(_))
+            {
+                t.lift += w * crate::plugins::MAX_SCORE;
+                if min == max {
+                    t.tie_constant += norm.apply(min) * w;
+                } else {
+                    t.tie.push((k, norm, *w));
+                }
+            } else if min == max {
                 t.constant += norm.apply(min) * w;
             } else if plan.class_scores.iter().any(|(c, _)| *c == k) {
                 t.class.push((k, norm, *w));
@@ -793,12 +850,18 @@ impl Totals {
     #[inline]
     fn of(&self, s: &Scored) -> i64 {
         let mut t = self.constant + sum(&self.node, |k| s.raw[k]);
+        if !self.spread.is_empty() {
+            t += self.spread[s.slot];
+        }
         if !self.class.is_empty() {
             // A node's class answered for it exactly when the class is in the memo.
             t += match s.class.index().and_then(|c| self.by_class.get(c)) {
                 Some(v) => *v,
                 None => sum(&self.class, |k| s.raw[k]),
             };
+        }
+        if self.lift > 1 {
+            t = t * self.lift + self.tie_constant + sum(&self.tie, |k| s.raw[k]);
         }
         t
     }
@@ -819,7 +882,7 @@ pub fn score_nodes<N: NodeSource + ?Sized>(
     pod: &PodInfo,
     nodes: &N,
 ) -> Vec<(usize, i64)> {
-    Evaluation::new(profile, pod, nodes).totals(profile)
+    Evaluation::new(profile, pod, nodes).totals(profile, nodes)
 }
 
 /// The filter and raw score results of one pod over a node source. Kept between
@@ -893,45 +956,56 @@ impl Evaluation {
         slot: usize,
         domains: &mut Domains,
     ) -> bool {
-        if self.plan.cx.inter_pod.is_none() {
+        if !self.plan.cx.reads_other_pods() {
             self.refresh(pod, nodes, slot);
             return true;
         }
         let Some(node) = nodes.get(slot) else {
             return false;
         };
-        // The score holds the counts too: let go of its handle so that they are
-        // updated in place, not copied, then give it the updated counts.
-        for (_, f) in self
-            .plan
-            .node_scores
-            .iter_mut()
-            .chain(&mut self.plan.class_scores)
-        {
-            if let ScoreFor::InterPodAffinity(s) = f {
-                *s = None;
+        let mut changed = Vec::new();
+        if self.plan.cx.inter_pod.is_some() {
+            // The score holds the counts too: let go of its handle so that they are
+            // updated in place, not copied, then give it the updated counts.
+            for (_, f) in self
+                .plan
+                .node_scores
+                .iter_mut()
+                .chain(&mut self.plan.class_scores)
+            {
+                if let ScoreFor::InterPodAffinity(s) = f {
+                    *s = None;
+                }
+            }
+            let Some(shared) = self.plan.cx.inter_pod.as_mut() else {
+                unreachable!("checked above")
+            };
+            let state = Arc::make_mut(shared);
+            let before = (state.filters(), state.scores());
+            changed = state.count_placed(pod, node, nodes);
+            let after = (state.filters(), state.scores());
+            let shared = shared.clone();
+            for (_, f) in self
+                .plan
+                .node_scores
+                .iter_mut()
+                .chain(&mut self.plan.class_scores)
+            {
+                if let ScoreFor::InterPodAffinity(s) = f {
+                    *s = Some(shared.clone());
+                }
+            }
+            if after != before {
+                return false;
             }
         }
-        let shared = self.plan.cx.inter_pod.as_mut().expect("checked");
-        let state = Arc::make_mut(shared);
-        let before = (state.filters(), state.scores());
-        let changed = state.count_placed(pod, node, nodes);
-        let after = (state.filters(), state.scores());
-        let shared = shared.clone();
-        for (_, f) in self
-            .plan
-            .node_scores
-            .iter_mut()
-            .chain(&mut self.plan.class_scores)
-        {
-            if let ScoreFor::InterPodAffinity(s) = f {
-                *s = Some(shared.clone());
-            }
-        }
-        if after != before {
-            return false;
+        if let Some(shared) = self.plan.cx.spread.as_mut() {
+            // Its score is worked out from the counts when the nodes are totalled.
+            changed.extend(Arc::make_mut(shared).count_placed(pod, node));
         }
         self.refresh(pod, nodes, slot);
+        changed.sort();
+        changed.dedup();
         for (key, value) in changed {
             for other in domains.slots(nodes, &key, &value).to_vec() {
                 if other != slot {
@@ -948,14 +1022,39 @@ impl Evaluation {
         self.plan.cx.reads_other_pods()
     }
 
+    /// The weighted `PodTopologySpread` score of each feasible node, by slot (empty
+    /// when it does not score the pod): worked out over the feasible nodes, whose
+    /// domains its normalization reads.
+    fn spread<N: NodeSource + ?Sized>(&self, nodes: &N) -> Vec<i64> {
+        let (Some(w), Some(state)) = (self.plan.spread, &self.plan.cx.spread) else {
+            return Vec::new();
+        };
+        let feasible: Vec<(usize, &NodeInfo)> = self
+            .parts
+            .iter()
+            .flatten()
+            .filter_map(|s| Some((s.slot, nodes.get(s.slot)?)))
+            .collect();
+        let refs: Vec<&NodeInfo> = feasible.iter().map(|(_, n)| *n).collect();
+        let mut by_slot = vec![0; nodes.slots()];
+        for ((slot, _), v) in feasible.iter().zip(state.normalized_scores(&refs)) {
+            by_slot[*slot] = v * w;
+        }
+        by_slot
+    }
+
     /// The ranges of the raw scores, found again after a refresh.
     fn ranges(&self) -> Ranges {
         self.ranges.unwrap_or_else(|| ranges_of(&self.parts))
     }
 
     /// Every feasible node with its total score, in slot order.
-    pub fn totals(&self, profile: &Profile) -> Vec<(usize, i64)> {
-        let totals = Totals::new(profile, &self.plan, self.ranges());
+    pub fn totals<N: NodeSource + ?Sized>(
+        &self,
+        profile: &Profile,
+        nodes: &N,
+    ) -> Vec<(usize, i64)> {
+        let totals = Totals::new(profile, &self.plan, self.ranges(), self.spread(nodes));
         self.parts
             .iter()
             .flatten()
@@ -966,7 +1065,7 @@ impl Evaluation {
     /// The best node: the highest total; among equals, the first name.
     pub fn best<N: NodeSource + ?Sized>(&self, profile: &Profile, nodes: &N) -> Option<Placement> {
         let parallel = self.feasible >= PARALLEL_MIN_FEASIBLE;
-        let totals = Totals::new(profile, &self.plan, self.ranges());
+        let totals = Totals::new(profile, &self.plan, self.ranges(), self.spread(nodes));
         let name = |s: usize| nodes.get(s).map_or("", |n| &*n.name);
         // The better of two (total, slot) candidates.
         let better = |a: Option<(i64, usize)>, b: Option<(i64, usize)>| match (a, b) {
@@ -1047,13 +1146,18 @@ pub fn same_shape(a: &PodInfo, b: &PodInfo) -> bool {
         && a.gang.as_ref().map(|g| &g.name) == b.gang.as_ref().map(|g| &g.name)
         && a.gpu_memory_min_mib == b.gpu_memory_min_mib
         && a.pod_affinity == b.pod_affinity
+        && a.topology_spread == b.topology_spread
+        && a.owner == b.owner
 }
 
 /// [`same_shape`] over `nodes`: labels matter too when the pod's own terms or any
 /// existing pod's terms may read them.
 pub fn same_question<N: NodeSource + ?Sized>(a: &PodInfo, b: &PodInfo, nodes: &N) -> bool {
     same_shape(a, b)
-        && (a.labels == b.labels || (a.pod_affinity.is_none() && !nodes.may_have_pod_affinity()))
+        && (a.labels == b.labels
+            || (a.pod_affinity.is_none()
+                && a.topology_spread.is_none()
+                && !nodes.may_have_pod_affinity()))
 }
 
 /// Runs one scheduling cycle for `pod`. Ties go to the node whose name sorts first,
@@ -1428,7 +1532,7 @@ mod tests {
         let mut totals = vec![0i64; rows.len()];
         let mut raws = vec![[0i64; MAX_SCORE_PLUGINS]; rows.len()];
         for (k, (s, w)) in profile.scores.iter().enumerate() {
-            if *w == 0 {
+            if *w == 0 || !has_column(s) {
                 continue;
             }
             let mut column: Vec<i64> = rows

@@ -288,6 +288,90 @@ fn pod_affinity(
     Ok((!out.is_empty()).then(|| Arc::new(out)))
 }
 
+/// `spec.topologySpreadConstraints`; `None` when there is none. `matchLabelKeys` join
+/// the selector as `In` the pod's own value (a key the pod lacks is left out), as the
+/// API server and kube-scheduler merge them.
+fn topology_spread(
+    object: &str,
+    labels: &BTreeMap<String, String>,
+    cs: Option<&Vec<k8s_openapi::api::core::v1::TopologySpreadConstraint>>,
+) -> Result<Option<Arc<[drover_core::model::SpreadConstraint]>>, ConvertError> {
+    use drover_core::model::{SpreadConstraint, SpreadSelector};
+    let Some(cs) = cs.filter(|cs| !cs.is_empty()) else {
+        return Ok(None);
+    };
+    let problem = |i: usize, p: String| ConvertError::Selector {
+        object: object.into(),
+        problem: format!("topologySpreadConstraints[{i}]: {p}"),
+    };
+    let mut out = Vec::with_capacity(cs.len());
+    for (i, c) in cs.iter().enumerate() {
+        if c.max_skew < 1 {
+            return Err(problem(
+                i,
+                format!("maxSkew {} must be at least 1", c.max_skew),
+            ));
+        }
+        if c.topology_key.is_empty() {
+            return Err(problem(i, "topologyKey is empty".into()));
+        }
+        let hard = match c.when_unsatisfiable.as_str() {
+            "DoNotSchedule" => true,
+            "ScheduleAnyway" => false,
+            other => {
+                return Err(problem(
+                    i,
+                    format!(
+                        "whenUnsatisfiable {other:?} is neither DoNotSchedule nor ScheduleAnyway"
+                    ),
+                ));
+            }
+        };
+        let policy = |what: &str, v: &Option<String>, default: bool| match v.as_deref() {
+            None => Ok(default),
+            Some("Honor") => Ok(true),
+            Some("Ignore") => Ok(false),
+            Some(other) => Err(problem(
+                i,
+                format!("{what} {other:?} is neither Honor nor Ignore"),
+            )),
+        };
+        let selector = match &c.label_selector {
+            None => SpreadSelector::Nothing,
+            Some(sel) => {
+                let mut sel = label_selector(object, "topologySpreadConstraints", sel)?;
+                for key in c.match_label_keys.iter().flatten() {
+                    if let Some(v) = labels.get(key) {
+                        sel.0.push(Requirement {
+                            key: key.as_str().into(),
+                            op: SelectorOp::In,
+                            values: vec![v.as_str().into()],
+                            bound: 0,
+                            field: false,
+                        });
+                    }
+                }
+                SpreadSelector::Labels(sel)
+            }
+        };
+        out.push(SpreadConstraint {
+            max_skew: c.max_skew,
+            topology_key: c.topology_key.as_str().into(),
+            hard,
+            selector,
+            // minDomains only applies to DoNotSchedule; unset is 1.
+            min_domains: if hard {
+                c.min_domains.unwrap_or(1).max(1)
+            } else {
+                1
+            },
+            honor_node_affinity: policy("nodeAffinityPolicy", &c.node_affinity_policy, true)?,
+            honor_taints: policy("nodeTaintsPolicy", &c.node_taints_policy, false)?,
+        });
+    }
+    Ok(Some(out.into()))
+}
+
 fn term(object: &str, t: &NodeSelectorTerm) -> Result<SelectorTerm, ConvertError> {
     let mut reqs = Vec::new();
     let all = t
@@ -526,6 +610,17 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
             meta.labels.as_ref().unwrap_or(&BTreeMap::new()),
             spec.affinity.as_ref(),
         )?,
+        topology_spread: topology_spread(
+            &object,
+            meta.labels.as_ref().unwrap_or(&BTreeMap::new()),
+            spec.topology_spread_constraints.as_ref(),
+        )?,
+        owner: meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| Arc::from(o.uid.as_str())),
         scheduling_gates: spec
             .scheduling_gates
             .iter()
@@ -920,6 +1015,87 @@ mod tests {
 
     fn res(cpu: &str, mem: &str) -> serde_json::Value {
         json!({"requests": {"cpu": cpu, "memory": mem}})
+    }
+
+    #[test]
+    fn topology_spread_constraints_are_read_as_kube_scheduler_reads_them() {
+        use drover_core::model::SpreadSelector;
+        let mut p = pod(json!({
+            "containers": [{"name": "a"}],
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "DoNotSchedule",
+                    "labelSelector": {"matchLabels": {"app": "web"}},
+                    "matchLabelKeys": ["pod-template-hash", "absent"],
+                    "minDomains": 3,
+                    "nodeTaintsPolicy": "Honor"
+                },
+                {
+                    "maxSkew": 2,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "nodeAffinityPolicy": "Ignore"
+                }
+            ]
+        }));
+        p.metadata.labels = Some(
+            [("app", "web"), ("pod-template-hash", "abc")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        p.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "ReplicaSet".into(),
+                name: "web-abc".into(),
+                uid: "rs-uid".into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
+        let info = pod_info(&p).unwrap();
+        assert_eq!(info.owner.as_deref(), Some("rs-uid"));
+        let cs = info.topology_spread.expect("constraints");
+        let (hard, soft) = (&cs[0], &cs[1]);
+        assert!(hard.hard && !soft.hard);
+        assert_eq!((hard.max_skew, hard.min_domains), (1, 3));
+        assert!(hard.honor_node_affinity && hard.honor_taints);
+        assert!(!soft.honor_node_affinity && !soft.honor_taints);
+        // The template hash joins the selector; a key the pod lacks does not.
+        let SpreadSelector::Labels(sel) = &hard.selector else {
+            panic!("{:?}", hard.selector)
+        };
+        let keys: Vec<&str> = sel.0.iter().map(|r| &*r.key).collect();
+        assert_eq!(keys, vec!["app", "pod-template-hash"]);
+        // No labelSelector: it counts no pod.
+        assert_eq!(soft.selector, SpreadSelector::Nothing);
+        // Bad values are refused with the field named.
+        let mut bad = p.clone();
+        bad.spec
+            .as_mut()
+            .unwrap()
+            .topology_spread_constraints
+            .as_mut()
+            .unwrap()[1]
+            .when_unsatisfiable = "Sometimes".into();
+        let e = pod_info(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("topologySpreadConstraints[1]") && e.contains("Sometimes"),
+            "{e}"
+        );
+        let mut bad = p;
+        bad.spec
+            .as_mut()
+            .unwrap()
+            .topology_spread_constraints
+            .as_mut()
+            .unwrap()[0]
+            .max_skew = 0;
+        let e = pod_info(&bad).unwrap_err().to_string();
+        assert!(e.contains("maxSkew 0"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod labels;
 pub mod node;
 pub mod pod;
 pub mod resources;
+pub mod spread;
 
 pub use affinity::{NamespaceScope, PodAffinity, PodAffinityTerm};
 pub use budget::DisruptionBudget;
@@ -18,3 +19,4 @@ pub use node::NodeInfo;
 pub use node::{Numa, NumaZone, Reservation, Row};
 pub use pod::{GangRef, HostPort, Phase, PodInfo, PodKey, Protocol};
 pub use resources::{GPU, ResourceKind, Resources};
+pub use spread::{SpreadConstraint, SpreadSelector};

@@ -147,6 +147,11 @@ pub struct PodInfo {
     pub scheduling_gates: Vec<Arc<str>>,
     /// Inter-pod affinity and anti-affinity; `None` when the pod has no term.
     pub pod_affinity: Option<Arc<super::PodAffinity>>,
+    /// `spec.topologySpreadConstraints`; `None` when the pod has none.
+    pub topology_spread: Option<Arc<[super::SpreadConstraint]>>,
+    /// The uid of the pod's controller (its owner reference with `controller: true`),
+    /// for cluster default spread constraints.
+    pub owner: Option<Arc<str>>,
 }
 
 /// How a pod names its gang: the `scheduling.x-k8s.io/pod-group` label or Volcano's

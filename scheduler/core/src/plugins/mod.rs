@@ -15,6 +15,7 @@ pub mod node_name;
 pub mod numa;
 pub mod packing;
 pub mod ports;
+pub mod spread;
 pub mod taints;
 pub mod unschedulable;
 pub mod waste;
@@ -58,6 +59,10 @@ pub enum Reason {
     PodAntiAffinity,
     /// An existing pod's required anti-affinity keeps the pod out of the node's domain.
     ExistingAntiAffinity,
+    /// A `DoNotSchedule` spread constraint would be skewed past its `maxSkew`.
+    Spread,
+    /// The node lacks the topology key of a `DoNotSchedule` spread constraint.
+    SpreadMissingLabel,
 }
 
 impl fmt::Display for Reason {
@@ -98,6 +103,10 @@ impl fmt::Display for Reason {
             Reason::ExistingAntiAffinity => {
                 f.write_str("node(s) didn't satisfy existing pods anti-affinity rules")
             }
+            Reason::Spread => f.write_str("node(s) didn't match pod topology spread constraints"),
+            Reason::SpreadMissingLabel => f.write_str(
+                "node(s) didn't match pod topology spread constraints (missing required label)",
+            ),
         }
     }
 }
@@ -130,6 +139,8 @@ pub enum Filter {
     },
     /// Required inter-pod affinity and anti-affinity (`InterPodAffinity`).
     InterPodAffinity,
+    /// `DoNotSchedule` topology spread constraints (`PodTopologySpread`).
+    TopologySpread,
 }
 
 /// What one cycle counted over every node for one pod, for the plugins whose verdict
@@ -139,6 +150,9 @@ pub enum Filter {
 pub struct CycleState {
     /// `InterPodAffinity`'s counts, when the pod or some existing pod has terms.
     pub inter_pod: Option<Arc<interpod::State>>,
+    /// `PodTopologySpread`'s counts, when the pod has spread constraints (its own or
+    /// the profile's defaults).
+    pub spread: Option<Arc<spread::State>>,
 }
 
 impl CycleState {
@@ -153,21 +167,34 @@ impl CycleState {
             .scores
             .iter()
             .any(|(s, w)| *w != 0 && matches!(s, Score::InterPodAffinity));
+        let spread_filter = profile.filters.contains(&Filter::TopologySpread);
+        let spread_score = profile
+            .scores
+            .iter()
+            .any(|(s, w)| *w != 0 && matches!(s, Score::TopologySpread));
         CycleState {
             inter_pod: interpod::State::new(pod, nodes, filter, score).map(Arc::new),
+            spread: spread::State::new(
+                pod,
+                nodes,
+                &profile.spread_defaults,
+                spread_filter,
+                spread_score,
+            )
+            .map(Arc::new),
         }
     }
 
     /// True when a node's verdict depends on other pods: placing a pod anywhere may
     /// change it, so what was worked out over the nodes must be worked out again.
     pub fn reads_other_pods(&self) -> bool {
-        self.inter_pod.is_some()
+        self.inter_pod.is_some() || self.spread.is_some()
     }
 }
 
 impl Filter {
     /// The filters of the default profile, cheapest first.
-    pub const DEFAULT: [Filter; 10] = [
+    pub const DEFAULT: [Filter; 11] = [
         Filter::Unschedulable,
         Filter::NodeName,
         Filter::Taints,
@@ -180,6 +207,7 @@ impl Filter {
         Filter::Fit,
         Filter::Numa,
         Filter::InterPodAffinity,
+        Filter::TopologySpread,
     ];
 
     /// The plugin's name, as in kube-scheduler.
@@ -195,6 +223,7 @@ impl Filter {
             Filter::Numa => "NUMATopology",
             Filter::GpuMemory => "GPUMemory",
             Filter::InterPodAffinity => "InterPodAffinity",
+            Filter::TopologySpread => "PodTopologySpread",
         }
     }
 
@@ -209,7 +238,8 @@ impl Filter {
             | Filter::Fit
             | Filter::Numa
             | Filter::Exclusive { .. }
-            | Filter::InterPodAffinity => false,
+            | Filter::InterPodAffinity
+            | Filter::TopologySpread => false,
         }
     }
 
@@ -219,6 +249,7 @@ impl Filter {
     pub fn passes_everywhere(&self, pod: &PodInfo, cx: &CycleState) -> bool {
         match self {
             Filter::InterPodAffinity => cx.inter_pod.as_ref().is_none_or(|s| !s.filters()),
+            Filter::TopologySpread => cx.spread.as_ref().is_none_or(|s| !s.filters()),
             Filter::NodeName => pod.node_name.is_none(),
             Filter::Ports => pod.host_ports.is_empty(),
             Filter::Exclusive { .. } => pod.daemonset,
@@ -239,6 +270,7 @@ impl Filter {
     ) -> bool {
         match self {
             Filter::InterPodAffinity => cx.inter_pod.as_ref().is_none_or(|s| s.filter(node, why)),
+            Filter::TopologySpread => cx.spread.as_ref().is_none_or(|s| s.filter(node, why)),
             Filter::Unschedulable => unschedulable::filter(pod, node, why),
             Filter::NodeName => node_name::filter(pod, node, why),
             Filter::Taints => taints::filter(pod, node, why),
@@ -271,6 +303,10 @@ pub enum Score {
     /// Preferred inter-pod affinity and anti-affinity, and existing pods' terms about
     /// the pod (`InterPodAffinity` scoring).
     InterPodAffinity,
+    /// `ScheduleAnyway` topology spread constraints (`PodTopologySpread` scoring).
+    /// Its normalization reads the feasible nodes' domains, so the cycle works it out
+    /// once they are known and it keeps no raw-score column (list it last).
+    TopologySpread,
 }
 
 /// A score plugin prepared for one pod (see [`Score::prepare`]).
@@ -288,6 +324,8 @@ pub enum ScoreFor {
     Numa,
     /// See [`Score::InterPodAffinity`]; `None`: nothing scores the pod.
     InterPodAffinity(Option<Arc<interpod::State>>),
+    /// See [`Score::TopologySpread`]: scored after filtering, 0 here.
+    TopologySpread,
 }
 
 impl ScoreFor {
@@ -301,6 +339,7 @@ impl ScoreFor {
             ScoreFor::LeastWaste(w) => w.waste(node),
             ScoreFor::Numa => numa::score(pod, node),
             ScoreFor::InterPodAffinity(s) => s.as_ref().map_or(0, |s| s.score(node)),
+            ScoreFor::TopologySpread => 0,
         }
     }
 }
@@ -356,6 +395,7 @@ impl Score {
             Score::LeastWaste(_) => "LeastWaste",
             Score::Numa => "NUMATopology",
             Score::InterPodAffinity => "InterPodAffinity",
+            Score::TopologySpread => "PodTopologySpread",
         }
     }
 
@@ -370,6 +410,7 @@ impl Score {
     pub fn prepare(&self, cx: &CycleState, pod: &PodInfo) -> ScoreFor {
         match self {
             Score::InterPodAffinity => ScoreFor::InterPodAffinity(cx.inter_pod.clone()),
+            Score::TopologySpread => ScoreFor::TopologySpread,
             Score::Packing(p) => ScoreFor::Packing(p.prepare(pod)),
             Score::NodeAffinity => ScoreFor::NodeAffinity,
             Score::Taints => ScoreFor::Taints,
@@ -384,9 +425,11 @@ impl Score {
         match self {
             Score::Taints => true,
             Score::NodeAffinity => crate::classes::preferred_affinity_is_class_wide(pod),
-            Score::Packing(_) | Score::LeastWaste(_) | Score::Numa | Score::InterPodAffinity => {
-                false
-            }
+            Score::Packing(_)
+            | Score::LeastWaste(_)
+            | Score::Numa
+            | Score::InterPodAffinity
+            | Score::TopologySpread => false,
         }
     }
 
@@ -395,6 +438,7 @@ impl Score {
     pub fn is_flat_for(&self, pod: &PodInfo, cx: &CycleState) -> bool {
         match self {
             Score::InterPodAffinity => cx.inter_pod.as_ref().is_none_or(|s| !s.scores()),
+            Score::TopologySpread => cx.spread.as_ref().is_none_or(|s| !s.scores()),
             Score::Packing(_) => false,
             Score::NodeAffinity => pod.preferred_affinity.is_empty(),
             Score::Taints => false,
@@ -427,6 +471,8 @@ impl Score {
             Score::LeastWaste(_) => Norm::Waste { min, max },
             Score::Numa => Norm::Numa { min, max },
             Score::InterPodAffinity => Norm::MinMax { min, max },
+            // Normalized when worked out.
+            Score::TopologySpread => Norm::Identity,
         }
     }
 }
