@@ -620,6 +620,47 @@ mod tests {
     }
 
     #[test]
+    fn spread_defaults_and_the_pod_term_weights() {
+        let c = Config::default();
+        assert!(c.profile.spread_defaults.is_empty(), "off by default");
+        assert!(c.profile.scores.contains(&(Score::InterPodAffinity, 2)));
+        assert!(c.profile.scores.contains(&(Score::TopologySpread, 2)));
+        let c = check(
+            "topologySpread:\n  defaultConstraints:\n  - {maxSkew: 3, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway}\n",
+        )
+        .unwrap();
+        let d = &c.profile.spread_defaults[0];
+        assert_eq!(
+            (d.max_skew, &*d.topology_key, d.hard),
+            (3, "kubernetes.io/hostname", false)
+        );
+        for (yaml, want) in [
+            (
+                "- {maxSkew: 0, topologyKey: a, whenUnsatisfiable: ScheduleAnyway}",
+                "defaultConstraints[0].maxSkew",
+            ),
+            (
+                "- {maxSkew: 1, topologyKey: ' ', whenUnsatisfiable: ScheduleAnyway}",
+                "defaultConstraints[0].topologyKey",
+            ),
+            (
+                "- {maxSkew: 1, topologyKey: a, whenUnsatisfiable: Maybe}",
+                "neither DoNotSchedule nor ScheduleAnyway",
+            ),
+            (
+                "- {maxSkew: 1, topologyKey: a, whenUnsatisfiable: DoNotSchedule}\n  - {maxSkew: 2, topologyKey: a, whenUnsatisfiable: DoNotSchedule}",
+                "listed twice",
+            ),
+        ] {
+            let e = check(&format!(
+                "topologySpread:\n  defaultConstraints:\n  {yaml}\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
     fn empty_and_full_files() {
         assert_eq!(check("").unwrap(), Config::default());
         let c = check(
