@@ -48,11 +48,14 @@ struct Counted {
     self_match: bool,
     /// Matching pods per eligible domain (every eligible domain is present).
     counts: HashMap<Arc<str>, i64>,
+    /// [`Counted::global_min`] of `counts`, kept so the filter does not look over
+    /// every domain for every node.
+    min: i64,
 }
 
 impl Counted {
     /// The global minimum the skew is measured from.
-    fn min(&self) -> i64 {
+    fn global_min(&self) -> i64 {
         if (self.counts.len() as i64) < i64::from(self.c.min_domains) {
             return 0;
         }
@@ -71,13 +74,11 @@ pub struct State {
     soft: Vec<Counted>,
 }
 
-/// True when `pod` counts `existing` for constraint `c` (see the module docs).
+/// True when constraint `c` of a pod in `namespace` counts `existing` (see the module
+/// docs).
 #[inline]
-fn counts_pod(c: &SpreadConstraint, namespace: &str, pod: &PodInfo, existing: &PodInfo) -> bool {
-    existing.key != pod.key
-        && !existing.deleting
-        && *existing.key.namespace == *namespace
-        && c.selector.selects(existing)
+fn counts_pod(c: &SpreadConstraint, namespace: &str, existing: &PodInfo) -> bool {
+    !existing.deleting && *existing.key.namespace == *namespace && c.selector.selects(existing)
 }
 
 /// The node inclusion policies of `c` for `pod` on `node`.
@@ -128,6 +129,7 @@ impl State {
                     self_match: c.selector.selects(pod),
                     c: c.clone(),
                     counts: HashMap::new(),
+                    min: 0,
                 })
                 .collect()
         };
@@ -159,12 +161,15 @@ impl State {
                     let n = node
                         .pods
                         .iter()
-                        .filter(|e| counts_pod(&c.c, &ns, pod, e))
+                        .filter(|e| e.key != pod.key && counts_pod(&c.c, &ns, e))
                         .count() as i64;
                     *c.counts.entry(v.clone()).or_default() += n;
                 }
             }
         });
+        for c in s.hard.iter_mut().chain(&mut s.soft) {
+            c.min = c.global_min();
+        }
         Some(s)
     }
 
@@ -188,7 +193,7 @@ impl State {
                 return false;
             };
             let here = c.counts.get(v).copied().unwrap_or(0);
-            let skew = here + i64::from(c.self_match) - c.min();
+            let skew = here + i64::from(c.self_match) - c.min;
             if skew > i64::from(c.c.max_skew) {
                 why(Reason::Spread);
                 return false;
@@ -212,11 +217,7 @@ impl State {
             for c in group.iter_mut() {
                 // `placed` is not among the node's pods it is compared with: the
                 // incoming pod is another one that asks the same question.
-                if !included(&c.c, placed, node)
-                    || placed.deleting
-                    || *placed.key.namespace != *ns
-                    || !c.c.selector.selects(placed)
-                {
+                if !included(&c.c, placed, node) || !counts_pod(&c.c, &ns, placed) {
                     continue;
                 }
                 let v = node
@@ -224,12 +225,13 @@ impl State {
                     .get_shared(&c.c.topology_key)
                     .expect("has_keys checked")
                     .clone();
-                let before = c.min();
+                let before = c.min;
                 *c.counts.entry(v.clone()).or_default() += 1;
+                c.min = c.global_min();
                 if !hard {
                     continue;
                 }
-                if c.min() != before {
+                if c.min != before {
                     changed.extend(
                         c.counts
                             .keys()
@@ -279,11 +281,7 @@ impl State {
                         let count = if &*c.c.topology_key == HOSTNAME {
                             n.pods
                                 .iter()
-                                .filter(|e| {
-                                    !e.deleting
-                                        && *e.key.namespace == *self.namespace
-                                        && c.c.selector.selects(e)
-                                })
+                                .filter(|e| counts_pod(&c.c, &self.namespace, e))
                                 .count() as i64
                         } else {
                             n.labels
