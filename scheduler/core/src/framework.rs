@@ -482,6 +482,15 @@ impl Plan {
         }
     }
 
+    /// Gives every `InterPodAffinity` score of the plan `counts` as its handle.
+    fn hand_inter_pod_scores(&mut self, counts: Option<Arc<crate::plugins::interpod::State>>) {
+        for (_, f) in self.node_scores.iter_mut().chain(&mut self.class_scores) {
+            if let ScoreFor::InterPodAffinity(s) = f {
+                *s = counts.clone();
+            }
+        }
+    }
+
     /// The columns of the scores the plan computes (the others stay 0).
     #[cfg(test)]
     fn active(&self, k: usize) -> bool {
@@ -967,16 +976,7 @@ impl Evaluation {
         if self.plan.cx.inter_pod.is_some() {
             // The score holds the counts too: let go of its handle so that they are
             // updated in place, not copied, then give it the updated counts.
-            for (_, f) in self
-                .plan
-                .node_scores
-                .iter_mut()
-                .chain(&mut self.plan.class_scores)
-            {
-                if let ScoreFor::InterPodAffinity(s) = f {
-                    *s = None;
-                }
-            }
+            self.plan.hand_inter_pod_scores(None);
             let Some(shared) = self.plan.cx.inter_pod.as_mut() else {
                 unreachable!("checked above")
             };
@@ -985,16 +985,7 @@ impl Evaluation {
             changed = state.count_placed(pod, node, nodes);
             let after = (state.filters(), state.scores());
             let shared = shared.clone();
-            for (_, f) in self
-                .plan
-                .node_scores
-                .iter_mut()
-                .chain(&mut self.plan.class_scores)
-            {
-                if let ScoreFor::InterPodAffinity(s) = f {
-                    *s = Some(shared.clone());
-                }
-            }
+            self.plan.hand_inter_pod_scores(Some(shared));
             if after != before {
                 return false;
             }
@@ -1029,16 +1020,15 @@ impl Evaluation {
         let (Some(w), Some(state)) = (self.plan.spread, &self.plan.cx.spread) else {
             return Vec::new();
         };
-        let feasible: Vec<(usize, &NodeInfo)> = self
+        let (slots, feasible): (Vec<usize>, Vec<&NodeInfo>) = self
             .parts
             .iter()
             .flatten()
             .filter_map(|s| Some((s.slot, nodes.get(s.slot)?)))
-            .collect();
-        let refs: Vec<&NodeInfo> = feasible.iter().map(|(_, n)| *n).collect();
+            .unzip();
         let mut by_slot = vec![0; nodes.slots()];
-        for ((slot, _), v) in feasible.iter().zip(state.normalized_scores(&refs)) {
-            by_slot[*slot] = v * w;
+        for (slot, v) in slots.into_iter().zip(state.normalized_scores(&feasible)) {
+            by_slot[slot] = v * w;
         }
         by_slot
     }

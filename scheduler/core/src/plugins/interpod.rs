@@ -343,6 +343,7 @@ mod tests {
     use super::*;
     use crate::framework::{Outcome, Profile, diagnose, schedule_one};
     use crate::model::{LabelSelector, NamespaceScope, PodKey, Requirement, Resources, SelectorOp};
+    use crate::plugins::testutil::feasible_names as feasible;
     use crate::snapshot::Snapshot;
 
     const HOST: &str = "kubernetes.io/hostname";
@@ -416,16 +417,6 @@ mod tests {
             }
             n
         }))
-    }
-
-    /// The nodes `pod` may go to over `snap`, by name.
-    fn feasible(pod: &PodInfo, snap: &Snapshot) -> Vec<String> {
-        let profile = Profile::default();
-        let cx = crate::plugins::CycleState::new(&profile, pod, snap);
-        snap.nodes()
-            .filter(|(_, n)| crate::framework::feasible(&profile, &cx, pod, n))
-            .map(|(_, n)| n.name.to_string())
-            .collect()
     }
 
     #[test]

@@ -162,24 +162,22 @@ impl CycleState {
         pod: &PodInfo,
         nodes: &N,
     ) -> Self {
-        let filter = profile.filters.contains(&Filter::InterPodAffinity);
-        let score = profile
-            .scores
-            .iter()
-            .any(|(s, w)| *w != 0 && matches!(s, Score::InterPodAffinity));
-        let spread_filter = profile.filters.contains(&Filter::TopologySpread);
-        let spread_score = profile
-            .scores
-            .iter()
-            .any(|(s, w)| *w != 0 && matches!(s, Score::TopologySpread));
+        let filters = |f: Filter| profile.filters.contains(&f);
+        let scores = |score: Score| profile.scores.iter().any(|(s, w)| *w != 0 && *s == score);
         CycleState {
-            inter_pod: interpod::State::new(pod, nodes, filter, score).map(Arc::new),
+            inter_pod: interpod::State::new(
+                pod,
+                nodes,
+                filters(Filter::InterPodAffinity),
+                scores(Score::InterPodAffinity),
+            )
+            .map(Arc::new),
             spread: spread::State::new(
                 pod,
                 nodes,
                 &profile.spread_defaults,
-                spread_filter,
-                spread_score,
+                filters(Filter::TopologySpread),
+                scores(Score::TopologySpread),
             )
             .map(Arc::new),
         }
@@ -598,6 +596,17 @@ pub(crate) mod testutil {
             r.set(&kind(i as u8), a * scale);
         }
         r
+    }
+
+    /// The names of the nodes of `snap` that pass every filter of the default profile
+    /// for `pod`, with what its cycle counts.
+    pub fn feasible_names(pod: &PodInfo, snap: &crate::snapshot::Snapshot) -> Vec<String> {
+        let profile = crate::framework::Profile::default();
+        let cx = super::CycleState::new(&profile, pod, snap);
+        snap.nodes()
+            .filter(|(_, n)| crate::framework::feasible(&profile, &cx, pod, n))
+            .map(|(_, n)| n.name.to_string())
+            .collect()
     }
 
     /// Collects a filter's verdict and reasons.

@@ -315,6 +315,7 @@ mod tests {
     use crate::model::{
         LabelSelector, Labels, PodKey, Requirement, Resources, SelectorOp, SelectorTerm, Taint,
     };
+    use crate::plugins::testutil::feasible_names as feasible;
     use crate::snapshot::Snapshot;
 
     const ZONE: &str = "topology.kubernetes.io/zone";
@@ -362,15 +363,6 @@ mod tests {
             }
             n
         }))
-    }
-
-    fn feasible(pod: &PodInfo, snap: &Snapshot) -> Vec<String> {
-        let profile = Profile::default();
-        let cx = crate::plugins::CycleState::new(&profile, pod, snap);
-        snap.nodes()
-            .filter(|(_, n)| crate::framework::feasible(&profile, &cx, pod, n))
-            .map(|(_, n)| n.name.to_string())
-            .collect()
     }
 
     #[test]
