@@ -674,3 +674,146 @@ async fn a_preempting_pod_is_nominated_to_its_victims_node_then_binds_there() ->
     }
     Ok(())
 }
+
+/// Pod `p` with topology spread constraints `c`, as the API writes them.
+fn with_spread(p: TestPod, c: serde_json::Value) -> Pod {
+    let mut pod = p.build();
+    pod.spec
+        .as_mut()
+        .expect("a pod spec")
+        .topology_spread_constraints = Some(serde_json::from_value(c).expect("valid constraints"));
+    pod
+}
+
+/// One zone spread constraint over pods labelled `app`.
+fn zone_spread(app: &str, when: &str) -> serde_json::Value {
+    json!({
+        "maxSkew": 1,
+        "topologyKey": ZONE,
+        "whenUnsatisfiable": when,
+        "labelSelector": {"matchLabels": {"app": app}},
+    })
+}
+
+/// The topology spread rows of the parity table, each in its own pool of nodes, on a
+/// fresh control plane for each scheduler: 9 pods over 3 zones end 3/3/3, minDomains
+/// holds back what would crowd too few zones, matchLabelKeys counts only the pod's own
+/// revision, and a pod's own ScheduleAnyway constraint spreads it over packing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_spread_is_decided_as_kube_scheduler_decides_it() -> anyhow::Result<()> {
+    for s in Sched::BOTH {
+        let cp = ControlPlane::start().await?;
+        let client = cp.client();
+        let mut nodes = Vec::new();
+        for (p, n, per_zone) in [("s", 9, 3), ("m", 2, 1), ("k", 2, 1), ("w", 3, 1)] {
+            nodes.extend(pool(p, n, per_zone));
+        }
+        cp.create_nodes(&nodes).await?;
+        // Revision 2 has one pod in zone k-z0, revision 1 two in k-z1.
+        for (name, rev, node) in [("k-old-a", "1", "k-1"), ("k-old-b", "1", "k-1")]
+            .into_iter()
+            .chain([("k-cur", "2", "k-0")])
+        {
+            let p = pod_in(s, "k", name)
+                .label("app", "k")
+                .label("rev", rev)
+                .node_name(node);
+            create(&client, &p.build()).await?;
+        }
+        let running = Running::start(&cp, s).await?;
+        for i in 0..9 {
+            let p = pod_in(s, "s", &format!("s-{i}")).label("app", "s");
+            create(
+                &client,
+                &with_spread(p, json!([zone_spread("s", "DoNotSchedule")])),
+            )
+            .await?;
+        }
+        for i in 0..3 {
+            let mut c = zone_spread("m", "DoNotSchedule");
+            c["minDomains"] = json!(3);
+            let p = pod_in(s, "m", &format!("m-{i}")).label("app", "m");
+            create(&client, &with_spread(p, json!([c]))).await?;
+        }
+        let mut by_rev = zone_spread("k", "DoNotSchedule");
+        by_rev["matchLabelKeys"] = json!(["rev"]);
+        let p = pod_in(s, "k", "k-new").label("app", "k").label("rev", "2");
+        create(&client, &with_spread(p, json!([by_rev]))).await?;
+        for i in 0..3 {
+            let p = pod_in(s, "w", &format!("w-{i}")).label("app", "w");
+            create(
+                &client,
+                &with_spread(p, json!([zone_spread("w", "ScheduleAnyway")])),
+            )
+            .await?;
+        }
+        // s 9, m 2, k-new, w 3: 15 bound by the scheduler, beside the 3 placed by
+        // nodeName.
+        wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            "every placeable pod bound",
+            || {
+                let c = client.clone();
+                async move {
+                    let p = placements(&c, NS).await?;
+                    Ok(p.values().filter(|n| n.is_some()).count() >= 15 + 3)
+                }
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let at = placements(&client, NS).await?;
+        let zones = |prefix: &str| -> std::collections::BTreeMap<String, usize> {
+            let mut z = std::collections::BTreeMap::new();
+            for node in at
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .filter_map(|(_, v)| v.as_deref())
+            {
+                // Pool nodes `{p}-{i}` sit in zone `{p}-z{i / per_zone}`.
+                let (p, i) = node.split_once('-').expect("a pool node");
+                let per_zone = if p == "s" { 3 } else { 1 };
+                let i: usize = i.parse().expect("a node index");
+                *z.entry(format!("{p}-z{}", i / per_zone)).or_default() += 1;
+            }
+            z
+        };
+        assert_eq!(
+            zones("s-").into_values().collect::<Vec<_>>(),
+            vec![3, 3, 3],
+            "{s:?}: 9 pods, 3 zones, maxSkew 1: {at:?}"
+        );
+        assert_eq!(
+            zones("m-").into_values().collect::<Vec<_>>(),
+            vec![1, 1],
+            "{s:?}: 2 zones of the 3 minDomains asks for: one pod each: {at:?}"
+        );
+        assert_eq!(
+            at.get("k-new").cloned().flatten().as_deref(),
+            Some("k-1"),
+            "{s:?}: only revision 2 is counted: {at:?}"
+        );
+        assert_eq!(
+            zones("w-").into_values().collect::<Vec<_>>(),
+            vec![1, 1, 1],
+            "{s:?}: ScheduleAnyway spreads over packing: {at:?}"
+        );
+        let api = Api::<Pod>::namespaced(client.clone(), NS);
+        let m_pending = at
+            .iter()
+            .find(|(k, v)| k.starts_with("m-") && v.is_none())
+            .map(|(k, _)| k.clone())
+            .expect("one m pod pending");
+        let m = unschedulable_message(&api.get(&m_pending).await?).unwrap_or_default();
+        assert!(
+            m.contains("2 node(s) didn't match pod topology spread constraints"),
+            "{s:?}: {m:?}"
+        );
+        if let Running::Drover(d) = running {
+            d.stop().await?;
+        }
+    }
+    Ok(())
+}
