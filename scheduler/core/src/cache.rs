@@ -22,7 +22,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::classes::{ClassId, NodeClasses};
-use crate::model::{Labels, NodeInfo, Numa, PodInfo, PodKey, Reservation, Resources};
+use crate::model::{
+    Claim, ClaimKey, CsiNode, Labels, NodeInfo, Numa, PodInfo, PodKey, Reservation, Resources,
+    StorageClass, Volume, VolumeChoice, Volumes,
+};
 use crate::snapshot::{CHUNK, Chunk, Snapshot};
 
 /// Where a pod stands in the cache.
@@ -63,6 +66,8 @@ pub struct ClusterCache {
     classes: NodeClasses,
     /// Namespaces' labels, by name.
     namespaces: Arc<HashMap<Arc<str>, Labels>>,
+    /// Claims, volumes, classes and CSI nodes.
+    volumes: Arc<Volumes>,
 }
 
 impl ClusterCache {
@@ -82,6 +87,139 @@ impl ClusterCache {
             !self.numa.is_empty(),
             self.namespaces.clone(),
         )
+        .with_volumes(self.volumes.clone())
+    }
+
+    /// The node named `name`, if the cache holds it.
+    pub fn node(&self, name: &str) -> Option<&Arc<NodeInfo>> {
+        let &slot = self.index.get(name)?;
+        self.chunks[slot / CHUNK].node(slot % CHUNK)
+    }
+
+    /// The claims, volumes, classes and CSI nodes the cache holds.
+    pub fn volumes(&self) -> &Arc<Volumes> {
+        &self.volumes
+    }
+
+    /// Changes the volume store with `f`; publishes a new generation when `f` says it
+    /// changed something.
+    fn change_volumes(&mut self, f: impl FnOnce(&mut Volumes) -> bool) -> bool {
+        let mut next = (*self.volumes).clone();
+        let changed = f(&mut next);
+        if changed {
+            self.volumes = Arc::new(next);
+            self.generation += 1;
+        }
+        changed
+    }
+
+    /// Claim `key` is now `claim` (`None`: deleted). Returns true when that changed
+    /// anything. A claim that shows its volume bound ends the promise of that volume.
+    pub fn set_claim(&mut self, key: ClaimKey, claim: Option<Claim>) -> bool {
+        if self.volumes.claims.get(&key).map(|c| &**c) == claim.as_ref() {
+            return false;
+        }
+        self.change_volumes(|v| {
+            match claim {
+                Some(c) => {
+                    if c.bound {
+                        v.assumed.retain(|_, k| *k != key);
+                    }
+                    v.claims.insert(key, Arc::new(c));
+                }
+                None => {
+                    v.assumed.retain(|_, k| *k != key);
+                    v.claims.remove(&key);
+                }
+            }
+            true
+        })
+    }
+
+    /// Volume `name` is now `volume` (`None`: deleted). Returns true when that changed
+    /// anything. A volume whose `claimRef` the API shows ends its promise.
+    pub fn set_volume(&mut self, name: &str, volume: Option<Volume>) -> bool {
+        if self.volumes.volumes.get(name).map(|v| &**v) == volume.as_ref() {
+            return false;
+        }
+        self.change_volumes(|v| {
+            match volume {
+                Some(pv) => {
+                    if pv.claim.is_some() {
+                        v.assumed.remove(name);
+                    }
+                    v.volumes.insert(name.into(), Arc::new(pv));
+                }
+                None => {
+                    v.assumed.remove(name);
+                    v.volumes.remove(name);
+                }
+            }
+            true
+        })
+    }
+
+    /// StorageClass `name` is now `class` (`None`: deleted).
+    pub fn set_storage_class(&mut self, name: &str, class: Option<StorageClass>) -> bool {
+        if self.volumes.classes.get(name).map(|c| &**c) == class.as_ref() {
+            return false;
+        }
+        self.change_volumes(|v| {
+            match class {
+                Some(c) => v.classes.insert(name.into(), Arc::new(c)),
+                None => v.classes.remove(name),
+            };
+            true
+        })
+    }
+
+    /// The CSINode of node `name` is now `csi` (`None`: deleted).
+    pub fn set_csi_node(&mut self, name: &str, csi: Option<CsiNode>) -> bool {
+        if self.volumes.csi_nodes.get(name).map(|c| &**c) == csi.as_ref() {
+            return false;
+        }
+        self.change_volumes(|v| {
+            match csi {
+                Some(c) => v.csi_nodes.insert(name.into(), Arc::new(c)),
+                None => v.csi_nodes.remove(name),
+            };
+            true
+        })
+    }
+
+    /// Holds the volumes that `choices` bind for their claims until the API shows the
+    /// binding (or [`ClusterCache::forget_volumes`] gives them back), so that no other
+    /// claim is offered them meanwhile.
+    pub fn assume_volumes(&mut self, choices: &[VolumeChoice]) {
+        if !choices
+            .iter()
+            .any(|c| matches!(c, VolumeChoice::Bind { .. }))
+        {
+            return;
+        }
+        self.change_volumes(|v| {
+            for c in choices {
+                if let VolumeChoice::Bind { claim, volume, .. } = c {
+                    v.assumed.insert(volume.clone(), claim.clone());
+                }
+            }
+            true
+        });
+    }
+
+    /// Gives back the volumes [`ClusterCache::assume_volumes`] held for `choices`.
+    pub fn forget_volumes(&mut self, choices: &[VolumeChoice]) {
+        self.change_volumes(|v| {
+            let before = v.assumed.len();
+            for c in choices {
+                if let VolumeChoice::Bind { claim, volume, .. } = c
+                    && v.assumed.get(volume) == Some(claim)
+                {
+                    v.assumed.remove(volume);
+                }
+            }
+            v.assumed.len() != before
+        });
     }
 
     /// Namespace `name` now has `labels` (`None`: it is gone). Returns true when that

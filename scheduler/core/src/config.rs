@@ -166,6 +166,10 @@ pub struct BindingConfig {
     /// How long a successful bind may wait for the watch to confirm it before the
     /// assumption expires.
     pub confirm_timeout_seconds: u64,
+    /// How long a pod's bind waits for the claims drover bound or asked a provisioner
+    /// for to show bound, before drover undoes its choice and decides the pod again
+    /// (kube-scheduler's `bindTimeoutSeconds`).
+    pub volume_bind_timeout_seconds: u64,
 }
 
 impl Default for BindingConfig {
@@ -173,6 +177,7 @@ impl Default for BindingConfig {
         BindingConfig {
             concurrency: 64,
             confirm_timeout_seconds: 30,
+            volume_bind_timeout_seconds: 600,
         }
     }
 }
@@ -316,6 +321,8 @@ pub struct Config {
     pub bind_concurrency: usize,
     /// Milliseconds an assumed, bound pod may wait for the watch's confirmation.
     pub confirm_timeout_ms: i64,
+    /// Milliseconds a bind waits for the pod's claims to bind.
+    pub volume_bind_timeout_ms: i64,
     /// How long a gang reservation holds (ms); `None` turns reservations off.
     pub gang_reservation_ms: Option<i64>,
     /// How many gangs hold reservations at once.
@@ -427,6 +434,12 @@ impl FileConfig {
         if self.binding.confirm_timeout_seconds == 0 {
             return Err(invalid(
                 "binding.confirmTimeoutSeconds",
+                "must be at least 1",
+            ));
+        }
+        if self.binding.volume_bind_timeout_seconds == 0 {
+            return Err(invalid(
+                "binding.volumeBindTimeoutSeconds",
                 "must be at least 1",
             ));
         }
@@ -593,6 +606,7 @@ impl FileConfig {
             },
             bind_concurrency: self.binding.concurrency,
             confirm_timeout_ms: (self.binding.confirm_timeout_seconds * 1000) as i64,
+            volume_bind_timeout_ms: (self.binding.volume_bind_timeout_seconds * 1000) as i64,
             gang_reservation_ms: g.reserve.then(|| ms(g.reservation_seconds)),
             max_reservations: g.max_reservations,
             gang_repair_ms: ms(g.repair_seconds),

@@ -130,6 +130,10 @@ pub trait NodeSource: Sync {
     fn namespace_labels(&self, _name: &str) -> Option<&Labels> {
         None
     }
+    /// The claims, volumes, classes and CSI nodes of the cluster, when known.
+    fn volumes(&self) -> Option<&Arc<crate::model::Volumes>> {
+        None
+    }
     /// Calls `f` on every node (with its row) of the cluster the source shows: a view
     /// of some of a snapshot's nodes still counts the pods of all of them for terms
     /// whose domains reach past the view.
@@ -165,6 +169,9 @@ impl NodeSource for Snapshot {
     }
     fn namespace_labels(&self, name: &str) -> Option<&Labels> {
         Snapshot::namespace_labels(self, name)
+    }
+    fn volumes(&self) -> Option<&Arc<crate::model::Volumes>> {
+        Some(Snapshot::volumes(self))
     }
 }
 
@@ -223,6 +230,9 @@ impl NodeSource for Overlay<'_> {
     }
     fn namespace_labels(&self, name: &str) -> Option<&Labels> {
         self.base.namespace_labels(name)
+    }
+    fn volumes(&self) -> Option<&Arc<crate::model::Volumes>> {
+        Some(self.base.volumes())
     }
 }
 
@@ -1138,6 +1148,7 @@ pub fn same_shape(a: &PodInfo, b: &PodInfo) -> bool {
         && a.pod_affinity == b.pod_affinity
         && a.topology_spread == b.topology_spread
         && a.owner == b.owner
+        && a.claims == b.claims
 }
 
 /// [`same_shape`] over `nodes`: labels matter too when the pod's own terms or any

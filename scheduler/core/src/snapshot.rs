@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::{Labels, NodeInfo, Row};
+use crate::model::{Labels, NodeInfo, Row, Volumes};
 
 /// Nodes per chunk.
 pub const CHUNK: usize = 64;
@@ -98,6 +98,8 @@ pub struct Snapshot {
     pod_affinity: bool,
     /// Namespaces' labels, by name (for terms' `namespaceSelector`).
     namespaces: Arc<HashMap<Arc<str>, Labels>>,
+    /// Claims, volumes, classes and CSI nodes.
+    volumes: Arc<Volumes>,
 }
 
 impl Snapshot {
@@ -121,6 +123,7 @@ impl Snapshot {
             numa,
             pod_affinity,
             namespaces,
+            volumes: Arc::default(),
         }
     }
 
@@ -132,6 +135,17 @@ impl Snapshot {
     /// The labels of namespace `name`, when it is known.
     pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {
         self.namespaces.get(name)
+    }
+
+    /// The claims, volumes, classes and CSI nodes the cluster has.
+    pub fn volumes(&self) -> &Arc<Volumes> {
+        &self.volumes
+    }
+
+    /// The same snapshot with `volumes` as its store.
+    pub fn with_volumes(mut self, volumes: Arc<Volumes>) -> Self {
+        self.volumes = volumes;
+        self
     }
 
     /// The namespaces' labels, shared (for a snapshot made from other nodes).

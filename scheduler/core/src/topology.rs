@@ -136,6 +136,9 @@ impl NodeSource for Within<'_, '_> {
     fn namespace_labels(&self, name: &str) -> Option<&crate::model::Labels> {
         self.overlay.namespace_labels(name)
     }
+    fn volumes(&self) -> Option<&std::sync::Arc<crate::model::Volumes>> {
+        self.overlay.volumes()
+    }
     fn visit_all(&self, f: &mut dyn FnMut(&NodeInfo, crate::model::Row)) {
         self.overlay.visit_all(f)
     }

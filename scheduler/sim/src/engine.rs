@@ -457,7 +457,7 @@ impl<'a> Simulation<'a> {
 
     fn execute(&mut self, action: Action) {
         match action {
-            Action::Bind { pod, node } => {
+            Action::Bind { pod, node, .. } => {
                 let Some(&(j, i)) = self.by_key.get(&pod.key) else {
                     return;
                 };

@@ -653,7 +653,11 @@ impl World {
                         e.handle_budget(k, Some(b.clone()));
                     }
                 }
-                Resource::NodeTopologies => {}
+                Resource::NodeTopologies
+                | Resource::Claims
+                | Resource::PersistentVolumes
+                | Resource::StorageClasses
+                | Resource::CsiNodes => {}
                 Resource::Pods => {
                     for p in self.pods.values() {
                         e.handle_pod(p.info.clone(), now);
@@ -904,7 +908,7 @@ impl World {
 
     fn execute(&mut self, action: Action) -> Result<(), String> {
         let line = match &action {
-            Action::Bind { pod, node } => format!("bind {} uid {} -> {node}", pod.key, pod.uid),
+            Action::Bind { pod, node, .. } => format!("bind {} uid {} -> {node}", pod.key, pod.uid),
             Action::Evict { pod, reason } => {
                 format!("evict {} uid {} ({})", pod.key, pod.uid, reason.as_str())
             }
@@ -917,7 +921,7 @@ impl World {
         self.digest = fnv(self.digest, &line);
         self.note(line);
         match action {
-            Action::Bind { pod, node } => self.bind(&pod, node),
+            Action::Bind { pod, node, .. } => self.bind(&pod, node),
             Action::Evict { pod, reason } => self.evict(&pod, reason),
             Action::Unschedulable { pod, message } => {
                 if self.leading

@@ -1,11 +1,17 @@
-//! Binding pods to nodes through the `binding` subresource.
+//! Binding pods to nodes through the `binding` subresource, and their waiting claims to
+//! volumes before that.
 
-use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{
+    Binding, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+};
 use kube::Client;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
 
 use drover_core::engine::BindResult;
-use drover_core::model::PodKey;
+use drover_core::model::{ClaimKey, PodKey, VolumeChoice};
+
+use super::volumes::{BIND_COMPLETED, BOUND_BY_CONTROLLER, SELECTED_NODE};
 
 /// Binds `key` (with UID `uid`, so a recreated pod is never bound by mistake) to `node`.
 /// A 409 (already bound, or recreated) or 404 (deleted) is [`BindResult::Gone`]; an
@@ -43,5 +49,199 @@ pub async fn bind(client: Client, key: &PodKey, uid: &str, node: &str) -> BindRe
         Err(kube::Error::Api(s)) if s.code != 504 => BindResult::Failed(s.message.clone()),
         // A gateway timeout, a dropped connection, a client timeout: it may have landed.
         Err(e) => BindResult::Unknown(e.to_string()),
+    }
+}
+
+/// How often a bind that waits for its claims looks at them.
+const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Carries out `choices` before a pod binds, as kube-scheduler's VolumeBinding PreBind
+/// does: binds each chosen volume to its claim (the volume's `claimRef`, under its
+/// resourceVersion) or asks the claim's provisioner for a volume on the node
+/// (`volume.kubernetes.io/selected-node`), then waits until the volume controller shows
+/// every claim bound. On failure or after `timeout` it undoes what it wrote to claims
+/// still unbound and says why.
+pub async fn bind_volumes(
+    client: Client,
+    choices: &[VolumeChoice],
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let result = match write_choices(&client, choices).await {
+        Ok(()) => tokio::time::timeout(timeout, wait_bound(&client, choices))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "claims {} did not bind within binding.volumeBindTimeoutSeconds ({}s)",
+                    claim_list(choices),
+                    timeout.as_secs()
+                ))
+            }),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        undo(&client, choices).await;
+    }
+    result
+}
+
+fn claim_list(choices: &[VolumeChoice]) -> String {
+    choices
+        .iter()
+        .map(|c| c.claim().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn claims_api(client: &Client, claim: &ClaimKey) -> Api<PersistentVolumeClaim> {
+    Api::namespaced(client.clone(), &claim.namespace)
+}
+
+async fn write_choices(client: &Client, choices: &[VolumeChoice]) -> Result<(), String> {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for c in choices {
+        match c {
+            VolumeChoice::Bind { claim, uid, volume } => {
+                let pv = pvs
+                    .get(volume)
+                    .await
+                    .map_err(|e| format!("reading persistentvolume {volume}: {e}"))?;
+                let current = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+                if let Some(r) = current {
+                    let ours = r.namespace.as_deref() == Some(&*claim.namespace)
+                        && r.name.as_deref() == Some(&*claim.name);
+                    if ours {
+                        continue;
+                    }
+                    return Err(format!(
+                        "persistentvolume {volume} was claimed by {}/{} meanwhile",
+                        r.namespace.as_deref().unwrap_or(""),
+                        r.name.as_deref().unwrap_or("")
+                    ));
+                }
+                let patch = json!({
+                    "metadata": {
+                        "resourceVersion": pv.metadata.resource_version,
+                        "annotations": {BOUND_BY_CONTROLLER: "yes"},
+                    },
+                    "spec": {"claimRef": {
+                        "kind": "PersistentVolumeClaim",
+                        "apiVersion": "v1",
+                        "namespace": &*claim.namespace,
+                        "name": &*claim.name,
+                        "uid": &**uid,
+                    }},
+                });
+                pvs.patch(volume, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| format!("binding persistentvolume {volume} to {claim}: {e}"))?;
+            }
+            VolumeChoice::Provision { claim, node } => {
+                let patch = json!({"metadata": {"annotations": {SELECTED_NODE: &**node}}});
+                claims_api(client, claim)
+                    .patch(&claim.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| format!("selecting node {node} for {claim}: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True when the claim shows bound: a volume named and the binding completed.
+fn is_bound(pvc: &PersistentVolumeClaim) -> bool {
+    let named = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .is_some_and(|v| !v.is_empty());
+    let completed = pvc
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(BIND_COMPLETED))
+        || pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    named && completed
+}
+
+async fn wait_bound(client: &Client, choices: &[VolumeChoice]) -> Result<(), String> {
+    loop {
+        let mut all = true;
+        for c in choices {
+            let claim = c.claim();
+            let pvc = claims_api(client, claim)
+                .get(&claim.name)
+                .await
+                .map_err(|e| format!("reading {claim}: {e}"))?;
+            if pvc.metadata.deletion_timestamp.is_some() {
+                return Err(format!("{claim} is being deleted"));
+            }
+            if is_bound(&pvc) {
+                continue;
+            }
+            all = false;
+            if let VolumeChoice::Provision { node, .. } = c {
+                let selected = pvc
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(SELECTED_NODE));
+                if selected.map(String::as_str) != Some(&**node) {
+                    return Err(format!(
+                        "the provisioner gave up on {claim} for node {node} (its selected-node annotation was reset)"
+                    ));
+                }
+            }
+        }
+        if all {
+            return Ok(());
+        }
+        tokio::time::sleep(CLAIM_POLL).await;
+    }
+}
+
+/// Takes back what `choices` wrote, for claims still unbound: the selected node of a
+/// claim waiting for provisioning, the claimRef of a volume the controller has not bound.
+async fn undo(client: &Client, choices: &[VolumeChoice]) {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for c in choices {
+        let claim = c.claim();
+        let api = claims_api(client, claim);
+        if api.get(&claim.name).await.is_ok_and(|p| is_bound(&p)) {
+            continue;
+        }
+        let undone = match c {
+            VolumeChoice::Provision { .. } => {
+                let patch = json!({"metadata": {"annotations": {SELECTED_NODE: null}}});
+                api.patch(&claim.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            }
+            VolumeChoice::Bind { uid, volume, .. } => match pvs.get(volume).await {
+                Ok(pv) => {
+                    let reserved = pv
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.claim_ref.as_ref())
+                        .is_some_and(|r| r.uid.as_deref() == Some(&**uid));
+                    let bound =
+                        pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+                    if reserved && !bound {
+                        let patch = json!({
+                            "metadata": {"resourceVersion": pv.metadata.resource_version},
+                            "spec": {"claimRef": null},
+                        });
+                        pvs.patch(volume, &PatchParams::default(), &Patch::Merge(&patch))
+                            .await
+                            .map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = undone {
+            tracing::warn!(claim = %claim, error = %e, "could not undo a volume choice");
+        }
     }
 }

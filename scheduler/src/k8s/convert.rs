@@ -127,7 +127,7 @@ fn op(object: &str, s: &str) -> Result<SelectorOp, ConvertError> {
 
 /// A `metav1.LabelSelector`: `matchLabels` as `In` of one value, then
 /// `matchExpressions` (only In, NotIn, Exists and DoesNotExist are allowed there).
-fn label_selector(
+pub(crate) fn label_selector(
     object: &str,
     what: &str,
     s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
@@ -372,7 +372,7 @@ fn topology_spread(
     Ok(Some(out.into()))
 }
 
-fn term(object: &str, t: &NodeSelectorTerm) -> Result<SelectorTerm, ConvertError> {
+pub(crate) fn term(object: &str, t: &NodeSelectorTerm) -> Result<SelectorTerm, ConvertError> {
     let mut reqs = Vec::new();
     let all = t
         .match_expressions
@@ -463,6 +463,23 @@ pub fn pod_requests(object: &str, pod: &Pod) -> Result<(Resources, bool), Conver
         total.add(&resources(object, "spec.overhead", Some(o))?);
     }
     Ok((total, declared))
+}
+
+/// The claims a pod mounts: its `persistentVolumeClaim` volumes, and its generic
+/// ephemeral volumes as the claims the ephemeral-volume controller creates for them
+/// (`<pod>-<volume>`).
+fn pod_claims(pod: &str, spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<Arc<[Arc<str>]>> {
+    let claims: Vec<Arc<str>> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| match (&v.persistent_volume_claim, &v.ephemeral) {
+            (Some(c), _) => Some(Arc::from(c.claim_name.as_str())),
+            (None, Some(_)) => Some(Arc::from(format!("{pod}-{}", v.name))),
+            (None, None) => None,
+        })
+        .collect();
+    (!claims.is_empty()).then(|| claims.into())
 }
 
 /// Converts a pod.
@@ -559,7 +576,9 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
             })
         })
         .collect();
+    let claims = pod_claims(name, &spec);
     Ok(PodInfo {
+        claims,
         key,
         uid: meta.uid.as_deref().unwrap_or("").into(),
         scheduler_name: spec

@@ -9,6 +9,7 @@ pub mod lease;
 pub mod run;
 pub mod serve;
 pub mod status;
+pub mod volumes;
 pub mod watch;
 
 pub use run::{LogFormat, RunArgs, RunOptions, Shared, init_logging, run, run_from_args, run_with};

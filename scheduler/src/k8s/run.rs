@@ -23,7 +23,7 @@ use kube::runtime::events::EventType;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::binder::bind;
+use super::binder::{bind, bind_volumes};
 use super::serve;
 use super::status::{
     StatusSink, StatusTarget, StatusWriter, nominated_node, pod_group_status, queue_status,
@@ -389,12 +389,26 @@ impl Driver {
 
     fn execute(&mut self, action: Action) {
         match action {
-            Action::Bind { pod, node } => {
+            Action::Bind { pod, node, volumes } => {
                 let (client, tx, binds) =
                     (self.client.clone(), self.tx.clone(), self.binds.clone());
+                let volume_timeout = std::time::Duration::from_millis(
+                    self.engine.options().config.volume_bind_timeout_ms as u64,
+                );
                 tokio::spawn(async move {
-                    let _permit = binds.acquire_owned().await;
-                    let result = bind(client, &pod.key, &pod.uid, &node).await;
+                    // Waiting for claims to bind holds no bind slot.
+                    let volumes = if volumes.is_empty() {
+                        Ok(())
+                    } else {
+                        bind_volumes(client.clone(), &volumes, volume_timeout).await
+                    };
+                    let result = match volumes {
+                        Ok(()) => {
+                            let _permit = binds.acquire_owned().await;
+                            bind(client, &pod.key, &pod.uid, &node).await
+                        }
+                        Err(why) => drover_core::engine::BindResult::Failed(why),
+                    };
                     let _ = tx.send(Input::Bound {
                         key: pod.key.clone(),
                         created_ms: pod.created_ms,

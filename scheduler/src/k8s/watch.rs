@@ -9,10 +9,11 @@
 
 use drover_core::engine::{BindResult, Engine, EvictionResult, Resource};
 use drover_core::gang::GangKey;
-use drover_core::model::PodKey;
+use drover_core::model::{ClaimKey, PodKey};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use kube::api::DynamicObject;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -23,6 +24,7 @@ use super::convert::{
     disruption_budget, node_info, node_resource_topology, pod_group, pod_info, queue,
 };
 use super::status::{node_resource_topology_resource, pod_group_resource, queue_resource};
+use super::volumes;
 use crate::metrics::Metrics;
 
 /// What reaches a driver's loop: watch events, and the results of its own actions.
@@ -42,6 +44,14 @@ pub enum Input {
     Budget(Box<watcher::Event<PodDisruptionBudget>>),
     /// A NodeResourceTopology watch event.
     Topology(Box<watcher::Event<DynamicObject>>),
+    /// A PersistentVolumeClaim watch event.
+    Claim(Box<watcher::Event<PersistentVolumeClaim>>),
+    /// A PersistentVolume watch event.
+    Volume(Box<watcher::Event<PersistentVolume>>),
+    /// A StorageClass watch event.
+    StorageClass(Box<watcher::Event<StorageClass>>),
+    /// A CSINode watch event.
+    CsiNode(Box<watcher::Event<CSINode>>),
     /// The API server does not serve this resource.
     NotServed(Resource),
     /// This replica became the leader (true) or lost the Lease (false).
@@ -161,10 +171,42 @@ pub fn spawn_watches(
         false,
     );
     spawn_one(
-        Api::<PodDisruptionBudget>::all(c),
+        Api::<PodDisruptionBudget>::all(c.clone()),
         Resource::Budgets,
         tx.clone(),
         |e| Input::Budget(Box::new(e)),
+        s.clone(),
+        false,
+    );
+    spawn_one(
+        Api::<PersistentVolumeClaim>::all(c.clone()),
+        Resource::Claims,
+        tx.clone(),
+        |e| Input::Claim(Box::new(e)),
+        s.clone(),
+        false,
+    );
+    spawn_one(
+        Api::<PersistentVolume>::all(c.clone()),
+        Resource::PersistentVolumes,
+        tx.clone(),
+        |e| Input::Volume(Box::new(e)),
+        s.clone(),
+        false,
+    );
+    spawn_one(
+        Api::<StorageClass>::all(c.clone()),
+        Resource::StorageClasses,
+        tx.clone(),
+        |e| Input::StorageClass(Box::new(e)),
+        s.clone(),
+        false,
+    );
+    spawn_one(
+        Api::<CSINode>::all(c),
+        Resource::CsiNodes,
+        tx.clone(),
+        |e| Input::CsiNode(Box::new(e)),
         s,
         false,
     );
@@ -312,6 +354,67 @@ pub fn apply(engine: &mut Engine, input: Input, now: i64, metrics: &Metrics) -> 
             |e, o| {
                 if let Some(n) = o.metadata.name.as_deref() {
                     e.handle_node_topology(n, None, now);
+                }
+            },
+        ),
+        Input::Claim(ev) => feed(
+            engine,
+            Resource::Claims,
+            *ev,
+            now,
+            |e, c| match volumes::claim(&c) {
+                Ok((key, claim)) => e.handle_claim(key, Some(claim), now),
+                Err(err) => unreadable(metrics, "PersistentVolumeClaim", &err),
+            },
+            |e, c| {
+                if let Some(name) = c.metadata.name.as_deref() {
+                    let ns = c.metadata.namespace.as_deref().unwrap_or("default");
+                    e.handle_claim(ClaimKey::new(ns, name), None, now);
+                }
+            },
+        ),
+        Input::Volume(ev) => feed(
+            engine,
+            Resource::PersistentVolumes,
+            *ev,
+            now,
+            |e, v| match volumes::volume(&v) {
+                Ok((name, v)) => e.handle_volume(&name, Some(v), now),
+                Err(err) => unreadable(metrics, "PersistentVolume", &err),
+            },
+            |e, v| {
+                if let Some(name) = v.metadata.name.as_deref() {
+                    e.handle_volume(name, None, now);
+                }
+            },
+        ),
+        Input::StorageClass(ev) => feed(
+            engine,
+            Resource::StorageClasses,
+            *ev,
+            now,
+            |e, c| match volumes::storage_class(&c) {
+                Ok((name, c)) => e.handle_storage_class(&name, Some(c), now),
+                Err(err) => unreadable(metrics, "StorageClass", &err),
+            },
+            |e, c| {
+                if let Some(name) = c.metadata.name.as_deref() {
+                    e.handle_storage_class(name, None, now);
+                }
+            },
+        ),
+        Input::CsiNode(ev) => feed(
+            engine,
+            Resource::CsiNodes,
+            *ev,
+            now,
+            |e, c| match volumes::csi_node(&c) {
+                Ok((name, c)) => e.handle_csi_node(&name, Some(c), now),
+                Err(err) => unreadable(metrics, "CSINode", &err),
+            },
+            |e, c| {
+                if let Some(name) = c.metadata.name.as_deref() {
+                    e.handle_csi_node(name, None, now);
                 }
             },
         ),

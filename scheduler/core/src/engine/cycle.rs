@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use crate::framework::{Outcome, same_question, schedule_one};
 use crate::gang::{self, GangDecision, GangKey, MemberState};
-use crate::model::{PodInfo, Resources};
+use crate::model::{PodInfo, Resources, VolumeChoice};
+use crate::plugins::volume;
 
 use super::{Action, Engine, EventObject, InFlight};
 
@@ -98,8 +99,20 @@ impl Engine {
         true
     }
 
-    /// Counts `pod` on `node` and hands out its bind.
+    /// Counts `pod` on `node` and hands out its bind, with what binding its waiting
+    /// claims takes there.
     fn place(&mut self, pod: Arc<PodInfo>, node: Arc<str>) {
+        let volumes = match self.volume_choices(&pod, &node) {
+            Ok(v) => v,
+            Err(why) => {
+                // Another pod was promised the volume since the decision (a member of
+                // the same gang): decided again from the next snapshot.
+                let message = format!("0/1 nodes are available: 1 {why} on {node}");
+                self.wait(&pod, &message, self.now);
+                return;
+            }
+        };
+        self.cache.assume_volumes(&volumes);
         self.cache.assume(&pod, &node);
         if pod.gang.is_some() {
             self.gangs
@@ -112,9 +125,29 @@ impl Engine {
             InFlight {
                 pod: pod.clone(),
                 node: node.clone(),
+                volumes: volumes.clone(),
             },
         );
-        self.push(Action::Bind { pod, node });
+        self.push(Action::Bind { pod, node, volumes });
+    }
+
+    /// What binding `pod`'s waiting claims takes on `node` (nothing for a pod without
+    /// claims), over the newest volumes: a volume promised since the decision is not
+    /// offered twice.
+    fn volume_choices(
+        &self,
+        pod: &PodInfo,
+        node: &str,
+    ) -> Result<Arc<[VolumeChoice]>, crate::plugins::Reason> {
+        if pod.claims.is_none() {
+            return Ok(Arc::from([]));
+        }
+        let Some(info) = self.cache.node(node) else {
+            return Ok(Arc::from([]));
+        };
+        let state = volume::State::new(pod, Some(self.cache.volumes()), &mut |_| false)
+            .expect("the pod has claims");
+        Ok(state.choose(pod, info)?.into())
     }
 
     /// Parks a pending pod as unschedulable with `message`, handing out the condition

@@ -36,7 +36,10 @@ use crate::cache::{ClusterCache, PodChange};
 use crate::config::Config;
 use crate::framework::Diagnosis;
 use crate::gang::{GangKey, GangTracker, MemberState, PodGroupInfo};
-use crate::model::{DisruptionBudget, Labels, NodeInfo, Numa, Phase, PodInfo, PodKey, Resources};
+use crate::model::{
+    Claim, ClaimKey, CsiNode, DisruptionBudget, Labels, NodeInfo, Numa, Phase, PodInfo, PodKey,
+    Resources, StorageClass, Volume, VolumeChoice,
+};
 use crate::queue::QueueSet;
 use crate::quota::{Contribution, Ledger, QueueSpec, QueueTree};
 use crate::snapshot::Snapshot;
@@ -104,29 +107,45 @@ pub enum Resource {
     Budgets,
     /// NodeResourceTopologies (NUMA zones).
     NodeTopologies,
+    /// PersistentVolumeClaims.
+    Claims,
+    /// PersistentVolumes.
+    PersistentVolumes,
+    /// StorageClasses.
+    StorageClasses,
+    /// CSINodes (CSI attach limits).
+    CsiNodes,
 }
 
 impl Resource {
     /// Every kind, in the order a full list shows them: what pods refer to first,
     /// pods last.
-    pub const ALL: [Resource; 7] = [
+    pub const ALL: [Resource; 11] = [
         Resource::Nodes,
         Resource::Namespaces,
         Resource::Queues,
         Resource::PodGroups,
         Resource::Budgets,
         Resource::NodeTopologies,
+        Resource::StorageClasses,
+        Resource::PersistentVolumes,
+        Resource::Claims,
+        Resource::CsiNodes,
         Resource::Pods,
     ];
 
     /// What must be listed before drover decides anything: without them a decision
     /// could overcommit a node, split a gang or overrun a queue.
-    const BEFORE_DECIDING: [Resource; 5] = [
+    const BEFORE_DECIDING: [Resource; 9] = [
         Resource::Pods,
         Resource::Nodes,
         Resource::PodGroups,
         Resource::Queues,
         Resource::Namespaces,
+        Resource::Claims,
+        Resource::PersistentVolumes,
+        Resource::StorageClasses,
+        Resource::CsiNodes,
     ];
 }
 
@@ -212,6 +231,11 @@ pub enum Action {
         pod: Arc<PodInfo>,
         /// Its node.
         node: Arc<str>,
+        /// What to write for the pod's waiting claims before binding it: bind each to
+        /// its volume, or ask its provisioner for one on the node; then wait until every
+        /// claim is bound (bounded by `binding.volumeBindTimeoutSeconds`). Empty for most
+        /// pods.
+        volumes: Arc<[VolumeChoice]>,
     },
     /// Evict the pod through the Eviction API (honouring its disruption budgets);
     /// report the outcome with [`Engine::handle_eviction_result`].
@@ -286,6 +310,8 @@ pub struct Stats {
 struct InFlight {
     pod: Arc<PodInfo>,
     node: Arc<str>,
+    /// What binding its claims takes (given back if the bind fails).
+    volumes: Arc<[VolumeChoice]>,
 }
 
 /// An eviction handed out: until when it counts, and what to say once accepted.
@@ -643,6 +669,37 @@ impl Engine {
                         }
                     }
                 }
+                Resource::Claims => {
+                    let gone: Vec<ClaimKey> = self
+                        .cache
+                        .volumes()
+                        .claims
+                        .keys()
+                        .filter(|k| !seen.contains(&k.to_string()))
+                        .cloned()
+                        .collect();
+                    for k in gone {
+                        self.handle_claim(k, None, now);
+                    }
+                }
+                Resource::PersistentVolumes => {
+                    let v = self.cache.volumes().clone();
+                    for n in v.volumes.keys().filter(|n| !seen.contains(&***n)) {
+                        self.handle_volume(n, None, now);
+                    }
+                }
+                Resource::StorageClasses => {
+                    let v = self.cache.volumes().clone();
+                    for n in v.classes.keys().filter(|n| !seen.contains(&***n)) {
+                        self.handle_storage_class(n, None, now);
+                    }
+                }
+                Resource::CsiNodes => {
+                    let v = self.cache.volumes().clone();
+                    for n in v.csi_nodes.keys().filter(|n| !seen.contains(&***n)) {
+                        self.handle_csi_node(n, None, now);
+                    }
+                }
             }
         }
         self.listed.insert(resource);
@@ -952,6 +1009,43 @@ impl Engine {
         }
     }
 
+    /// A PersistentVolumeClaim was added or changed (`None`: deleted). Pods that wait
+    /// are worth trying again when it changed.
+    pub fn handle_claim(&mut self, key: ClaimKey, claim: Option<Claim>, now: i64) {
+        self.now = now;
+        self.saw(Resource::Claims, key.to_string());
+        if self.cache.set_claim(key, claim) {
+            self.queue.cluster_changed(now);
+        }
+    }
+
+    /// A PersistentVolume was added or changed (`None`: deleted).
+    pub fn handle_volume(&mut self, name: &str, volume: Option<Volume>, now: i64) {
+        self.now = now;
+        self.saw(Resource::PersistentVolumes, name.to_string());
+        if self.cache.set_volume(name, volume) {
+            self.queue.cluster_changed(now);
+        }
+    }
+
+    /// A StorageClass was added or changed (`None`: deleted).
+    pub fn handle_storage_class(&mut self, name: &str, class: Option<StorageClass>, now: i64) {
+        self.now = now;
+        self.saw(Resource::StorageClasses, name.to_string());
+        if self.cache.set_storage_class(name, class) {
+            self.queue.cluster_changed(now);
+        }
+    }
+
+    /// A node's CSINode was added or changed (`None`: deleted).
+    pub fn handle_csi_node(&mut self, node: &str, csi: Option<CsiNode>, now: i64) {
+        self.now = now;
+        self.saw(Resource::CsiNodes, node.to_string());
+        if self.cache.set_csi_node(node, csi) {
+            self.queue.cluster_changed(now);
+        }
+    }
+
     /// A PodDisruptionBudget (`None`: deleted, or it covers no pod).
     pub fn handle_budget(&mut self, key: &str, budget: Option<DisruptionBudget>) {
         self.saw(Resource::Budgets, key.to_string());
@@ -1040,7 +1134,7 @@ impl Engine {
     /// not hand out (or already heard about) are ignored.
     pub fn handle_bind_result(&mut self, key: &PodKey, result: BindResult, now: i64) {
         self.now = now;
-        let Some(InFlight { pod, node }) = self.in_flight.remove(key) else {
+        let Some(InFlight { pod, node, volumes }) = self.in_flight.remove(key) else {
             return;
         };
         match result {
@@ -1097,6 +1191,7 @@ impl Engine {
             BindResult::Failed(why) => {
                 tracing::warn!(pod = %pod.key, node = %node, error = %why, "bind failed; will retry");
                 self.stats.bind_failures += 1;
+                self.cache.forget_volumes(&volumes);
                 self.unassume(&pod.key);
                 // A watch update during the bind may have taken the pod out of the
                 // queue: put it back, or it would wait for its next update.

@@ -64,7 +64,7 @@ fn binds(actions: &[Action]) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = actions
         .iter()
         .filter_map(|a| match a {
-            Action::Bind { pod, node } => Some((pod.key.name.to_string(), node.to_string())),
+            Action::Bind { pod, node, .. } => Some((pod.key.name.to_string(), node.to_string())),
             _ => None,
         })
         .collect();
@@ -592,4 +592,94 @@ fn a_preempting_pod_is_nominated_to_its_victims_node_and_cleared_when_it_binds_e
         };
         assert_eq!(nominations(&actions), cleared, "elsewhere={elsewhere}");
     }
+}
+
+/// Two pods with claims of a `WaitForFirstConsumer` local class, one free volume
+/// reachable only from node b: the first pod goes to b with that volume chosen, the
+/// second is not offered it while the first bind is under way, and gets it back
+/// when that bind fails.
+#[test]
+fn a_waiting_claim_binds_its_volume_and_no_other_claim_is_offered_it() {
+    use crate::model::{
+        AccessModes, BindingMode, Claim, ClaimKey, Requirement, SelectorOp, SelectorTerm,
+        StorageClass, Volume, VolumeChoice,
+    };
+    let mut e = engine();
+    e.handle_node(node("a", 4000, 16), 0);
+    e.handle_node(node("b", 4000, 16), 0);
+    e.handle_storage_class(
+        "local",
+        Some(StorageClass {
+            provisioner: crate::model::volume::NO_PROVISIONER.into(),
+            binding_mode: BindingMode::WaitForFirstConsumer,
+            allowed_topologies: None,
+        }),
+        0,
+    );
+    e.handle_volume(
+        "pv-b",
+        Some(Volume {
+            name: "pv-b".into(),
+            class: Some("local".into()),
+            capacity_bytes: GI,
+            access_modes: AccessModes::RWO,
+            node_affinity: Some(vec![SelectorTerm(vec![Requirement {
+                key: "metadata.name".into(),
+                op: SelectorOp::In,
+                values: vec!["b".into()],
+                bound: 0,
+                field: true,
+            }])]),
+            available: true,
+            ..Default::default()
+        }),
+        0,
+    );
+    for c in ["c1", "c2"] {
+        e.handle_claim(
+            ClaimKey::new("ns", c),
+            Some(Claim {
+                uid: format!("uid-{c}").into(),
+                class: Some("local".into()),
+                request_bytes: GI,
+                access_modes: AccessModes::RWO,
+                ..Default::default()
+            }),
+            0,
+        );
+    }
+    let with_claim = |name: &str, claim: &str| PodInfo {
+        claims: Some(vec![Arc::from(claim)].into()),
+        ..pod(name, 1000, 1)
+    };
+    e.handle_pod(with_claim("p1", "c1"), 0);
+    let actions = run(&mut e, 1);
+    let chosen: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Bind { node, volumes, .. } => Some((node.to_string(), volumes.to_vec())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        chosen,
+        vec![(
+            "b".to_string(),
+            vec![VolumeChoice::Bind {
+                claim: ClaimKey::new("ns", "c1"),
+                uid: "uid-c1".into(),
+                volume: "pv-b".into(),
+            }]
+        )]
+    );
+    e.handle_pod(with_claim("p2", "c2"), 2);
+    assert!(binds(&run(&mut e, 3)).is_empty(), "pv-b is promised to c1");
+    e.handle_bind_result(
+        &PodKey::new("ns", "p1"),
+        BindResult::Failed("c1 did not bind".into()),
+        4,
+    );
+    let later = binds(&run(&mut e, 60_000));
+    assert_eq!(later.len(), 1, "one volume, one of the two pods: {later:?}");
+    assert_eq!(later[0].1, "b");
 }

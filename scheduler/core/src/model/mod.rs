@@ -9,6 +9,7 @@ pub mod node;
 pub mod pod;
 pub mod resources;
 pub mod spread;
+pub mod volume;
 
 pub use affinity::{NamespaceScope, PodAffinity, PodAffinityTerm};
 pub use budget::DisruptionBudget;
@@ -20,3 +21,7 @@ pub use node::{Numa, NumaZone, Reservation, Row};
 pub use pod::{GangRef, HostPort, Phase, PodInfo, PodKey, Protocol};
 pub use resources::{GPU, ResourceKind, Resources};
 pub use spread::{SpreadConstraint, SpreadSelector};
+pub use volume::{
+    AccessModes, BindingMode, Claim, ClaimKey, CsiNode, StorageClass, Volume, VolumeChoice,
+    VolumeMode, Volumes,
+};

@@ -152,6 +152,9 @@ pub struct PodInfo {
     /// The uid of the pod's controller (its owner reference with `controller: true`),
     /// for cluster default spread constraints.
     pub owner: Option<Arc<str>>,
+    /// The PersistentVolumeClaims the pod mounts, by name in its namespace (generic
+    /// ephemeral volumes as the claims they create, `<pod>-<volume>`); `None`: none.
+    pub claims: Option<Arc<[Arc<str>]>>,
 }
 
 /// How a pod names its gang: the `scheduling.x-k8s.io/pod-group` label or Volcano's

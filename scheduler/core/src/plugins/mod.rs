@@ -18,6 +18,7 @@ pub mod ports;
 pub mod spread;
 pub mod taints;
 pub mod unschedulable;
+pub mod volume;
 pub mod waste;
 
 use std::fmt;
@@ -63,6 +64,28 @@ pub enum Reason {
     Spread,
     /// The node lacks the topology key of a `DoNotSchedule` spread constraint.
     SpreadMissingLabel,
+    /// A claim the pod mounts does not exist.
+    ClaimNotFound(Arc<str>),
+    /// A claim the pod mounts is being deleted.
+    ClaimDeleting(Arc<str>),
+    /// A claim of a class that does not exist.
+    ClassNotFound(Arc<str>),
+    /// A claim is unbound and its class binds immediately (or it has no class): the
+    /// pod waits until it binds.
+    UnboundImmediateClaims,
+    /// A bound claim names a volume that does not exist.
+    VolumeNotFound,
+    /// A bound claim's volume cannot be reached from the node (its node affinity).
+    VolumeNodeAffinity,
+    /// A bound claim's volume is in another zone (its legacy zone labels).
+    VolumeZone,
+    /// No free volume fits a waiting claim on the node and its class cannot provision
+    /// there.
+    VolumeBindConflict,
+    /// The node's CSI driver would attach more volumes than its CSINode allows.
+    VolumeLimit,
+    /// A `ReadWriteOncePod` claim is mounted by another pod.
+    ReadWriteOncePod,
 }
 
 impl fmt::Display for Reason {
@@ -107,6 +130,26 @@ impl fmt::Display for Reason {
             Reason::SpreadMissingLabel => f.write_str(
                 "node(s) didn't match pod topology spread constraints (missing required label)",
             ),
+            Reason::ClaimNotFound(c) => write!(f, "persistentvolumeclaim \"{c}\" not found"),
+            Reason::ClaimDeleting(c) => {
+                write!(f, "persistentvolumeclaim \"{c}\" is being deleted")
+            }
+            Reason::ClassNotFound(c) => write!(f, "storageclass.storage.k8s.io \"{c}\" not found"),
+            Reason::UnboundImmediateClaims => {
+                f.write_str("pod has unbound immediate PersistentVolumeClaims")
+            }
+            Reason::VolumeNotFound => f.write_str(
+                "node(s) unavailable due to one or more pvc(s) bound to non-existent pv(s)",
+            ),
+            Reason::VolumeNodeAffinity => f.write_str("node(s) had volume node affinity conflict"),
+            Reason::VolumeZone => f.write_str("node(s) had no available volume zone"),
+            Reason::VolumeBindConflict => {
+                f.write_str("node(s) didn't find available persistent volumes to bind")
+            }
+            Reason::VolumeLimit => f.write_str("node(s) exceed max volume count"),
+            Reason::ReadWriteOncePod => f.write_str(
+                "node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode",
+            ),
         }
     }
 }
@@ -141,6 +184,10 @@ pub enum Filter {
     InterPodAffinity,
     /// `DoNotSchedule` topology spread constraints (`PodTopologySpread`).
     TopologySpread,
+    /// Persistent volume claims: binding, node affinity, zones, CSI attach limits and
+    /// `ReadWriteOncePod` (`VolumeBinding`, `VolumeZone`, `NodeVolumeLimits`,
+    /// `VolumeRestrictions`).
+    Volumes,
 }
 
 /// What one cycle counted over every node for one pod, for the plugins whose verdict
@@ -153,6 +200,8 @@ pub struct CycleState {
     /// `PodTopologySpread`'s counts, when the pod has spread constraints (its own or
     /// the profile's defaults).
     pub spread: Option<Arc<spread::State>>,
+    /// The pod's claims sorted over the volumes, when it mounts any.
+    pub volumes: Option<Arc<volume::State>>,
 }
 
 impl CycleState {
@@ -180,6 +229,14 @@ impl CycleState {
                 scores(Score::TopologySpread),
             )
             .map(Arc::new),
+            volumes: if filters(Filter::Volumes) {
+                volume::State::new(pod, nodes.volumes(), &mut |claim| {
+                    mounted_elsewhere(nodes, pod, claim)
+                })
+                .map(Arc::new)
+            } else {
+                None
+            },
         }
     }
 
@@ -190,9 +247,28 @@ impl CycleState {
     }
 }
 
+/// True when a placed pod other than `pod` mounts `claim` (kube-scheduler counts the
+/// pods of every node, bound or assumed).
+fn mounted_elsewhere<N: crate::framework::NodeSource + ?Sized>(
+    nodes: &N,
+    pod: &PodInfo,
+    claim: &crate::model::ClaimKey,
+) -> bool {
+    let mut found = false;
+    nodes.visit_all(&mut |n, _| {
+        found = found
+            || n.pods.iter().any(|p| {
+                p.key != pod.key
+                    && p.key.namespace == claim.namespace
+                    && p.claims.as_ref().is_some_and(|c| c.contains(&claim.name))
+            });
+    });
+    found
+}
+
 impl Filter {
     /// The filters of the default profile, cheapest first.
-    pub const DEFAULT: [Filter; 11] = [
+    pub const DEFAULT: [Filter; 12] = [
         Filter::Unschedulable,
         Filter::NodeName,
         Filter::Taints,
@@ -204,6 +280,7 @@ impl Filter {
         Filter::GpuMemory,
         Filter::Fit,
         Filter::Numa,
+        Filter::Volumes,
         Filter::InterPodAffinity,
         Filter::TopologySpread,
     ];
@@ -222,6 +299,7 @@ impl Filter {
             Filter::GpuMemory => "GPUMemory",
             Filter::InterPodAffinity => "InterPodAffinity",
             Filter::TopologySpread => "PodTopologySpread",
+            Filter::Volumes => "VolumeBinding",
         }
     }
 
@@ -237,7 +315,8 @@ impl Filter {
             | Filter::Numa
             | Filter::Exclusive { .. }
             | Filter::InterPodAffinity
-            | Filter::TopologySpread => false,
+            | Filter::TopologySpread
+            | Filter::Volumes => false,
         }
     }
 
@@ -248,6 +327,7 @@ impl Filter {
         match self {
             Filter::InterPodAffinity => cx.inter_pod.as_ref().is_none_or(|s| !s.filters()),
             Filter::TopologySpread => cx.spread.as_ref().is_none_or(|s| !s.filters()),
+            Filter::Volumes => cx.volumes.is_none(),
             Filter::NodeName => pod.node_name.is_none(),
             Filter::Ports => pod.host_ports.is_empty(),
             Filter::Exclusive { .. } => pod.daemonset,
@@ -269,6 +349,7 @@ impl Filter {
         match self {
             Filter::InterPodAffinity => cx.inter_pod.as_ref().is_none_or(|s| s.filter(node, why)),
             Filter::TopologySpread => cx.spread.as_ref().is_none_or(|s| s.filter(node, why)),
+            Filter::Volumes => cx.volumes.as_ref().is_none_or(|s| s.filter(pod, node, why)),
             Filter::Unschedulable => unschedulable::filter(pod, node, why),
             Filter::NodeName => node_name::filter(pod, node, why),
             Filter::Taints => taints::filter(pod, node, why),
