@@ -817,3 +817,289 @@ async fn topology_spread_is_decided_as_kube_scheduler_decides_it() -> anyhow::Re
     }
     Ok(())
 }
+
+const CSI: &str = "csi.example.com";
+
+/// Creates the object `v` describes through `api`.
+async fn make<K>(api: &Api<K>, v: serde_json::Value) -> anyhow::Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(v)?;
+    Ok(api.create(&PostParams::default(), &obj).await?)
+}
+
+/// Node affinity of a volume: `key` In `value`.
+fn volume_nodes(key: &str, value: &str) -> serde_json::Value {
+    json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
+        {"key": key, "operator": "In", "values": [value]}]}]}})
+}
+
+/// A PersistentVolume `name` of `class` ("" for none), 1Gi unless said, through CSI.
+fn pv_json(
+    name: &str,
+    class: &str,
+    modes: &[&str],
+    nodes: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut v = json!({
+        "metadata": {"name": name},
+        "spec": {
+            "storageClassName": class,
+            "capacity": {"storage": "1Gi"},
+            "accessModes": modes,
+            "csi": {"driver": CSI, "volumeHandle": name},
+            "persistentVolumeReclaimPolicy": "Retain",
+        }
+    });
+    if let Some(n) = nodes {
+        v["spec"]["nodeAffinity"] = n;
+    }
+    v
+}
+
+/// A PersistentVolumeClaim `name` of `class` for 1Gi, pre-bound to `volume` if given.
+fn pvc_json(name: &str, class: &str, modes: &[&str], volume: Option<&str>) -> serde_json::Value {
+    let mut v = json!({
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "storageClassName": class,
+            "accessModes": modes,
+            "resources": {"requests": {"storage": "1Gi"}},
+        }
+    });
+    if let Some(pv) = volume {
+        v["spec"]["volumeName"] = json!(pv);
+    }
+    v
+}
+
+/// Pod `p` mounting claim `claim`.
+fn mounting(p: TestPod, claim: &str) -> Pod {
+    let mut pod = p.build();
+    pod.spec.as_mut().expect("a pod spec").volumes = Some(vec![
+        serde_json::from_value(
+            json!({"name": "data", "persistentVolumeClaim": {"claimName": claim}}),
+        )
+        .expect("a volume"),
+    ]);
+    pod
+}
+
+async fn claim_phase(client: &Client, name: &str) -> anyhow::Result<Option<String>> {
+    let c =
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), NS)
+            .get(name)
+            .await?;
+    Ok(c.status.and_then(|s| s.phase))
+}
+
+/// The volume rows of the parity table, with the real volume controller
+/// (kube-controller-manager) binding claims, on a fresh control plane for each
+/// scheduler; the test plays the CSI provisioner (it creates the volume a claim's
+/// selected-node asks for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_are_decided_as_kube_scheduler_decides_them() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
+    for s in Sched::BOTH {
+        let cp = ControlPlane::builder()
+            .controller_manager(true)
+            .start()
+            .await?;
+        let client = cp.client();
+        let mut nodes = pool("v", 4, 2);
+        nodes.extend(pool("l", 1, 1));
+        nodes.extend(pool("o", 2, 2));
+        cp.create_nodes(&nodes).await?;
+        let (pvs, pvcs) = (
+            Api::<PersistentVolume>::all(client.clone()),
+            Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS),
+        );
+        let classes = Api::<StorageClass>::all(client.clone());
+        for (name, provisioner, mode, zone) in [
+            ("zonal", CSI, "WaitForFirstConsumer", Some("v-z1")),
+            (
+                "local",
+                "kubernetes.io/no-provisioner",
+                "WaitForFirstConsumer",
+                None,
+            ),
+            ("now", CSI, "Immediate", None),
+        ] {
+            let mut c = json!({"metadata": {"name": name}, "provisioner": provisioner,
+                "volumeBindingMode": mode});
+            if let Some(z) = zone {
+                c["allowedTopologies"] =
+                    json!([{"matchLabelExpressions": [{"key": ZONE, "values": [z]}]}]);
+            }
+            make(&classes, c).await?;
+        }
+        make(
+            &Api::<CSINode>::all(client.clone()),
+            json!({"metadata": {"name": "l-0"}, "spec": {"drivers": [
+                {"name": CSI, "nodeID": "l-0", "allocatable": {"count": 1}}]}}),
+        )
+        .await?;
+        let rwo = ["ReadWriteOnce"];
+        // Pre-bound pairs the volume controller binds: a zone-v-z1 volume, two CSI
+        // volumes for the one-attachment node, a ReadWriteOncePod volume.
+        for (pv, pvc, modes, nodes) in [
+            (
+                "pv-bound",
+                "bound",
+                &rwo[..],
+                Some(volume_nodes(ZONE, "v-z1")),
+            ),
+            ("pv-l1", "l1", &rwo[..], None),
+            ("pv-l2", "l2", &rwo[..], None),
+            ("pv-solo", "solo", &["ReadWriteOncePod"][..], None),
+        ] {
+            let mut v = pv_json(pv, "", modes, nodes);
+            v["spec"]["claimRef"] = json!({"namespace": NS, "name": pvc});
+            make(&pvs, v).await?;
+            make(&pvcs, pvc_json(pvc, "", modes, Some(pv))).await?;
+        }
+        // A static local volume on v-3 only; claims that wait for their consumer.
+        make(
+            &pvs,
+            pv_json("pv-local", "local", &rwo, Some(volume_nodes(HOST, "v-3"))),
+        )
+        .await?;
+        make(&pvcs, pvc_json("scratch", "local", &rwo, None)).await?;
+        make(&pvcs, pvc_json("home", "zonal", &rwo, None)).await?;
+        make(&pvcs, pvc_json("later", "now", &rwo, None)).await?;
+        wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            "the volume controller bound the pre-bound claims",
+            || {
+                let c = client.clone();
+                async move {
+                    for n in ["bound", "l1", "l2", "solo"] {
+                        if claim_phase(&c, n).await?.as_deref() != Some("Bound") {
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                }
+            },
+        )
+        .await?;
+        let running = Running::start(&cp, s).await?;
+        for (pod, pool, claim) in [
+            ("uses-bound", "v", "bound"),
+            ("notebook", "v", "home"),
+            ("uses-local", "v", "scratch"),
+            ("waits-immediate", "v", "later"),
+            ("l-a", "l", "l1"),
+            ("l-b", "l", "l2"),
+            ("o-a", "o", "solo"),
+            ("o-b", "o", "solo"),
+        ] {
+            create(&client, &mounting(pod_in(s, pool, pod), claim)).await?;
+        }
+        // Play the provisioner: once a node is selected for `home`, make its volume.
+        let selected = wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            "a node selected for claim home",
+            || {
+                let pvcs = pvcs.clone();
+                async move {
+                    let c = pvcs.get("home").await?;
+                    Ok(c.metadata
+                        .annotations
+                        .unwrap_or_default()
+                        .contains_key("volume.kubernetes.io/selected-node"))
+                }
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{s:?}: {e}"));
+        selected?;
+        let home = pvcs.get("home").await?;
+        let node = home.metadata.annotations.clone().unwrap_or_default()
+            ["volume.kubernetes.io/selected-node"]
+            .clone();
+        let mut v = pv_json("pv-home", "zonal", &rwo, Some(volume_nodes(ZONE, "v-z1")));
+        v["spec"]["claimRef"] = json!({"namespace": NS, "name": "home",
+            "uid": home.metadata.uid});
+        make(&pvs, v).await?;
+        // uses-bound, notebook, uses-local, one of l-*, one of o-*.
+        wait_until(
+            Duration::from_secs(90),
+            Duration::from_millis(200),
+            "every placeable pod bound",
+            || {
+                let c = client.clone();
+                async move {
+                    let p = placements(&c, NS).await?;
+                    Ok(p.values().filter(|n| n.is_some()).count() >= 5)
+                }
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let at = placements(&client, NS).await?;
+        let on = |p: &str| at.get(p).cloned().flatten();
+        assert!(
+            matches!(on("uses-bound").as_deref(), Some("v-2" | "v-3")),
+            "{s:?}: its volume is in zone v-z1: {at:?}"
+        );
+        assert!(
+            matches!(node.as_str(), "v-2" | "v-3"),
+            "{s:?}: the class provisions in v-z1 only: selected {node}"
+        );
+        assert_eq!(on("notebook"), Some(node.clone()), "{s:?}: {at:?}");
+        assert_eq!(on("uses-local").as_deref(), Some("v-3"), "{s:?}: {at:?}");
+        let local = pvs.get("pv-local").await?;
+        let claim_ref = local.spec.and_then(|s| s.claim_ref).and_then(|r| r.name);
+        assert_eq!(
+            claim_ref.as_deref(),
+            Some("scratch"),
+            "{s:?}: the static volume bound"
+        );
+        assert_eq!(on("waits-immediate"), None, "{s:?}: {at:?}");
+        let api = Api::<Pod>::namespaced(client.clone(), NS);
+        let says = |name: String, text: &'static str| {
+            let api = api.clone();
+            async move {
+                let m = unschedulable_message(&api.get(&name).await?).unwrap_or_default();
+                anyhow::ensure!(m.contains(text), "{s:?}: {name}: {m:?} says {text:?}");
+                anyhow::Ok(())
+            }
+        };
+        says(
+            "waits-immediate".into(),
+            "pod has unbound immediate PersistentVolumeClaims",
+        )
+        .await?;
+        for (prefix, text) in [
+            ("l-", "node(s) exceed max volume count"),
+            ("o-", "ReadWriteOncePod access mode"),
+        ] {
+            let placed: Vec<_> = at
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(
+                placed.iter().filter(|(_, v)| v.is_some()).count(),
+                1,
+                "{s:?}: one of {prefix}*: {at:?}"
+            );
+            let pending = placed
+                .into_iter()
+                .find(|(_, v)| v.is_none())
+                .map(|(k, _)| k)
+                .expect("one pending");
+            says(pending, text).await?;
+        }
+        if let Running::Drover(d) = running {
+            d.stop().await?;
+        }
+    }
+    Ok(())
+}
