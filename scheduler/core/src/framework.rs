@@ -180,6 +180,9 @@ impl NodeSource for Snapshot {
 pub struct Overlay<'a> {
     base: &'a Snapshot,
     chunks: Vec<Arc<Chunk>>,
+    /// The base's volumes with the volumes promised to the pods placed here, once any
+    /// placed pod has a claim that waits for its node.
+    volumes: Option<Arc<crate::model::Volumes>>,
 }
 
 impl<'a> Overlay<'a> {
@@ -188,12 +191,36 @@ impl<'a> Overlay<'a> {
         Overlay {
             base,
             chunks: base.chunks().to_vec(),
+            volumes: None,
         }
     }
 
-    /// Counts `pod` on the node in `slot` (a local copy of that node).
+    /// Counts `pod` on the node in `slot` (a local copy of that node). The volumes its
+    /// waiting claims would bind there are promised to it, so the pods placed after it
+    /// are not offered them (the engine binds a gang's members in the same order, so it
+    /// chooses the same volumes).
     pub fn place(&mut self, slot: usize, pod: Arc<PodInfo>) {
         assert!(self.get(slot).is_some(), "placing on an empty slot");
+        if pod.claims.is_some() {
+            let store = self
+                .volumes
+                .clone()
+                .unwrap_or_else(|| self.base.volumes().clone());
+            let choices = self.get(slot).and_then(|node| {
+                crate::plugins::volume::State::new(&pod, Some(&store), &mut |_| false)?
+                    .choose(&pod, node)
+                    .ok()
+            });
+            if let Some(choices) = choices.filter(|c| !c.is_empty()) {
+                let mut next = (*store).clone();
+                for c in &choices {
+                    if let crate::model::VolumeChoice::Bind { claim, volume, .. } = c {
+                        next.assumed.insert(volume.clone(), claim.clone());
+                    }
+                }
+                self.volumes = Some(Arc::new(next));
+            }
+        }
         Arc::make_mut(&mut self.chunks[slot / CHUNK]).update(slot % CHUNK, |n| n.add_pod(pod));
     }
 
@@ -232,7 +259,7 @@ impl NodeSource for Overlay<'_> {
         self.base.namespace_labels(name)
     }
     fn volumes(&self) -> Option<&Arc<crate::model::Volumes>> {
-        Some(self.base.volumes())
+        Some(self.volumes.as_ref().unwrap_or(self.base.volumes()))
     }
 }
 

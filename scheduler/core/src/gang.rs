@@ -681,13 +681,7 @@ fn plan_reservation_on(
                 .is_none_or(|o| *o.namespace != *r.namespace || *o.name != *r.gang)
         })
     };
-    let mut order: Vec<&Arc<PodInfo>> = members.iter().collect();
-    order.sort_by(|a, b| {
-        let (ra, rb) = (&a.requests, &b.requests);
-        (rb.gpu, rb.memory, rb.cpu)
-            .cmp(&(ra.gpu, ra.memory, ra.cpu))
-            .then_with(|| a.key.cmp(&b.key))
-    });
+    let order = placement_order(members);
     // The drained view of a node: only the pods that stay, plus what is planned.
     let mut drained: HashMap<usize, NodeInfo> = HashMap::new();
     let mut plan = ReservationPlan::new();
@@ -775,17 +769,26 @@ pub enum GangOutcome {
     },
 }
 
-/// Places `members` all together over `snapshot`, largest request first so the big
-/// members are not crowded out by the small ones. Pods are placed one after another on
-/// an overlay of the snapshot, so each sees the ones placed before it.
-pub fn place_all(profile: &Profile, members: &[Arc<PodInfo>], snapshot: &Snapshot) -> GangOutcome {
-    let mut order: Vec<&Arc<PodInfo>> = members.iter().collect();
+/// The order in which a gang's members are placed: largest request first (GPUs, then
+/// memory, then CPU), so the big members are not crowded out by the small ones; then
+/// by key. The engine binds a placed gang's members in this order too.
+pub fn placement_order<P: std::borrow::Borrow<PodInfo>>(members: &[P]) -> Vec<&P> {
+    let mut order: Vec<&P> = members.iter().collect();
     order.sort_by(|a, b| {
+        let (a, b) = (a.borrow(), b.borrow());
         let (ra, rb) = (&a.requests, &b.requests);
         (rb.gpu, rb.memory, rb.cpu)
             .cmp(&(ra.gpu, ra.memory, ra.cpu))
             .then_with(|| a.key.cmp(&b.key))
     });
+    order
+}
+
+/// Places `members` all together over `snapshot`, largest request first so the big
+/// members are not crowded out by the small ones. Pods are placed one after another on
+/// an overlay of the snapshot, so each sees the ones placed before it.
+pub fn place_all(profile: &Profile, members: &[Arc<PodInfo>], snapshot: &Snapshot) -> GangOutcome {
+    let order = placement_order(members);
     let mut overlay = Overlay::new(snapshot);
     let mut placed = Vec::with_capacity(members.len());
     // Members of the same shape share one evaluation: after each placement only the
@@ -887,6 +890,68 @@ mod tests {
                 "case {i}: the snapshot is never changed"
             );
         }
+    }
+
+    /// Members whose claims wait for their node: one free volume that either node
+    /// reaches serves one member, not two; two volumes serve both.
+    #[test]
+    fn members_claims_take_distinct_volumes_inside_the_gang_decision() {
+        let store = |volumes: &[&str]| {
+            let mut v = Volumes::default();
+            v.classes.insert(
+                "local".into(),
+                Arc::new(StorageClass {
+                    provisioner: crate::model::volume::NO_PROVISIONER.into(),
+                    binding_mode: BindingMode::WaitForFirstConsumer,
+                    allowed_topologies: None,
+                }),
+            );
+            for c in ["c0", "c1"] {
+                v.claims.insert(
+                    ClaimKey::new("ns", c),
+                    Arc::new(Claim {
+                        uid: c.into(),
+                        class: Some("local".into()),
+                        access_modes: AccessModes::RWO,
+                        ..Default::default()
+                    }),
+                );
+            }
+            for name in volumes {
+                v.volumes.insert(
+                    (*name).into(),
+                    Arc::new(Volume {
+                        name: (*name).into(),
+                        class: Some("local".into()),
+                        access_modes: AccessModes::RWO,
+                        available: true,
+                        ..Default::default()
+                    }),
+                );
+            }
+            Arc::new(v)
+        };
+        let members: Vec<Arc<PodInfo>> = (0..2)
+            .map(|i| {
+                Arc::new(PodInfo {
+                    claims: Some(vec![Arc::from(format!("c{i}"))].into()),
+                    ..(*pod(&format!("m{i}"), 3000)).clone()
+                })
+            })
+            .collect();
+        let one = nodes(&[4000, 4000]).with_volumes(store(&["v"]));
+        assert!(
+            matches!(
+                place_all(&Profile::default(), &members, &one),
+                GangOutcome::Waiting { placeable: 1, .. }
+            ),
+            "one volume for two members"
+        );
+        let two = nodes(&[4000, 4000]).with_volumes(store(&["v", "w"]));
+        assert!(matches!(
+            place_all(&Profile::default(), &members, &two),
+            GangOutcome::Placed(_)
+        ));
     }
 
     fn member(name: &str, gang: &str, cpu: i64, min: Option<&str>) -> Arc<PodInfo> {

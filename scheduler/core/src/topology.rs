@@ -172,13 +172,7 @@ pub fn place_within(
     snapshot: &Snapshot,
     slots: &[usize],
 ) -> GangOutcome {
-    let mut order: Vec<&Arc<PodInfo>> = members.iter().collect();
-    order.sort_by(|a, b| {
-        let (ra, rb) = (&a.requests, &b.requests);
-        (rb.gpu, rb.memory, rb.cpu)
-            .cmp(&(ra.gpu, ra.memory, ra.cpu))
-            .then_with(|| a.key.cmp(&b.key))
-    });
+    let order = crate::gang::placement_order(members);
     let mut overlay = Overlay::new(snapshot);
     let mut placed: Vec<(PodKey, usize, Arc<str>)> = Vec::with_capacity(members.len());
     let mut eval: Option<(usize, Evaluation)> = None;

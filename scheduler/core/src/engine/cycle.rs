@@ -349,9 +349,16 @@ impl Engine {
                     .filter(|p| !placed.iter().any(|(m, _, _)| m.key == p.key))
                     .cloned()
                     .collect();
-                for (member, _, node) in placed {
+                // In the order the decision placed them: the volumes each member's
+                // claims bind are then the ones the decision promised it.
+                let pods: Vec<Arc<PodInfo>> = placed.iter().map(|(m, _, _)| m.clone()).collect();
+                for m in gang::placement_order(&pods) {
+                    let Some((member, _, node)) = placed.iter().find(|(p, _, _)| p.key == m.key)
+                    else {
+                        continue;
+                    };
                     self.queue.take(&member.key);
-                    self.place(member, node);
+                    self.place(member.clone(), node.clone());
                 }
                 // Members beyond the ones placed (the gang needed fewer, or quota cut
                 // them) are tried again one by one once the gang runs.
