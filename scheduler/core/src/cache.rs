@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use crate::classes::{ClassId, NodeClasses};
 use crate::model::{
-    Claim, ClaimKey, CsiNode, Labels, NodeInfo, Numa, PodInfo, PodKey, Reservation, Resources,
-    StorageClass, Volume, VolumeChoice, Volumes,
+    Claim, ClaimKey, CsiNode, DeviceClaim, Labels, NodeInfo, Numa, PodInfo, PodKey, Reservation,
+    Resources, StorageClass, Volume, VolumeChoice, Volumes,
 };
 use crate::snapshot::{CHUNK, Chunk, Snapshot};
 
@@ -182,6 +182,20 @@ impl ClusterCache {
             match csi {
                 Some(c) => v.csi_nodes.insert(name.into(), Arc::new(c)),
                 None => v.csi_nodes.remove(name),
+            };
+            true
+        })
+    }
+
+    /// Resource claim `key` is now `claim` (`None`: deleted).
+    pub fn set_device_claim(&mut self, key: ClaimKey, claim: Option<DeviceClaim>) -> bool {
+        if self.volumes.device_claims.get(&key).map(|c| &**c) == claim.as_ref() {
+            return false;
+        }
+        self.change_volumes(|v| {
+            match claim {
+                Some(c) => v.device_claims.insert(key, Arc::new(c)),
+                None => v.device_claims.remove(&key),
             };
             true
         })

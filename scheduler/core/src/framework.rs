@@ -1176,6 +1176,7 @@ pub fn same_shape(a: &PodInfo, b: &PodInfo) -> bool {
         && a.topology_spread == b.topology_spread
         && a.owner == b.owner
         && a.claims == b.claims
+        && a.device_claims == b.device_claims
 }
 
 /// [`same_shape`] over `nodes`: labels matter too when the pod's own terms or any

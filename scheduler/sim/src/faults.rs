@@ -657,7 +657,8 @@ impl World {
                 | Resource::Claims
                 | Resource::PersistentVolumes
                 | Resource::StorageClasses
-                | Resource::CsiNodes => {}
+                | Resource::CsiNodes
+                | Resource::ResourceClaims => {}
                 Resource::Pods => {
                     for p in self.pods.values() {
                         e.handle_pod(p.info.clone(), now);

@@ -9,7 +9,7 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use drover_core::engine::BindResult;
-use drover_core::model::{ClaimKey, PodKey, VolumeChoice};
+use drover_core::model::{ClaimKey, PodInfo, PodKey, VolumeChoice};
 
 use super::volumes::{BIND_COMPLETED, BOUND_BY_CONTROLLER, SELECTED_NODE};
 
@@ -244,4 +244,43 @@ async fn undo(client: &Client, choices: &[VolumeChoice]) {
             tracing::warn!(claim = %claim, error = %e, "could not undo a volume choice");
         }
     }
+}
+
+/// Adds the pod to `status.reservedFor` of each of its allocated ResourceClaims, as
+/// kube-scheduler's DynamicResources PreBind does (the kubelet runs a pod only on
+/// claims reserved for it). Each write carries the claim's resourceVersion.
+pub async fn reserve_device_claims(client: Client, pod: &PodInfo) -> Result<(), String> {
+    use k8s_openapi::api::resource::v1::ResourceClaim;
+    let api: Api<ResourceClaim> = Api::namespaced(client, &pod.key.namespace);
+    for name in pod
+        .device_claims
+        .iter()
+        .flat_map(|c| c.iter())
+        .filter_map(|r| r.claim.as_deref())
+    {
+        let claim = api
+            .get_status(name)
+            .await
+            .map_err(|e| format!("reading resourceclaim {name}: {e}"))?;
+        let mut reserved: Vec<serde_json::Value> = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.reserved_for.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| json!({"apiGroup": r.api_group, "resource": r.resource, "name": r.name, "uid": r.uid}))
+            .collect();
+        if reserved.iter().any(|r| r["uid"] == *pod.uid) {
+            continue;
+        }
+        reserved.push(json!({"resource": "pods", "name": &*pod.key.name, "uid": &*pod.uid}));
+        let patch = json!({
+            "metadata": {"resourceVersion": claim.metadata.resource_version},
+            "status": {"reservedFor": reserved},
+        });
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| format!("reserving resourceclaim {name} for the pod: {e}"))?;
+    }
+    Ok(())
 }

@@ -482,6 +482,38 @@ fn pod_claims(pod: &str, spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<A
     (!claims.is_empty()).then(|| claims.into())
 }
 
+/// A pod's `spec.resourceClaims`: a named claim, or the claim the resourceclaim
+/// controller created from the template (`status.resourceClaimStatuses`; an entry
+/// there without a claim name needs no claim).
+fn pod_device_claims(
+    pod: &Pod,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> Option<Arc<[drover_core::model::DeviceClaimRef]>> {
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.resource_claim_statuses.as_ref());
+    let refs: Vec<drover_core::model::DeviceClaimRef> = spec
+        .resource_claims
+        .iter()
+        .flatten()
+        .filter_map(|c| {
+            let claim = match &c.resource_claim_name {
+                Some(n) => Some(Arc::from(n.as_str())),
+                None => match statuses.and_then(|s| s.iter().find(|s| s.name == c.name)) {
+                    Some(s) => Some(Arc::from(s.resource_claim_name.as_deref()?)),
+                    None => None,
+                },
+            };
+            Some(drover_core::model::DeviceClaimRef {
+                name: c.name.as_str().into(),
+                claim,
+            })
+        })
+        .collect();
+    (!refs.is_empty()).then(|| refs.into())
+}
+
 /// Converts a pod.
 pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
     let meta = &pod.metadata;
@@ -577,8 +609,10 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
         })
         .collect();
     let claims = pod_claims(name, &spec);
+    let device_claims = pod_device_claims(pod, &spec);
     Ok(PodInfo {
         claims,
+        device_claims,
         key,
         uid: meta.uid.as_deref().unwrap_or("").into(),
         scheduler_name: spec

@@ -23,7 +23,7 @@ use kube::runtime::events::EventType;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::binder::{bind, bind_volumes};
+use super::binder::{bind, bind_volumes, reserve_device_claims};
 use super::serve;
 use super::status::{
     StatusSink, StatusTarget, StatusWriter, nominated_node, pod_group_status, queue_status,
@@ -397,11 +397,14 @@ impl Driver {
                 );
                 tokio::spawn(async move {
                     // Waiting for claims to bind holds no bind slot.
-                    let volumes = if volumes.is_empty() {
+                    let mut volumes = if volumes.is_empty() {
                         Ok(())
                     } else {
                         bind_volumes(client.clone(), &volumes, volume_timeout).await
                     };
+                    if volumes.is_ok() && pod.device_claims.is_some() {
+                        volumes = reserve_device_claims(client.clone(), &pod).await;
+                    }
                     let result = match volumes {
                         Ok(()) => {
                             let _permit = binds.acquire_owned().await;

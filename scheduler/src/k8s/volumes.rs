@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::{CSINode, StorageClass as ApiStorageClass};
 
 use drover_core::model::{
-    AccessModes, BindingMode, Claim, ClaimKey, CsiNode, Requirement, SelectorOp, SelectorTerm,
-    StorageClass, Volume, VolumeMode,
+    AccessModes, BindingMode, Claim, ClaimKey, CsiNode, DeviceClaim, Requirement, SelectorOp,
+    SelectorTerm, StorageClass, Volume, VolumeMode,
 };
 use drover_core::quantity::parse_units;
 
@@ -233,6 +233,36 @@ pub fn storage_class(sc: &ApiStorageClass) -> Result<(String, StorageClass), Con
     ))
 }
 
+/// Converts a ResourceClaim: whether it is allocated, and on which nodes.
+pub fn device_claim(
+    c: &k8s_openapi::api::resource::v1::ResourceClaim,
+) -> Result<(ClaimKey, DeviceClaim), ConvertError> {
+    let meta = &c.metadata;
+    let name = meta.name.as_deref().ok_or(ConvertError::NoName {
+        kind: "ResourceClaim",
+    })?;
+    let key = ClaimKey::new(meta.namespace.as_deref().unwrap_or("default"), name);
+    let object = format!("resourceclaim {key}");
+    let allocation = c.status.as_ref().and_then(|s| s.allocation.as_ref());
+    let nodes = allocation
+        .and_then(|a| a.node_selector.as_ref())
+        .map(|n| {
+            n.node_selector_terms
+                .iter()
+                .map(|t| term(&object, t))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    Ok((
+        key,
+        DeviceClaim {
+            allocated: allocation.is_some(),
+            nodes,
+            deleting: meta.deletion_timestamp.is_some(),
+        },
+    ))
+}
+
 /// Converts a CSINode: each driver's attach limit (`allocatable.count`).
 pub fn csi_node(c: &CSINode) -> Result<(String, CsiNode), ConvertError> {
     let name = c
@@ -361,5 +391,52 @@ mod tests {
         assert_eq!(n, "n-0");
         assert_eq!(c.limit("csi.example.com"), Some(2));
         assert_eq!(c.limit("other"), None);
+    }
+
+    #[test]
+    fn a_resource_claim_and_the_pods_that_use_it() {
+        let rc: k8s_openapi::api::resource::v1::ResourceClaim = serde_json::from_value(json!({
+            "metadata": {"name": "gpu-x", "namespace": "team"},
+            "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.example.com"}}]}},
+            "status": {"allocation": {"devices": {"results": []}, "nodeSelector": {"nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n-0"]}]}]}}}
+        }))
+        .unwrap();
+        let (key, c) = device_claim(&rc).unwrap();
+        assert_eq!(key, ClaimKey::new("team", "gpu-x"));
+        assert!(c.allocated);
+        let terms = c.nodes.unwrap();
+        assert!(terms[0].matches(&Labels::default(), "n-0"));
+        assert!(!terms[0].matches(&Labels::default(), "n-1"));
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "team"},
+            "spec": {"containers": [{"name": "c"}], "resourceClaims": [
+                {"name": "named", "resourceClaimName": "gpu-x"},
+                {"name": "templated", "resourceClaimTemplateName": "t"},
+                {"name": "later", "resourceClaimTemplateName": "t"},
+                {"name": "unneeded", "resourceClaimTemplateName": "t"}]},
+            "status": {"resourceClaimStatuses": [
+                {"name": "templated", "resourceClaimName": "p-templated-abcde"},
+                {"name": "unneeded"}]}
+        }))
+        .unwrap();
+        let info = super::super::convert::pod_info(&pod).unwrap();
+        let refs: Vec<_> = info
+            .device_claims
+            .unwrap()
+            .iter()
+            .map(|r| (r.name.to_string(), r.claim.as_deref().map(str::to_string)))
+            .collect();
+        assert_eq!(
+            refs,
+            vec![
+                ("named".to_string(), Some("gpu-x".to_string())),
+                (
+                    "templated".to_string(),
+                    Some("p-templated-abcde".to_string())
+                ),
+                ("later".to_string(), None),
+            ]
+        );
     }
 }

@@ -13,6 +13,7 @@ use drover_core::model::{ClaimKey, PodKey};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::resource::v1::ResourceClaim;
 use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use kube::api::DynamicObject;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -52,6 +53,8 @@ pub enum Input {
     StorageClass(Box<watcher::Event<StorageClass>>),
     /// A CSINode watch event.
     CsiNode(Box<watcher::Event<CSINode>>),
+    /// A ResourceClaim watch event.
+    DeviceClaim(Box<watcher::Event<ResourceClaim>>),
     /// The API server does not serve this resource.
     NotServed(Resource),
     /// This replica became the leader (true) or lost the Lease (false).
@@ -203,12 +206,21 @@ pub fn spawn_watches(
         false,
     );
     spawn_one(
-        Api::<CSINode>::all(c),
+        Api::<CSINode>::all(c.clone()),
         Resource::CsiNodes,
         tx.clone(),
         |e| Input::CsiNode(Box::new(e)),
-        s,
+        s.clone(),
         false,
+    );
+    // resource.k8s.io/v1 is served from Kubernetes 1.34 on.
+    spawn_one(
+        Api::<ResourceClaim>::all(c),
+        Resource::ResourceClaims,
+        tx.clone(),
+        |e| Input::DeviceClaim(Box::new(e)),
+        s,
+        true,
     );
 }
 
@@ -415,6 +427,22 @@ pub fn apply(engine: &mut Engine, input: Input, now: i64, metrics: &Metrics) -> 
             |e, c| {
                 if let Some(name) = c.metadata.name.as_deref() {
                     e.handle_csi_node(name, None, now);
+                }
+            },
+        ),
+        Input::DeviceClaim(ev) => feed(
+            engine,
+            Resource::ResourceClaims,
+            *ev,
+            now,
+            |e, c| match volumes::device_claim(&c) {
+                Ok((key, claim)) => e.handle_device_claim(key, Some(claim), now),
+                Err(err) => unreadable(metrics, "ResourceClaim", &err),
+            },
+            |e, c| {
+                if let Some(name) = c.metadata.name.as_deref() {
+                    let ns = c.metadata.namespace.as_deref().unwrap_or("default");
+                    e.handle_device_claim(ClaimKey::new(ns, name), None, now);
                 }
             },
         ),

@@ -1103,3 +1103,108 @@ async fn volumes_are_decided_as_kube_scheduler_decides_them() -> anyhow::Result<
     }
     Ok(())
 }
+
+/// Pod `p` with one `spec.resourceClaims` entry `gpu` naming ResourceClaim `claim`.
+fn with_device_claim(p: TestPod, claim: &str) -> Pod {
+    let mut pod = p.build();
+    pod.spec.as_mut().expect("a pod spec").resource_claims = Some(vec![
+        serde_json::from_value(json!({"name": "gpu", "resourceClaimName": claim}))
+            .expect("a pod resource claim"),
+    ]);
+    pod
+}
+
+/// Pods with Dynamic Resource Allocation claims: one whose claim was allocated on node
+/// d-1 goes there and the claim is reserved for it, with either scheduler; pods whose
+/// claim is unallocated or missing stay pending (drover does not allocate devices, and
+/// says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_with_resource_claims_go_where_their_allocation_is() -> anyhow::Result<()> {
+    use k8s_openapi::api::resource::v1::ResourceClaim;
+    for s in Sched::BOTH {
+        let cp = ControlPlane::start().await?;
+        let client = cp.client();
+        cp.create_nodes(&pool("d", 2, 2)).await?;
+        let claims = Api::<ResourceClaim>::namespaced(client.clone(), NS);
+        for name in ["gpu-d1", "gpu-none"] {
+            make(
+                &claims,
+                json!({"metadata": {"name": name, "namespace": NS},
+                    "spec": {"devices": {"requests": [
+                        {"name": "gpu", "exactly": {"deviceClassName": "gpu.example.com"}}]}}}),
+            )
+            .await?;
+        }
+        // A driver (someone else) allocated gpu-d1 on node d-1.
+        claims
+            .patch_status(
+                "gpu-d1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"allocation": {
+                    "devices": {"results": [{"request": "gpu", "driver": "gpu.example.com",
+                        "pool": "d-1", "device": "gpu-0"}]},
+                    "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [
+                        {"key": "metadata.name", "operator": "In", "values": ["d-1"]}]}]}}}})),
+            )
+            .await?;
+        let running = Running::start(&cp, s).await?;
+        for (pod, claim) in [
+            ("on-device", "gpu-d1"),
+            ("no-alloc", "gpu-none"),
+            ("missing", "nope"),
+        ] {
+            create(&client, &with_device_claim(pod_in(s, "d", pod), claim)).await?;
+        }
+        wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            "the pod with an allocated claim bound",
+            || {
+                let c = client.clone();
+                async move { Ok(node_of_pod(&c, "on-device").await?.is_some()) }
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
+        assert_eq!(
+            node_of_pod(&client, "on-device").await?.as_deref(),
+            Some("d-1"),
+            "{s:?}"
+        );
+        let uid = Api::<Pod>::namespaced(client.clone(), NS)
+            .get("on-device")
+            .await?
+            .metadata
+            .uid;
+        let reserved: Vec<_> = claims
+            .get_status("gpu-d1")
+            .await?
+            .status
+            .and_then(|s| s.reserved_for)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.uid)
+            .collect();
+        assert_eq!(
+            reserved,
+            vec![uid.unwrap_or_default()],
+            "{s:?}: reserved for the pod"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for p in ["no-alloc", "missing"] {
+            assert_eq!(node_of_pod(&client, p).await?, None, "{s:?}: {p} waits");
+        }
+        if let Running::Drover(d) = running {
+            let api = Api::<Pod>::namespaced(client.clone(), NS);
+            for (p, says) in [
+                ("no-alloc", "resourceclaim \"gpu-none\" is not allocated"),
+                ("missing", "resourceclaim \"nope\" not found"),
+            ] {
+                let m = unschedulable_message(&api.get(p).await?).unwrap_or_default();
+                assert!(m.contains(says), "{p}: {m:?} says {says:?}");
+            }
+            d.stop().await?;
+        }
+    }
+    Ok(())
+}

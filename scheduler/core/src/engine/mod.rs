@@ -37,8 +37,8 @@ use crate::config::Config;
 use crate::framework::Diagnosis;
 use crate::gang::{GangKey, GangTracker, MemberState, PodGroupInfo};
 use crate::model::{
-    Claim, ClaimKey, CsiNode, DisruptionBudget, Labels, NodeInfo, Numa, Phase, PodInfo, PodKey,
-    Resources, StorageClass, Volume, VolumeChoice,
+    Claim, ClaimKey, CsiNode, DeviceClaim, DisruptionBudget, Labels, NodeInfo, Numa, Phase,
+    PodInfo, PodKey, Resources, StorageClass, Volume, VolumeChoice,
 };
 use crate::queue::QueueSet;
 use crate::quota::{Contribution, Ledger, QueueSpec, QueueTree};
@@ -115,12 +115,14 @@ pub enum Resource {
     StorageClasses,
     /// CSINodes (CSI attach limits).
     CsiNodes,
+    /// ResourceClaims (Dynamic Resource Allocation).
+    ResourceClaims,
 }
 
 impl Resource {
     /// Every kind, in the order a full list shows them: what pods refer to first,
     /// pods last.
-    pub const ALL: [Resource; 11] = [
+    pub const ALL: [Resource; 12] = [
         Resource::Nodes,
         Resource::Namespaces,
         Resource::Queues,
@@ -131,12 +133,13 @@ impl Resource {
         Resource::PersistentVolumes,
         Resource::Claims,
         Resource::CsiNodes,
+        Resource::ResourceClaims,
         Resource::Pods,
     ];
 
     /// What must be listed before drover decides anything: without them a decision
     /// could overcommit a node, split a gang or overrun a queue.
-    const BEFORE_DECIDING: [Resource; 9] = [
+    const BEFORE_DECIDING: [Resource; 10] = [
         Resource::Pods,
         Resource::Nodes,
         Resource::PodGroups,
@@ -146,6 +149,7 @@ impl Resource {
         Resource::PersistentVolumes,
         Resource::StorageClasses,
         Resource::CsiNodes,
+        Resource::ResourceClaims,
     ];
 }
 
@@ -694,6 +698,16 @@ impl Engine {
                         self.handle_storage_class(n, None, now);
                     }
                 }
+                Resource::ResourceClaims => {
+                    let v = self.cache.volumes().clone();
+                    for k in v
+                        .device_claims
+                        .keys()
+                        .filter(|k| !seen.contains(&k.to_string()))
+                    {
+                        self.handle_device_claim(k.clone(), None, now);
+                    }
+                }
                 Resource::CsiNodes => {
                     let v = self.cache.volumes().clone();
                     for n in v.csi_nodes.keys().filter(|n| !seen.contains(&***n)) {
@@ -1033,6 +1047,15 @@ impl Engine {
         self.now = now;
         self.saw(Resource::StorageClasses, name.to_string());
         if self.cache.set_storage_class(name, class) {
+            self.queue.cluster_changed(now);
+        }
+    }
+
+    /// A ResourceClaim was added or changed (`None`: deleted).
+    pub fn handle_device_claim(&mut self, key: ClaimKey, claim: Option<DeviceClaim>, now: i64) {
+        self.now = now;
+        self.saw(Resource::ResourceClaims, key.to_string());
+        if self.cache.set_device_claim(key, claim) {
             self.queue.cluster_changed(now);
         }
     }

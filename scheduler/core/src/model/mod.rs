@@ -22,6 +22,6 @@ pub use pod::{GangRef, HostPort, Phase, PodInfo, PodKey, Protocol};
 pub use resources::{GPU, ResourceKind, Resources};
 pub use spread::{SpreadConstraint, SpreadSelector};
 pub use volume::{
-    AccessModes, BindingMode, Claim, ClaimKey, CsiNode, StorageClass, Volume, VolumeChoice,
-    VolumeMode, Volumes,
+    AccessModes, BindingMode, Claim, ClaimKey, CsiNode, DeviceClaim, DeviceClaimRef, StorageClass,
+    Volume, VolumeChoice, VolumeMode, Volumes,
 };

@@ -155,6 +155,8 @@ pub struct PodInfo {
     /// The PersistentVolumeClaims the pod mounts, by name in its namespace (generic
     /// ephemeral volumes as the claims they create, `<pod>-<volume>`); `None`: none.
     pub claims: Option<Arc<[Arc<str>]>>,
+    /// `spec.resourceClaims` (Dynamic Resource Allocation); `None`: none.
+    pub device_claims: Option<Arc<[super::DeviceClaimRef]>>,
 }
 
 /// How a pod names its gang: the `scheduling.x-k8s.io/pod-group` label or Volcano's

@@ -236,6 +236,33 @@ pub struct Volumes {
     pub csi_nodes: HashMap<Arc<str>, Arc<CsiNode>>,
     /// Volumes chosen for a claim by a bind still under way, by volume name.
     pub assumed: HashMap<Arc<str>, ClaimKey>,
+    /// Dynamic Resource Allocation claims (`resource.k8s.io` ResourceClaims), by
+    /// namespace and name.
+    pub device_claims: HashMap<ClaimKey, Arc<DeviceClaim>>,
+}
+
+/// A ResourceClaim, as far as drover reads it: drover does not allocate devices yet,
+/// it places pods whose claims someone else allocated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceClaim {
+    /// `status.allocation` is set.
+    pub allocated: bool,
+    /// `status.allocation.nodeSelector`: the nodes that reach the allocated devices;
+    /// `None`: every node.
+    pub nodes: Option<Vec<SelectorTerm>>,
+    /// Being deleted.
+    pub deleting: bool,
+}
+
+/// One entry of a pod's `spec.resourceClaims`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DeviceClaimRef {
+    /// The entry's name in the pod.
+    pub name: Arc<str>,
+    /// The ResourceClaim it uses: `resourceClaimName`, or for a
+    /// `resourceClaimTemplateName` the claim the resourceclaim controller created
+    /// (`status.resourceClaimStatuses`); `None` while that claim is not created yet.
+    pub claim: Option<Arc<str>>,
 }
 
 impl Volumes {

@@ -6,6 +6,7 @@
 //! call. Every mode (scheduler, extender, simulator, benchmarks) runs these same
 //! functions through `framework`.
 
+pub mod devices;
 pub mod exclusive;
 pub mod fit;
 pub mod gpu_memory;
@@ -86,6 +87,17 @@ pub enum Reason {
     VolumeLimit,
     /// A `ReadWriteOncePod` claim is mounted by another pod.
     ReadWriteOncePod,
+    /// A resource claim from a template that the resourceclaim controller has not
+    /// created yet.
+    DeviceClaimNotCreated(Arc<str>),
+    /// A resource claim the pod names does not exist.
+    DeviceClaimNotFound(Arc<str>),
+    /// A resource claim the pod names is being deleted.
+    DeviceClaimDeleting(Arc<str>),
+    /// A resource claim is not allocated, and drover does not allocate devices.
+    DeviceClaimNotAllocated(Arc<str>),
+    /// A resource claim's devices were allocated where this node cannot reach them.
+    DeviceClaimElsewhere,
 }
 
 impl fmt::Display for Reason {
@@ -147,6 +159,19 @@ impl fmt::Display for Reason {
                 f.write_str("node(s) didn't find available persistent volumes to bind")
             }
             Reason::VolumeLimit => f.write_str("node(s) exceed max volume count"),
+            Reason::DeviceClaimNotCreated(c) => write!(
+                f,
+                "pod's resourceClaims entry \"{c}\": its ResourceClaim is not created yet"
+            ),
+            Reason::DeviceClaimNotFound(c) => write!(f, "resourceclaim \"{c}\" not found"),
+            Reason::DeviceClaimDeleting(c) => {
+                write!(f, "resourceclaim \"{c}\" is being deleted")
+            }
+            Reason::DeviceClaimNotAllocated(c) => write!(
+                f,
+                "resourceclaim \"{c}\" is not allocated (drover places pods whose DRA claims are allocated; it does not allocate devices yet)"
+            ),
+            Reason::DeviceClaimElsewhere => f.write_str("resourceclaim not available on the node"),
             Reason::ReadWriteOncePod => f.write_str(
                 "node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode",
             ),
@@ -188,6 +213,9 @@ pub enum Filter {
     /// `ReadWriteOncePod` (`VolumeBinding`, `VolumeZone`, `NodeVolumeLimits`,
     /// `VolumeRestrictions`).
     Volumes,
+    /// Dynamic Resource Allocation claims: allocated, and reachable from the node
+    /// (`DynamicResources`).
+    DynamicResources,
 }
 
 /// What one cycle counted over every node for one pod, for the plugins whose verdict
@@ -202,6 +230,8 @@ pub struct CycleState {
     pub spread: Option<Arc<spread::State>>,
     /// The pod's claims sorted over the volumes, when it mounts any.
     pub volumes: Option<Arc<volume::State>>,
+    /// The pod's resource claims, when it has any.
+    pub devices: Option<Arc<devices::State>>,
 }
 
 impl CycleState {
@@ -237,6 +267,11 @@ impl CycleState {
             } else {
                 None
             },
+            devices: if filters(Filter::DynamicResources) {
+                devices::State::new(pod, nodes.volumes()).map(Arc::new)
+            } else {
+                None
+            },
         }
     }
 
@@ -268,7 +303,7 @@ fn mounted_elsewhere<N: crate::framework::NodeSource + ?Sized>(
 
 impl Filter {
     /// The filters of the default profile, cheapest first.
-    pub const DEFAULT: [Filter; 12] = [
+    pub const DEFAULT: [Filter; 13] = [
         Filter::Unschedulable,
         Filter::NodeName,
         Filter::Taints,
@@ -281,6 +316,7 @@ impl Filter {
         Filter::Fit,
         Filter::Numa,
         Filter::Volumes,
+        Filter::DynamicResources,
         Filter::InterPodAffinity,
         Filter::TopologySpread,
     ];
@@ -300,6 +336,7 @@ impl Filter {
             Filter::InterPodAffinity => "InterPodAffinity",
             Filter::TopologySpread => "PodTopologySpread",
             Filter::Volumes => "VolumeBinding",
+            Filter::DynamicResources => "DynamicResources",
         }
     }
 
@@ -316,7 +353,8 @@ impl Filter {
             | Filter::Exclusive { .. }
             | Filter::InterPodAffinity
             | Filter::TopologySpread
-            | Filter::Volumes => false,
+            | Filter::Volumes
+            | Filter::DynamicResources => false,
         }
     }
 
@@ -328,6 +366,7 @@ impl Filter {
             Filter::InterPodAffinity => cx.inter_pod.as_ref().is_none_or(|s| !s.filters()),
             Filter::TopologySpread => cx.spread.as_ref().is_none_or(|s| !s.filters()),
             Filter::Volumes => cx.volumes.is_none(),
+            Filter::DynamicResources => cx.devices.is_none(),
             Filter::NodeName => pod.node_name.is_none(),
             Filter::Ports => pod.host_ports.is_empty(),
             Filter::Exclusive { .. } => pod.daemonset,
@@ -350,6 +389,7 @@ impl Filter {
             Filter::InterPodAffinity => cx.inter_pod.as_ref().is_none_or(|s| s.filter(node, why)),
             Filter::TopologySpread => cx.spread.as_ref().is_none_or(|s| s.filter(node, why)),
             Filter::Volumes => cx.volumes.as_ref().is_none_or(|s| s.filter(pod, node, why)),
+            Filter::DynamicResources => cx.devices.as_ref().is_none_or(|s| s.filter(node, why)),
             Filter::Unschedulable => unschedulable::filter(pod, node, why),
             Filter::NodeName => node_name::filter(pod, node, why),
             Filter::Taints => taints::filter(pod, node, why),
