@@ -179,7 +179,7 @@ pub fn config() -> Config {
 /// A watch event on its way to the engine.
 #[derive(Clone, Debug)]
 enum Delivery {
-    Pod(PodInfo),
+    Pod(Box<PodInfo>),
     PodDeleted(PodKey),
     Node(NodeInfo),
     NodeDeleted(Arc<str>),
@@ -600,8 +600,8 @@ impl World {
                 if self.outstanding.get(&p.key).is_some_and(|o| o.uid != p.uid) {
                     self.outstanding.remove(&p.key);
                 }
-                self.shown.insert(p.key.clone(), p.clone());
-                self.engine.handle_pod(p, now);
+                self.shown.insert(p.key.clone(), (*p).clone());
+                self.engine.handle_pod(*p, now);
             }
             Delivery::PodDeleted(k) => {
                 self.ambiguous.remove(&k);
@@ -690,7 +690,7 @@ impl World {
         if let Some(p) = self.pods.get_mut(&key) {
             p.info = info.clone();
         }
-        self.emit(Delivery::Pod(info));
+        self.emit(Delivery::Pod(Box::new(info)));
     }
 
     fn delete_pod(&mut self, key: &PodKey) -> Option<ApiPod> {
@@ -731,7 +731,7 @@ impl World {
                 condition: None,
             },
         );
-        self.emit(Delivery::Pod(info));
+        self.emit(Delivery::Pod(Box::new(info)));
     }
 
     fn arrive(&mut self) {

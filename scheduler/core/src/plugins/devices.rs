@@ -149,7 +149,9 @@ mod tests {
             })
         };
         let no = |r: Reason| Err(Some(r));
-        let rows: [(&[(&str, Option<&str>)], [Result<(), Option<Reason>>; 2]); 6] = [
+        type Refs<'a> = &'a [(&'a str, Option<&'a str>)];
+        type Verdicts = [Result<(), Option<Reason>>; 2];
+        let rows: [(Refs, Verdicts); 6] = [
             (
                 &[("gpu", Some("gpu-on-a"))],
                 [Ok(()), no(Reason::DeviceClaimElsewhere)],
