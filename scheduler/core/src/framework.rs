@@ -30,13 +30,14 @@ use crate::snapshot::{CHUNK, Chunk, Snapshot};
 const PARALLEL_MIN_SLOTS: usize = 3072;
 
 /// Most score plugins with a raw-score column a profile may have (every one but
-/// [`Score::TopologySpread`], which is worked out after filtering and may come after
-/// them).
-pub const MAX_SCORE_PLUGINS: usize = 6;
+/// [`Score::InterPodAffinity`] and [`Score::TopologySpread`], which are worked out
+/// after filtering, over the feasible nodes, and may come after them).
+pub const MAX_SCORE_PLUGINS: usize = 5;
 
-/// True when the score keeps a raw-score column in a cycle.
+/// True when the score keeps a raw-score column in a cycle. The two that read other
+/// pods do not: a pod without terms or constraints pays nothing for them node by node.
 fn has_column(s: &Score) -> bool {
-    !matches!(s, Score::TopologySpread)
+    !matches!(s, Score::TopologySpread | Score::InterPodAffinity)
 }
 
 /// The filters and weighted scores one scheduling profile runs.
@@ -415,6 +416,8 @@ struct Plan {
     memo: Arc<ClassMemo>,
     /// The weight of the `PodTopologySpread` score, when it scores the pod.
     spread: Option<i64>,
+    /// The weight of the `InterPodAffinity` score, when it scores the pod.
+    inter_pod: Option<i64>,
     /// The pod's own `ScheduleAnyway` spread constraints outrank packing: the packing
     /// and least-waste scores only break ties between the totals of the others.
     spread_outranks_packing: bool,
@@ -488,11 +491,15 @@ impl Plan {
             && fit.as_ref().is_none_or(Option::is_some)
             && packing.as_ref().is_none_or(|(_, p)| !p.needs_node())
             && waste.as_ref().is_none_or(|(_, w)| !w.needs_node());
-        let spread = profile
-            .scores
-            .iter()
-            .find(|(s, w)| *w != 0 && !has_column(s) && !s.is_flat_for(pod, &cx))
-            .map(|(_, w)| *w);
+        let weight_of = |score: fn(&Score) -> bool| {
+            profile
+                .scores
+                .iter()
+                .find(|(s, w)| *w != 0 && score(s) && !s.is_flat_for(pod, &cx))
+                .map(|(_, w)| *w)
+        };
+        let spread = weight_of(|s| matches!(s, Score::TopologySpread));
+        let inter_pod = weight_of(|s| matches!(s, Score::InterPodAffinity));
         let memo = if class_filters.is_empty() && class_scores.is_empty() {
             ClassMemo::default()
         } else {
@@ -515,16 +522,8 @@ impl Plan {
                     .as_ref()
                     .is_some_and(|cs| cs.iter().any(|c| !c.hard)),
             spread,
+            inter_pod,
             cx,
-        }
-    }
-
-    /// Gives every `InterPodAffinity` score of the plan `counts` as its handle.
-    fn hand_inter_pod_scores(&mut self, counts: Option<Arc<crate::plugins::interpod::State>>) {
-        for (_, f) in self.node_scores.iter_mut().chain(&mut self.class_scores) {
-            if let ScoreFor::InterPodAffinity(s) = f {
-                *s = counts.clone();
-            }
         }
     }
 
@@ -832,9 +831,9 @@ struct Totals {
     class: Vec<Varying>,
     /// The weighted sum of `class` for each class whose memo cell passes (by class id).
     by_class: Vec<i64>,
-    /// The weighted `PodTopologySpread` score by slot (empty when it does not score
-    /// the pod).
-    spread: Vec<i64>,
+    /// The weighted `PodTopologySpread` and `InterPodAffinity` scores by slot (empty when
+    /// neither scores the pod).
+    by_slot: Vec<i64>,
     /// When the pod's own spread constraints outrank packing: the packing and
     /// least-waste scores that differ, the weighted sum of those that do not, and the
     /// factor that lifts the other scores' total above the greatest tie-break.
@@ -845,13 +844,13 @@ struct Totals {
 
 impl Totals {
     /// The totalling of feasible nodes whose raw scores span `ranges`.
-    fn new(profile: &Profile, plan: &Plan, ranges: Ranges, spread: Vec<i64>) -> Self {
+    fn new(profile: &Profile, plan: &Plan, ranges: Ranges, by_slot: Vec<i64>) -> Self {
         let mut t = Totals {
             constant: 0,
             node: Vec::new(),
             class: Vec::new(),
             by_class: Vec::new(),
-            spread,
+            by_slot,
             tie: Vec::new(),
             tie_constant: 0,
             lift: 1,
@@ -896,8 +895,8 @@ impl Totals {
     #[inline]
     fn of(&self, s: &Scored) -> i64 {
         let mut t = self.constant + sum(&self.node, |k| s.raw[k]);
-        if !self.spread.is_empty() {
-            t += self.spread[s.slot];
+        if !self.by_slot.is_empty() {
+            t += self.by_slot[s.slot];
         }
         if !self.class.is_empty() {
             // A node's class answered for it exactly when the class is in the memo.
@@ -1010,20 +1009,12 @@ impl Evaluation {
             return false;
         };
         let mut changed = Vec::new();
-        if self.plan.cx.inter_pod.is_some() {
-            // The score holds the counts too: let go of its handle so that they are
-            // updated in place, not copied, then give it the updated counts.
-            self.plan.hand_inter_pod_scores(None);
-            let Some(shared) = self.plan.cx.inter_pod.as_mut() else {
-                unreachable!("checked above")
-            };
+        if let Some(shared) = self.plan.cx.inter_pod.as_mut() {
+            // Its score is worked out from the counts when the nodes are totalled.
             let state = Arc::make_mut(shared);
             let before = (state.filters(), state.scores());
             changed = state.count_placed(pod, node, nodes);
-            let after = (state.filters(), state.scores());
-            let shared = shared.clone();
-            self.plan.hand_inter_pod_scores(Some(shared));
-            if after != before {
+            if (state.filters(), state.scores()) != before {
                 return false;
             }
         }
@@ -1050,13 +1041,18 @@ impl Evaluation {
         self.plan.cx.reads_other_pods()
     }
 
-    /// The weighted `PodTopologySpread` score of each feasible node, by slot (empty
-    /// when it does not score the pod): worked out over the feasible nodes, whose
-    /// domains its normalization reads.
-    fn spread<N: NodeSource + ?Sized>(&self, nodes: &N) -> Vec<i64> {
-        let (Some(w), Some(state)) = (self.plan.spread, &self.plan.cx.spread) else {
+    /// The weighted `PodTopologySpread` and `InterPodAffinity` scores of each feasible
+    /// node, by slot (empty when neither scores the pod): worked out over the feasible
+    /// nodes, as both normalize over them.
+    fn by_slot<N: NodeSource + ?Sized>(&self, nodes: &N) -> Vec<i64> {
+        let spread = self.plan.spread.zip(self.plan.cx.spread.as_ref());
+        let inter_pod = self
+            .plan
+            .inter_pod
+            .zip(self.plan.cx.inter_pod.as_ref().filter(|s| s.scores()));
+        if spread.is_none() && inter_pod.is_none() {
             return Vec::new();
-        };
+        }
         let (slots, feasible): (Vec<usize>, Vec<&NodeInfo>) = self
             .parts
             .iter()
@@ -1064,8 +1060,20 @@ impl Evaluation {
             .filter_map(|s| Some((s.slot, nodes.get(s.slot)?)))
             .unzip();
         let mut by_slot = vec![0; nodes.slots()];
-        for (slot, v) in slots.into_iter().zip(state.normalized_scores(&feasible)) {
-            by_slot[slot] = v * w;
+        if let Some((w, state)) = spread {
+            for (slot, v) in slots.iter().zip(state.normalized_scores(&feasible)) {
+                by_slot[*slot] += v * w;
+            }
+        }
+        if let Some((w, state)) = inter_pod {
+            // kube-scheduler's normalization: min to max over the feasible nodes.
+            let raw: Vec<i64> = feasible.iter().map(|n| state.score(n)).collect();
+            let min = raw.iter().copied().min().unwrap_or(0);
+            let max = raw.iter().copied().max().unwrap_or(0);
+            let norm = Score::InterPodAffinity.norm(min, max);
+            for (slot, v) in slots.iter().zip(raw) {
+                by_slot[*slot] += norm.apply(v) * w;
+            }
         }
         by_slot
     }
@@ -1081,7 +1089,7 @@ impl Evaluation {
         profile: &Profile,
         nodes: &N,
     ) -> Vec<(usize, i64)> {
-        let totals = Totals::new(profile, &self.plan, self.ranges(), self.spread(nodes));
+        let totals = Totals::new(profile, &self.plan, self.ranges(), self.by_slot(nodes));
         self.parts
             .iter()
             .flatten()
@@ -1092,7 +1100,7 @@ impl Evaluation {
     /// The best node: the highest total; among equals, the first name.
     pub fn best<N: NodeSource + ?Sized>(&self, profile: &Profile, nodes: &N) -> Option<Placement> {
         let parallel = self.feasible >= PARALLEL_MIN_FEASIBLE;
-        let totals = Totals::new(profile, &self.plan, self.ranges(), self.spread(nodes));
+        let totals = Totals::new(profile, &self.plan, self.ranges(), self.by_slot(nodes));
         let name = |s: usize| nodes.get(s).map_or("", |n| &*n.name);
         // The better of two (total, slot) candidates.
         let better = |a: Option<(i64, usize)>, b: Option<(i64, usize)>| match (a, b) {
