@@ -346,11 +346,13 @@ mod tests {
             scheduler_name: "drover".into(),
             requests: Resources::cpu_mem(cpu, GI),
             declares_requests: true,
-            gang: gang.map(|(g, m)| GangRef {
-                name: g.into(),
-                min_member: Some(m.into()),
-                conflict: None,
-                ..Default::default()
+            gang: gang.map(|(g, m)| {
+                std::sync::Arc::new(GangRef {
+                    name: g.into(),
+                    min_member: Some(m.into()),
+                    conflict: None,
+                    ..Default::default()
+                })
             }),
             ..Default::default()
         }

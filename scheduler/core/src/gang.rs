@@ -959,12 +959,12 @@ mod tests {
             key: PodKey::new("ns", name),
             uid: name.into(),
             requests: Resources::cpu_mem(cpu, 0),
-            gang: Some(GangRef {
+            gang: Some(Arc::new(GangRef {
                 name: gang.into(),
                 min_member: min.map(Into::into),
                 conflict: None,
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         })
     }

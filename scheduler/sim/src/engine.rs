@@ -586,7 +586,7 @@ impl<'a> Simulation<'a> {
             labels: Labels::new(labels),
             node_selector,
             tolerations,
-            gang,
+            gang: gang.map(Arc::new),
             queue: self
                 .policy
                 .queues

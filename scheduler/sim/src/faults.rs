@@ -719,7 +719,7 @@ impl World {
             priority: j.priority,
             created_ms: self.now,
             labels: Labels::new([("job", job_name(job))]),
-            gang,
+            gang: gang.map(std::sync::Arc::new),
             queue: Some(j.queue.into()),
             ..Default::default()
         };

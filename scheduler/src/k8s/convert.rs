@@ -656,7 +656,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
             .as_ref()
             .and_then(|a| a.get(EXCLUSIVE_ANNOTATION))
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
-        gang: gang_ref(pod),
+        gang: gang_ref(pod).map(Arc::new),
         pod_affinity: pod_affinity(
             &object,
             ns,

@@ -36,11 +36,11 @@ fn pod(name: &str, cpu: i64, mem_gi: i64) -> PodInfo {
 
 fn member(name: &str, gang: &str, min: usize) -> PodInfo {
     PodInfo {
-        gang: Some(GangRef {
+        gang: Some(Arc::new(GangRef {
             name: gang.into(),
             min_member: Some(min.to_string().into()),
             ..Default::default()
-        }),
+        })),
         ..pod(name, 1000, 1)
     }
 }

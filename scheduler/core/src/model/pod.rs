@@ -131,8 +131,9 @@ pub struct PodInfo {
     pub exclusive: bool,
     /// The pod's `preemptionPolicy` is `Never`: drover evicts nothing for it.
     pub never_preempts: bool,
-    /// The gang the pod says it belongs to, if any.
-    pub gang: Option<GangRef>,
+    /// The gang the pod says it belongs to, if any (shared: most pods have none, and a
+    /// pod stays small for the passes that read every pod of the cluster).
+    pub gang: Option<Arc<GangRef>>,
     /// The fair-share queue the pod names (`drover.dev/queue`), or its namespace's.
     pub queue: Option<Arc<str>>,
     /// Least memory per GPU the pod accepts, in MiB (`drover.dev/gpu-memory-min`);
