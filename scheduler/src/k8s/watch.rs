@@ -242,6 +242,27 @@ fn feed<K>(
     }
 }
 
+/// What can be read of a pod whose spec does not convert: who it is, which scheduler
+/// it asks for, where it is.
+fn readable_part(p: &Pod) -> Option<drover_core::model::PodInfo> {
+    let name = p.metadata.name.as_deref()?;
+    let spec = p.spec.as_ref();
+    Some(drover_core::model::PodInfo {
+        key: PodKey::new(p.metadata.namespace.as_deref().unwrap_or("default"), name),
+        uid: p.metadata.uid.as_deref().unwrap_or("").into(),
+        scheduler_name: spec
+            .and_then(|s| s.scheduler_name.as_deref())
+            .unwrap_or("default-scheduler")
+            .into(),
+        node_name: spec
+            .and_then(|s| s.node_name.as_deref())
+            .filter(|n| !n.is_empty())
+            .map(Into::into),
+        deleting: p.metadata.deletion_timestamp.is_some(),
+        ..Default::default()
+    })
+}
+
 fn unreadable(metrics: &Metrics, what: &str, error: &dyn std::fmt::Display) {
     metrics.malformed_objects.inc();
     tracing::warn!(error = %error, "skipping a {what} drover cannot read");
@@ -258,7 +279,12 @@ pub fn apply(engine: &mut Engine, input: Input, now: i64, metrics: &Metrics) -> 
             now,
             |e, p| match pod_info(&p) {
                 Ok(info) => e.handle_pod(info, now),
-                Err(err) => unreadable(metrics, "pod", &err),
+                Err(err) => {
+                    unreadable(metrics, "pod", &err);
+                    if let Some(info) = readable_part(&p) {
+                        e.handle_unreadable_pod(info, &err.to_string(), now);
+                    }
+                }
             },
             |e, p| {
                 if let Some(name) = p.metadata.name.as_deref() {

@@ -990,3 +990,46 @@ async fn explain_says_why_a_pod_waits() -> anyhow::Result<()> {
     );
     drover.stop().await
 }
+
+/// A pod asking for an impossible quantity (`cpu: 1e16`, more millicores than drover
+/// can count) is never bound, and says why: its condition and one FailedScheduling
+/// Event name the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_drover_cannot_read_says_why() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    cp.create_nodes(&[FakeNode::new("n-0").cpu("4").memory("16Gi").build()])
+        .await?;
+    let drover = Drover::start(client.clone());
+    let api = Api::<Pod>::namespaced(client.clone(), NS);
+    api.create(
+        &PostParams::default(),
+        &TestPod::new("huge")
+            .scheduler("drover")
+            .cpu("1e16")
+            .memory("1Gi")
+            .build(),
+    )
+    .await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "the unreadable pod's condition",
+        || {
+            let api = api.clone();
+            async move {
+                Ok(unschedulable_condition(&api.get("huge").await?)
+                    .is_some_and(|m| m.contains("drover cannot read this pod")))
+            }
+        },
+    )
+    .await?;
+    let pod = api.get("huge").await?;
+    let m = unschedulable_condition(&pod).unwrap_or_default();
+    assert!(m.contains("cpu"), "names the resource: {m}");
+    assert_eq!(node_of(&pod), None);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let notes = failed_scheduling_notes(&client, "huge").await?;
+    assert_eq!(notes.len(), 1, "one Event: {notes:?}");
+    drover.stop().await
+}

@@ -378,6 +378,9 @@ pub struct Engine {
     /// them unbound when their room expires.
     /// The message each was given.
     unanswered: HashMap<PodKey, String>,
+    /// drover's pending pods that it cannot read, with why: told again when this
+    /// replica starts leading.
+    unreadable: HashMap<PodKey, (Arc<PodInfo>, String)>,
     /// Failed binds per gang member, so a member that keeps failing backs off.
     bind_failures: HashMap<PodKey, u32>,
     /// The last Queue status written, by queue.
@@ -437,6 +440,7 @@ impl Engine {
             partial_since: HashMap::new(),
             conflicted: HashMap::new(),
             unanswered: HashMap::new(),
+            unreadable: HashMap::new(),
             bind_failures: HashMap::new(),
             queue_status: HashMap::new(),
             waiting_since: HashMap::new(),
@@ -751,6 +755,7 @@ impl Engine {
         self.saw(Resource::Pods, info.key.to_string());
         let info = self.prepare(info);
         let key = info.key.clone();
+        self.unreadable.remove(&key);
         if let Some(old) = self.cache.pod(&key)
             && old.uid != info.uid
         {
@@ -877,6 +882,7 @@ impl Engine {
         tracing::debug!(pod = %key, was_placed, "pod deleted");
         self.conflicted.remove(key);
         self.unanswered.remove(key);
+        self.unreadable.remove(key);
         self.cache.delete_pod(key);
         self.forget_member(key, now);
         self.ledger.set(key, None);
@@ -888,6 +894,46 @@ impl Engine {
         if was_placed {
             self.queue.cluster_changed(now);
         }
+    }
+
+    /// A pod drover cannot read: its spec does not convert (an impossible quantity, a
+    /// malformed selector). `pod` holds what could be read (name, uid, scheduler,
+    /// node). It is never scheduled; when it is one of drover's pending pods, its
+    /// `PodScheduled` condition and a `FailedScheduling` Event say why, once per
+    /// problem, so its owner is not left guessing.
+    pub fn handle_unreadable_pod(&mut self, pod: PodInfo, problem: &str, now: i64) {
+        self.now = now;
+        let key = pod.key.clone();
+        if self.cache.pod(&key).is_some_and(|p| p.node_name.is_none()) {
+            // What was readable before must not be scheduled from its old spec.
+            self.handle_pod_deleted(&key, now);
+        }
+        if pod.node_name.is_some() || pod.deleting || !self.ours(&pod) {
+            self.unreadable.remove(&key);
+            return;
+        }
+        let message = format!("drover cannot read this pod, so it never schedules it: {problem}");
+        self.unreadable
+            .insert(key.clone(), (Arc::new(pod), message));
+        self.say_unreadable(&key);
+    }
+
+    /// Writes why an unreadable pod waits, when this replica writes and has not said
+    /// it yet.
+    fn say_unreadable(&mut self, key: &PodKey) {
+        let Some((pod, message)) = self.unreadable.get(key).cloned() else {
+            return;
+        };
+        if !self.writes() || self.last_message.get(key) == Some(&message) {
+            return;
+        }
+        tracing::warn!(pod = %key, %message, "pod cannot be read");
+        self.last_message.insert(key.clone(), message.clone());
+        self.push(Action::Unschedulable {
+            pod: key.clone(),
+            message: message.clone(),
+        });
+        self.event(EventObject::Pod(pod), true, "FailedScheduling", message);
     }
 
     /// A node was added or changed.
@@ -1110,6 +1156,11 @@ impl Engine {
                     .collect();
                 for a in writes {
                     self.push(a);
+                }
+                let mut unreadable: Vec<PodKey> = self.unreadable.keys().cloned().collect();
+                unreadable.sort();
+                for k in unreadable {
+                    self.say_unreadable(&k);
                 }
             }
         } else {

@@ -683,3 +683,50 @@ fn a_waiting_claim_binds_its_volume_and_no_other_claim_is_offered_it() {
     assert_eq!(later.len(), 1, "one volume, one of the two pods: {later:?}");
     assert_eq!(later[0].1, "b");
 }
+
+/// A pod whose spec drover cannot read is never scheduled, and its condition and an
+/// Event say why, once; a readable version seen before is forgotten.
+#[test]
+fn an_unreadable_pod_says_why_once_and_is_never_scheduled() {
+    let mut e = engine();
+    e.handle_node(node("a", 4000, 16), 0);
+    let p = pod("p", 1000, 1);
+    let problem = "default/p: containers[0].resources.requests[cpu]: overflow";
+    // Seen first while the leader does not lead: it is not scheduled from its old spec.
+    e.handle_leadership(false, 0);
+    e.handle_pod(p.clone(), 0);
+    e.handle_unreadable_pod(p.clone(), problem, 1);
+    e.handle_leadership(true, 1);
+    e.handle_unreadable_pod(p.clone(), problem, 2);
+    e.handle_unreadable_pod(p.clone(), problem, 3);
+    let actions = run(&mut e, 10_000);
+    assert!(binds(&actions).is_empty(), "never scheduled");
+    let conditions: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Unschedulable { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        conditions,
+        vec![format!(
+            "drover cannot read this pod, so it never schedules it: {problem}"
+        )],
+        "once"
+    );
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Event(ev) if ev.reason == "FailedScheduling"))
+            .count(),
+        1
+    );
+    // Another scheduler's pod is not drover's to explain.
+    let theirs = PodInfo {
+        scheduler_name: "default-scheduler".into(),
+        ..pod("q", 1000, 1)
+    };
+    e.handle_unreadable_pod(theirs, problem, 4);
+    assert!(run(&mut e, 10_001).is_empty());
+}
