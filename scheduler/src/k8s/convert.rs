@@ -514,16 +514,38 @@ fn pod_device_claims(
     (!refs.is_empty()).then(|| refs.into())
 }
 
-/// Converts a pod.
-pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
+/// What can be read of any pod, however malformed its spec: who it is (name, uid),
+/// which scheduler it asks for, its node, and whether it is being deleted. Everything
+/// else is left at its default.
+pub fn pod_identity(pod: &Pod) -> Result<PodInfo, ConvertError> {
     let meta = &pod.metadata;
     let name = meta
         .name
         .as_deref()
         .ok_or(ConvertError::NoName { kind: "Pod" })?;
-    let ns = meta.namespace.as_deref().unwrap_or("default");
-    let key = PodKey::new(ns, name);
-    let object = key.to_string();
+    let spec = pod.spec.as_ref();
+    Ok(PodInfo {
+        key: PodKey::new(meta.namespace.as_deref().unwrap_or("default"), name),
+        uid: meta.uid.as_deref().unwrap_or("").into(),
+        scheduler_name: spec
+            .and_then(|s| s.scheduler_name.as_deref())
+            .unwrap_or("default-scheduler")
+            .into(),
+        node_name: spec
+            .and_then(|s| s.node_name.as_deref())
+            .filter(|n| !n.is_empty())
+            .map(Into::into),
+        deleting: meta.deletion_timestamp.is_some(),
+        ..Default::default()
+    })
+}
+
+/// Converts a pod.
+pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
+    let meta = &pod.metadata;
+    let identity = pod_identity(pod)?;
+    let (ns, name) = (&*identity.key.namespace, &*identity.key.name);
+    let object = identity.key.to_string();
     let (requests, declares_requests) = pod_requests(&object, pod)?;
     let spec = pod.spec.clone().unwrap_or_default();
     let status = pod.status.as_ref();
@@ -613,20 +635,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
     Ok(PodInfo {
         claims,
         device_claims,
-        key,
-        uid: meta.uid.as_deref().unwrap_or("").into(),
-        scheduler_name: spec
-            .scheduler_name
-            .as_deref()
-            .unwrap_or("default-scheduler")
-            .into(),
-        node_name: spec
-            .node_name
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .map(Into::into),
         phase,
-        deleting: meta.deletion_timestamp.is_some(),
         requests,
         declares_requests,
         priority: spec.priority.unwrap_or(0),
@@ -699,6 +708,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
                     })
             }),
         completes_gang: false,
+        ..identity
     })
 }
 

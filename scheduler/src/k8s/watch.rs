@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::convert::{
-    disruption_budget, node_info, node_resource_topology, pod_group, pod_info, queue,
+    disruption_budget, node_info, node_resource_topology, pod_group, pod_identity, pod_info, queue,
 };
 use super::status::{node_resource_topology_resource, pod_group_resource, queue_resource};
 use super::volumes;
@@ -242,27 +242,6 @@ fn feed<K>(
     }
 }
 
-/// What can be read of a pod whose spec does not convert: who it is, which scheduler
-/// it asks for, where it is.
-fn readable_part(p: &Pod) -> Option<drover_core::model::PodInfo> {
-    let name = p.metadata.name.as_deref()?;
-    let spec = p.spec.as_ref();
-    Some(drover_core::model::PodInfo {
-        key: PodKey::new(p.metadata.namespace.as_deref().unwrap_or("default"), name),
-        uid: p.metadata.uid.as_deref().unwrap_or("").into(),
-        scheduler_name: spec
-            .and_then(|s| s.scheduler_name.as_deref())
-            .unwrap_or("default-scheduler")
-            .into(),
-        node_name: spec
-            .and_then(|s| s.node_name.as_deref())
-            .filter(|n| !n.is_empty())
-            .map(Into::into),
-        deleting: p.metadata.deletion_timestamp.is_some(),
-        ..Default::default()
-    })
-}
-
 fn unreadable(metrics: &Metrics, what: &str, error: &dyn std::fmt::Display) {
     metrics.malformed_objects.inc();
     tracing::warn!(error = %error, "skipping a {what} drover cannot read");
@@ -281,7 +260,7 @@ pub fn apply(engine: &mut Engine, input: Input, now: i64, metrics: &Metrics) -> 
                 Ok(info) => e.handle_pod(info, now),
                 Err(err) => {
                     unreadable(metrics, "pod", &err);
-                    if let Some(info) = readable_part(&p) {
+                    if let Ok(info) = pod_identity(&p) {
                         e.handle_unreadable_pod(info, &err.to_string(), now);
                     }
                 }
