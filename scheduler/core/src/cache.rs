@@ -101,16 +101,12 @@ impl ClusterCache {
         &self.volumes
     }
 
-    /// Changes the volume store with `f`; publishes a new generation when `f` says it
-    /// changed something.
-    fn change_volumes(&mut self, f: impl FnOnce(&mut Volumes) -> bool) -> bool {
-        let mut next = (*self.volumes).clone();
-        let changed = f(&mut next);
-        if changed {
-            self.volumes = Arc::new(next);
-            self.generation += 1;
-        }
-        changed
+    /// Changes the volume store with `f` and publishes a new generation. The store is
+    /// copied only while a published snapshot shares it: the changes between two
+    /// snapshots (a list of thousands of claims) copy it once.
+    fn change_volumes(&mut self, f: impl FnOnce(&mut Volumes)) {
+        f(Arc::make_mut(&mut self.volumes));
+        self.generation += 1;
     }
 
     /// Claim `key` is now `claim` (`None`: deleted). Returns true when that changed
@@ -119,21 +115,19 @@ impl ClusterCache {
         if self.volumes.claims.get(&key).map(|c| &**c) == claim.as_ref() {
             return false;
         }
-        self.change_volumes(|v| {
-            match claim {
-                Some(c) => {
-                    if c.bound {
-                        v.assumed.retain(|_, k| *k != key);
-                    }
-                    v.claims.insert(key, Arc::new(c));
-                }
-                None => {
+        self.change_volumes(|v| match claim {
+            Some(c) => {
+                if c.bound {
                     v.assumed.retain(|_, k| *k != key);
-                    v.claims.remove(&key);
                 }
+                v.claims.insert(key, Arc::new(c));
             }
-            true
-        })
+            None => {
+                v.assumed.retain(|_, k| *k != key);
+                v.claims.remove(&key);
+            }
+        });
+        true
     }
 
     /// Volume `name` is now `volume` (`None`: deleted). Returns true when that changed
@@ -142,21 +136,19 @@ impl ClusterCache {
         if self.volumes.volumes.get(name).map(|v| &**v) == volume.as_ref() {
             return false;
         }
-        self.change_volumes(|v| {
-            match volume {
-                Some(pv) => {
-                    if pv.claim.is_some() {
-                        v.assumed.remove(name);
-                    }
-                    v.volumes.insert(name.into(), Arc::new(pv));
-                }
-                None => {
+        self.change_volumes(|v| match volume {
+            Some(pv) => {
+                if pv.claim.is_some() {
                     v.assumed.remove(name);
-                    v.volumes.remove(name);
                 }
+                v.volumes.insert(name.into(), Arc::new(pv));
             }
-            true
-        })
+            None => {
+                v.assumed.remove(name);
+                v.volumes.remove(name);
+            }
+        });
+        true
     }
 
     /// StorageClass `name` is now `class` (`None`: deleted).
@@ -169,8 +161,8 @@ impl ClusterCache {
                 Some(c) => v.classes.insert(name.into(), Arc::new(c)),
                 None => v.classes.remove(name),
             };
-            true
-        })
+        });
+        true
     }
 
     /// The CSINode of node `name` is now `csi` (`None`: deleted).
@@ -183,8 +175,8 @@ impl ClusterCache {
                 Some(c) => v.csi_nodes.insert(name.into(), Arc::new(c)),
                 None => v.csi_nodes.remove(name),
             };
-            true
-        })
+        });
+        true
     }
 
     /// Resource claim `key` is now `claim` (`None`: deleted).
@@ -197,8 +189,8 @@ impl ClusterCache {
                 Some(c) => v.device_claims.insert(key, Arc::new(c)),
                 None => v.device_claims.remove(&key),
             };
-            true
-        })
+        });
+        true
     }
 
     /// Holds the volumes that `choices` bind for their claims until the API shows the
@@ -217,22 +209,30 @@ impl ClusterCache {
                     v.assumed.insert(volume.clone(), claim.clone());
                 }
             }
-            true
         });
     }
 
     /// Gives back the volumes [`ClusterCache::assume_volumes`] held for `choices`.
     pub fn forget_volumes(&mut self, choices: &[VolumeChoice]) {
-        self.change_volumes(|v| {
-            let before = v.assumed.len();
-            for c in choices {
-                if let VolumeChoice::Bind { claim, volume, .. } = c
-                    && v.assumed.get(volume) == Some(claim)
+        // The volumes still held for these claims (the watch may have ended some).
+        let held: Vec<Arc<str>> = choices
+            .iter()
+            .filter_map(|c| match c {
+                VolumeChoice::Bind { claim, volume, .. }
+                    if self.volumes.assumed.get(volume) == Some(claim) =>
                 {
-                    v.assumed.remove(volume);
+                    Some(volume.clone())
                 }
+                _ => None,
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        self.change_volumes(|v| {
+            for volume in &held {
+                v.assumed.remove(volume);
             }
-            v.assumed.len() != before
         });
     }
 

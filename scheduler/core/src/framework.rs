@@ -203,23 +203,21 @@ impl<'a> Overlay<'a> {
     pub fn place(&mut self, slot: usize, pod: Arc<PodInfo>) {
         assert!(self.get(slot).is_some(), "placing on an empty slot");
         if pod.claims.is_some() {
-            let store = self
-                .volumes
-                .clone()
-                .unwrap_or_else(|| self.base.volumes().clone());
             let choices = self.get(slot).and_then(|node| {
-                crate::plugins::volume::State::new(&pod, Some(&store), &mut |_| false)?
+                crate::plugins::volume::State::new(&pod, self.volumes(), &mut |_| false)?
                     .choose(&pod, node)
                     .ok()
             });
             if let Some(choices) = choices.filter(|c| !c.is_empty()) {
-                let mut next = (*store).clone();
+                // Copied from the base once; the members placed after change it in place.
+                let base = self.base;
+                let store =
+                    Arc::make_mut(self.volumes.get_or_insert_with(|| base.volumes().clone()));
                 for c in &choices {
                     if let crate::model::VolumeChoice::Bind { claim, volume, .. } = c {
-                        next.assumed.insert(volume.clone(), claim.clone());
+                        store.assumed.insert(volume.clone(), claim.clone());
                     }
                 }
-                self.volumes = Some(Arc::new(next));
             }
         }
         Arc::make_mut(&mut self.chunks[slot / CHUNK]).update(slot % CHUNK, |n| n.add_pod(pod));
