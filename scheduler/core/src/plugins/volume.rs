@@ -293,14 +293,17 @@ fn attachment(store: &Volumes, key: &ClaimKey) -> Option<(Arc<str>, String)> {
     Some((class.provisioner.clone(), format!("claim:{key}")))
 }
 
-/// True when volume `v` could be bound to `claim` (`key`) somewhere: free for it, of its
-/// class, big enough, with its access modes, mode and labels.
+/// True when volume `v` could be bound to `claim` (`key`) somewhere: free for it, and
+/// pre-bound to it or offering what it asks for.
 fn fits(store: &Volumes, v: &Volume, key: &ClaimKey, claim: &Claim) -> bool {
-    if v.claimed_by(key, &claim.uid) {
-        return store.free_for(v, key, &claim.uid);
-    }
-    store.free_for(v, key, &claim.uid)
-        && v.class.as_deref().unwrap_or("") == claim.class.as_deref().unwrap_or("")
+    // A volume pre-bound to the claim is its, whatever else it offers.
+    store.free_for(v, key, &claim.uid) && (v.claimed_by(key, &claim.uid) || offers(v, claim))
+}
+
+/// True when volume `v` offers what `claim` asks for: its class, size, access modes,
+/// volume mode and labels.
+fn offers(v: &Volume, claim: &Claim) -> bool {
+    v.class.as_deref().unwrap_or("") == claim.class.as_deref().unwrap_or("")
         && v.capacity_bytes >= claim.request_bytes
         && v.access_modes.contains(claim.access_modes)
         && v.volume_mode == claim.volume_mode
