@@ -772,16 +772,18 @@ pub enum GangOutcome {
 /// The order in which a gang's members are placed: largest request first (GPUs, then
 /// memory, then CPU), so the big members are not crowded out by the small ones; then
 /// by key. The engine binds a placed gang's members in this order too.
-pub fn placement_order<P: std::borrow::Borrow<PodInfo>>(members: &[P]) -> Vec<&P> {
-    let mut order: Vec<&P> = members.iter().collect();
-    order.sort_by(|a, b| {
-        let (a, b) = (a.borrow(), b.borrow());
-        let (ra, rb) = (&a.requests, &b.requests);
-        (rb.gpu, rb.memory, rb.cpu)
-            .cmp(&(ra.gpu, ra.memory, ra.cpu))
-            .then_with(|| a.key.cmp(&b.key))
-    });
+pub fn placement_order(members: &[Arc<PodInfo>]) -> Vec<&Arc<PodInfo>> {
+    let mut order: Vec<&Arc<PodInfo>> = members.iter().collect();
+    order.sort_by(|a, b| placement_cmp(a, b));
     order
+}
+
+/// [`placement_order`] as a comparison: `a` is placed before `b` when it sorts less.
+pub fn placement_cmp(a: &PodInfo, b: &PodInfo) -> std::cmp::Ordering {
+    let (ra, rb) = (&a.requests, &b.requests);
+    (rb.gpu, rb.memory, rb.cpu)
+        .cmp(&(ra.gpu, ra.memory, ra.cpu))
+        .then_with(|| a.key.cmp(&b.key))
 }
 
 /// Places `members` all together over `snapshot`, largest request first so the big

@@ -351,14 +351,11 @@ impl Engine {
                     .collect();
                 // In the order the decision placed them: the volumes each member's
                 // claims bind are then the ones the decision promised it.
-                let pods: Vec<Arc<PodInfo>> = placed.iter().map(|(m, _, _)| m.clone()).collect();
-                for m in gang::placement_order(&pods) {
-                    let Some((member, _, node)) = placed.iter().find(|(p, _, _)| p.key == m.key)
-                    else {
-                        continue;
-                    };
+                let mut placed = placed;
+                placed.sort_by(|(a, _, _), (b, _, _)| gang::placement_cmp(a, b));
+                for (member, _, node) in placed {
                     self.queue.take(&member.key);
-                    self.place(member.clone(), node.clone());
+                    self.place(member, node);
                 }
                 // Members beyond the ones placed (the gang needed fewer, or quota cut
                 // them) are tried again one by one once the gang runs.
