@@ -307,6 +307,30 @@ async fn placements(
         .collect())
 }
 
+/// Waits (up to `timeout`) until at least `bound` pods of the namespace are bound by
+/// scheduler `s`'s run, then a little longer so that any pod that should not bind has
+/// had its chance; returns where every pod is.
+async fn settled(
+    client: &Client,
+    s: Sched,
+    bound: usize,
+    timeout: Duration,
+) -> anyhow::Result<std::collections::BTreeMap<String, Option<String>>> {
+    wait_until(
+        timeout,
+        Duration::from_millis(200),
+        "every placeable pod bound",
+        || {
+            let c = client.clone();
+            async move { Ok(drover_e2e::bound_count(&c, NS).await? >= bound) }
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    placements(client, NS).await
+}
+
 /// The inter-pod affinity rows of the parity table, every row in its own pool of
 /// nodes, on a fresh control plane for each scheduler: the same objects, the same
 /// outcome (which nodes differ where both schedulers may choose; what is required
@@ -421,21 +445,7 @@ async fn inter_pod_affinity_is_decided_as_kube_scheduler_decides_it() -> anyhow:
         // a 3, b 5, near-host, near-zone, to-team, f-new, g-member: 13 bound by the
         // scheduler, beside the 4 of this namespace placed by nodeName.
         let expected_bound = 13;
-        wait_until(
-            Duration::from_secs(60),
-            Duration::from_millis(200),
-            "every placeable pod bound",
-            || {
-                let c = client.clone();
-                async move {
-                    let p = placements(&c, NS).await?;
-                    Ok(p.values().filter(|n| n.is_some()).count() >= expected_bound + 4)
-                }
-            },
-        )
-        .await?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let at = placements(&client, NS).await?;
+        let at = settled(&client, s, expected_bound + 4, Duration::from_secs(60)).await?;
         let node = |name: &str| at.get(name).cloned().flatten();
         let hosts = |prefix: &str| -> Vec<String> {
             at.iter()
@@ -749,22 +759,7 @@ async fn topology_spread_is_decided_as_kube_scheduler_decides_it() -> anyhow::Re
         }
         // s 9, m 2, k-new, w 3: 15 bound by the scheduler, beside the 3 placed by
         // nodeName.
-        wait_until(
-            Duration::from_secs(60),
-            Duration::from_millis(200),
-            "every placeable pod bound",
-            || {
-                let c = client.clone();
-                async move {
-                    let p = placements(&c, NS).await?;
-                    Ok(p.values().filter(|n| n.is_some()).count() >= 15 + 3)
-                }
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let at = placements(&client, NS).await?;
+        let at = settled(&client, s, 15 + 3, Duration::from_secs(60)).await?;
         let zones = |prefix: &str| -> std::collections::BTreeMap<String, usize> {
             let mut z = std::collections::BTreeMap::new();
             for node in at
@@ -1027,22 +1022,7 @@ async fn volumes_are_decided_as_kube_scheduler_decides_them() -> anyhow::Result<
             "uid": home.metadata.uid});
         make(&pvs, v).await?;
         // uses-bound, notebook, uses-local, one of l-*, one of o-*.
-        wait_until(
-            Duration::from_secs(90),
-            Duration::from_millis(200),
-            "every placeable pod bound",
-            || {
-                let c = client.clone();
-                async move {
-                    let p = placements(&c, NS).await?;
-                    Ok(p.values().filter(|n| n.is_some()).count() >= 5)
-                }
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let at = placements(&client, NS).await?;
+        let at = settled(&client, s, 5, Duration::from_secs(90)).await?;
         let on = |p: &str| at.get(p).cloned().flatten();
         assert!(
             matches!(on("uses-bound").as_deref(), Some("v-2" | "v-3")),
