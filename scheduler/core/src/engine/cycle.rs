@@ -154,6 +154,12 @@ impl Engine {
     /// and a `FailedScheduling` Event when the message is new for it.
     pub(super) fn wait(&mut self, pod: &Arc<PodInfo>, message: &str, now: i64) {
         self.queue.unschedulable(&pod.key, now);
+        self.say_unschedulable(pod, message);
+    }
+
+    /// Hands out the pod's Unschedulable condition and a `FailedScheduling` Event with
+    /// `message`, when the message is new for it.
+    pub(super) fn say_unschedulable(&mut self, pod: &Arc<PodInfo>, message: &str) {
         if self.last_message.get(&pod.key).map(String::as_str) != Some(message) {
             tracing::info!(pod = %pod.key, %message, "unschedulable");
             self.last_message

@@ -918,22 +918,12 @@ impl Engine {
         self.say_unreadable(&key);
     }
 
-    /// Writes why an unreadable pod waits, when this replica writes and has not said
-    /// it yet.
+    /// Says why an unreadable pod waits, when it has not been said (by this replica,
+    /// since it leads).
     fn say_unreadable(&mut self, key: &PodKey) {
-        let Some((pod, message)) = self.unreadable.get(key).cloned() else {
-            return;
-        };
-        if !self.writes() || self.last_message.get(key) == Some(&message) {
-            return;
+        if let Some((pod, message)) = self.unreadable.get(key).cloned() {
+            self.say_unschedulable(&pod, &message);
         }
-        tracing::warn!(pod = %key, %message, "pod cannot be read");
-        self.last_message.insert(key.clone(), message.clone());
-        self.push(Action::Unschedulable {
-            pod: key.clone(),
-            message: message.clone(),
-        });
-        self.event(EventObject::Pod(pod), true, "FailedScheduling", message);
     }
 
     /// A node was added or changed.
