@@ -153,6 +153,16 @@ impl Resource {
     ];
 }
 
+/// The keys a relist did not show again (`seen` holds what it showed, as text).
+fn unseen<'a, K: Clone + std::fmt::Display + 'a>(
+    keys: impl Iterator<Item = &'a K>,
+    seen: &HashSet<String>,
+) -> Vec<K> {
+    keys.filter(|k| !seen.contains(&k.to_string()))
+        .cloned()
+        .collect()
+}
+
 /// How a bind ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BindResult {
@@ -677,45 +687,31 @@ impl Engine {
                         }
                     }
                 }
+                // The keys are collected first: the store is changed in place while
+                // nothing else holds it.
                 Resource::Claims => {
-                    let gone: Vec<ClaimKey> = self
-                        .cache
-                        .volumes()
-                        .claims
-                        .keys()
-                        .filter(|k| !seen.contains(&k.to_string()))
-                        .cloned()
-                        .collect();
-                    for k in gone {
+                    for k in unseen(self.cache.volumes().claims.keys(), &seen) {
                         self.handle_claim(k, None, now);
                     }
                 }
                 Resource::PersistentVolumes => {
-                    let v = self.cache.volumes().clone();
-                    for n in v.volumes.keys().filter(|n| !seen.contains(&***n)) {
-                        self.handle_volume(n, None, now);
+                    for n in unseen(self.cache.volumes().volumes.keys(), &seen) {
+                        self.handle_volume(&n, None, now);
                     }
                 }
                 Resource::StorageClasses => {
-                    let v = self.cache.volumes().clone();
-                    for n in v.classes.keys().filter(|n| !seen.contains(&***n)) {
-                        self.handle_storage_class(n, None, now);
+                    for n in unseen(self.cache.volumes().classes.keys(), &seen) {
+                        self.handle_storage_class(&n, None, now);
                     }
                 }
                 Resource::ResourceClaims => {
-                    let v = self.cache.volumes().clone();
-                    for k in v
-                        .device_claims
-                        .keys()
-                        .filter(|k| !seen.contains(&k.to_string()))
-                    {
-                        self.handle_device_claim(k.clone(), None, now);
+                    for k in unseen(self.cache.volumes().device_claims.keys(), &seen) {
+                        self.handle_device_claim(k, None, now);
                     }
                 }
                 Resource::CsiNodes => {
-                    let v = self.cache.volumes().clone();
-                    for n in v.csi_nodes.keys().filter(|n| !seen.contains(&***n)) {
-                        self.handle_csi_node(n, None, now);
+                    for n in unseen(self.cache.volumes().csi_nodes.keys(), &seen) {
+                        self.handle_csi_node(&n, None, now);
                     }
                 }
             }

@@ -730,3 +730,65 @@ fn an_unreadable_pod_says_why_once_and_is_never_scheduled() {
     e.handle_unreadable_pod(theirs, problem, 4);
     assert!(run(&mut e, 10_001).is_empty());
 }
+
+/// A relist of claims, volumes, classes, CSI nodes or resource claims drops what it
+/// did not show again, and keeps what it did.
+#[test]
+fn a_relist_drops_the_volume_objects_it_did_not_show() {
+    use crate::model::{Claim, ClaimKey, CsiNode, DeviceClaim, StorageClass, Volume};
+    let mut e = engine();
+    let (kept, gone) = (ClaimKey::new("ns", "kept"), ClaimKey::new("ns", "gone"));
+    for k in [&kept, &gone] {
+        e.handle_claim(k.clone(), Some(Claim::default()), 0);
+        e.handle_device_claim(k.clone(), Some(DeviceClaim::default()), 0);
+    }
+    for n in ["kept", "gone"] {
+        e.handle_volume(n, Some(Volume::default()), 0);
+        e.handle_storage_class(n, Some(StorageClass::default()), 0);
+        e.handle_csi_node(n, Some(CsiNode::default()), 0);
+    }
+    for r in [
+        Resource::Claims,
+        Resource::PersistentVolumes,
+        Resource::StorageClasses,
+        Resource::CsiNodes,
+        Resource::ResourceClaims,
+    ] {
+        e.handle_list_started(r);
+    }
+    e.handle_claim(kept.clone(), Some(Claim::default()), 1);
+    e.handle_device_claim(kept.clone(), Some(DeviceClaim::default()), 1);
+    e.handle_volume("kept", Some(Volume::default()), 1);
+    e.handle_storage_class("kept", Some(StorageClass::default()), 1);
+    e.handle_csi_node("kept", Some(CsiNode::default()), 1);
+    for r in [
+        Resource::Claims,
+        Resource::PersistentVolumes,
+        Resource::StorageClasses,
+        Resource::CsiNodes,
+        Resource::ResourceClaims,
+    ] {
+        e.handle_list_done(r, 2);
+    }
+    let v = e.snapshot().volumes().clone();
+    let names = |keys: Vec<String>| {
+        let mut k = keys;
+        k.sort();
+        k
+    };
+    assert_eq!(
+        names(v.claims.keys().map(|k| k.to_string()).collect()),
+        ["ns/kept"]
+    );
+    assert_eq!(
+        names(v.device_claims.keys().map(|k| k.to_string()).collect()),
+        ["ns/kept"]
+    );
+    for keys in [
+        v.volumes.keys().map(|k| k.to_string()).collect(),
+        v.classes.keys().map(|k| k.to_string()).collect(),
+        v.csi_nodes.keys().map(|k| k.to_string()).collect(),
+    ] {
+        assert_eq!(names(keys), ["kept"]);
+    }
+}
