@@ -11,7 +11,7 @@ use serde_json::json;
 use drover_core::engine::BindResult;
 use drover_core::model::{ClaimKey, PodInfo, PodKey, VolumeChoice};
 
-use super::volumes::{BIND_COMPLETED, BOUND_BY_CONTROLLER, SELECTED_NODE};
+use super::volumes::{BOUND_BY_CONTROLLER, SELECTED_NODE, binding_completed};
 
 /// Binds `key` (with UID `uid`, so a recreated pod is never bound by mistake) to `node`.
 /// A 409 (already bound, or recreated) or 404 (deleted) is [`BindResult::Gone`]; an
@@ -154,13 +154,7 @@ fn is_bound(pvc: &PersistentVolumeClaim) -> bool {
         .as_ref()
         .and_then(|s| s.volume_name.as_deref())
         .is_some_and(|v| !v.is_empty());
-    let completed = pvc
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(BIND_COMPLETED))
-        || pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
-    named && completed
+    named && binding_completed(pvc)
 }
 
 async fn wait_bound(client: &Client, choices: &[VolumeChoice]) -> Result<(), String> {

@@ -65,6 +65,17 @@ fn bytes(
     })
 }
 
+/// True when the volume controller completed the claim's binding: `status.phase` is
+/// `Bound`, or `pv.kubernetes.io/bind-completed` is set.
+pub fn binding_completed(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+        || pvc
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(BIND_COMPLETED))
+}
+
 /// Converts a PersistentVolumeClaim.
 pub fn claim(pvc: &PersistentVolumeClaim) -> Result<(ClaimKey, Claim), ConvertError> {
     let meta = &pvc.metadata;
@@ -84,7 +95,6 @@ pub fn claim(pvc: &PersistentVolumeClaim) -> Result<(ClaimKey, Claim), ConvertEr
         .as_ref()
         .and_then(|r| r.requests.as_ref())
         .and_then(|r| r.get("storage"));
-    let phase = pvc.status.as_ref().and_then(|s| s.phase.as_deref());
     Ok((
         key,
         Claim {
@@ -94,7 +104,7 @@ pub fn claim(pvc: &PersistentVolumeClaim) -> Result<(ClaimKey, Claim), ConvertEr
                 .as_deref()
                 .filter(|v| !v.is_empty())
                 .map(Arc::from),
-            bound: phase == Some("Bound") || annotation(BIND_COMPLETED).is_some(),
+            bound: binding_completed(pvc),
             class,
             request_bytes: bytes(&object, "spec.resources.requests", request)?,
             access_modes: access_modes(&object, spec.access_modes.as_ref())?,
