@@ -48,6 +48,29 @@ pub struct Args {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "DROVER_EXTENDER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by a CA in this PEM bundle (mutual TLS; needs
+    /// --tls-cert). kube-scheduler presents its `tlsConfig.certData`/`keyData`.
+    #[arg(long, env = "DROVER_EXTENDER_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// With --client-ca: accept only client certificates whose subject CN, or one of
+    /// whose DNS names, is in this comma-separated list (e.g. kube-scheduler).
+    #[arg(
+        long,
+        env = "DROVER_EXTENDER_ALLOWED_NAMES",
+        value_delimiter = ',',
+        requires = "client_ca"
+    )]
+    pub allowed_names: Vec<String>,
+    /// Serve `/bind` (kube-scheduler's bindVerb). Off, `/bind` answers 403 and the
+    /// extender's ServiceAccount needs no pods/binding grant (manifests/extender-bind
+    /// adds it).
+    #[arg(long, env = "DROVER_EXTENDER_ENABLE_BIND")]
+    pub enable_bind: bool,
+    /// The request bodies all calls together may hold at once (a quantity: 128Mi; at
+    /// least --body-limit). A call beyond it is answered 503 at once; parsing a body
+    /// takes several times its size, so keep the memory limit well above this.
+    #[arg(long, env = "DROVER_EXTENDER_IN_FLIGHT_LIMIT", default_value = "128Mi")]
+    pub in_flight_limit: String,
     /// drover's configuration file (YAML, the same as `drover run --config`): weights,
     /// packing, exclusive namespaces, topology levels. See docs/configuration.md.
     #[arg(long, env = "DROVER_CONFIG")]
@@ -109,16 +132,26 @@ impl Args {
                 self.listen
             )
         })?;
-        let body_limit = drover_core::quantity::parse_resource("memory", self.body_limit.trim())
-            .ok()
-            .and_then(|b| usize::try_from(b).ok())
-            .filter(|b| *b >= 1024)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--body-limit {:?}: use a size of at least 1Ki, such as 64Mi",
-                    self.body_limit
-                )
-            })?;
+        let size = |flag: &str, value: &str, example: &str| {
+            drover_core::quantity::parse_resource("memory", value.trim())
+                .ok()
+                .and_then(|b| usize::try_from(b).ok())
+                .filter(|b| (1024..=u32::MAX as usize).contains(b))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{flag} {value:?}: use a size from 1Ki to 4Gi, such as {example}"
+                    )
+                })
+        };
+        let body_limit = size("--body-limit", &self.body_limit, "64Mi")?;
+        let in_flight_limit = size("--in-flight-limit", &self.in_flight_limit, "128Mi")?;
+        if in_flight_limit < body_limit {
+            anyhow::bail!(
+                "--in-flight-limit {} is below --body-limit {}: a body of the largest size could never be read; raise --in-flight-limit or lower --body-limit",
+                self.in_flight_limit,
+                self.body_limit
+            );
+        }
         let timeout = parse_duration(&self.timeout)
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
@@ -150,6 +183,17 @@ impl Args {
                 body_limit,
                 timeout,
                 tls,
+                client_auth: self.client_ca.clone().map(|ca| server::ClientAuth {
+                    ca,
+                    allowed_names: self
+                        .allowed_names
+                        .iter()
+                        .map(|n| n.trim().to_string())
+                        .filter(|n| !n.is_empty())
+                        .collect(),
+                }),
+                in_flight_limit,
+                enable_bind: self.enable_bind,
             },
             plan_ttl: Duration::from_secs(self.gang_plan_seconds),
         })
@@ -253,11 +297,35 @@ mod tests {
             ("--body-limit", "12", "--body-limit"),
             ("--listen", "8888", "--listen"),
             ("--gang-plan-seconds", "0", "--gang-plan-seconds"),
+            ("--in-flight-limit", "1Mi", "--in-flight-limit"),
+            ("--in-flight-limit", "8Gi", "--in-flight-limit"),
         ] {
             let e = Args::parse_from(["x", flag, value]).options().unwrap_err();
             assert!(e.to_string().contains(fragment), "{flag} {value}: {e}");
         }
         assert!(Args::try_parse_from(["x", "--tls-cert", "c.pem"]).is_err());
+        assert!(Args::try_parse_from(["x", "--client-ca", "ca.pem"]).is_err());
+        assert!(Args::try_parse_from(["x", "--allowed-names", "kube-scheduler"]).is_err());
+        let m = Args::parse_from([
+            "x",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--client-ca",
+            "ca.pem",
+            "--allowed-names",
+            "kube-scheduler, system:kube-scheduler",
+        ])
+        .options()
+        .unwrap();
+        let auth = m.server.client_auth.unwrap();
+        assert_eq!(
+            auth.allowed_names,
+            ["kube-scheduler", "system:kube-scheduler"]
+        );
+        assert!(!m.server.enable_bind && !ok.server.enable_bind);
+        assert_eq!(ok.server.in_flight_limit, 128 << 20);
     }
 
     #[test]

@@ -88,6 +88,27 @@ pub enum RequestError {
         /// Why.
         detail: &'static str,
     },
+    /// The caller may not use this verb: bind without `--enable-bind`, or a bind
+    /// drover's own decision does not support.
+    #[error("{verb}: {detail}")]
+    Forbidden {
+        /// The verb.
+        verb: &'static str,
+        /// Why, and what to do.
+        detail: String,
+    },
+    /// The request bodies in flight already hold `--in-flight-limit`: retried by
+    /// kube-scheduler on the pod's next attempt.
+    #[error(
+        "{verb}: request bodies in flight already hold the limit of {limit} bytes; retry \
+         shortly, or raise --in-flight-limit (with the memory limit)"
+    )]
+    Busy {
+        /// The verb.
+        verb: &'static str,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The bind call to the API server failed.
     #[error("bind: {0}")]
     Bind(String),
@@ -116,6 +137,8 @@ impl RequestError {
             // reads its Error.
             RequestError::Bind(_) => 200,
             RequestError::Disabled { .. } => 404,
+            RequestError::Forbidden { .. } => 403,
+            RequestError::Busy { .. } => 503,
             RequestError::NotReady { .. } => 503,
             RequestError::Internal { .. } => 500,
         }
@@ -133,6 +156,8 @@ impl RequestError {
             RequestError::Read { .. } => "read",
             RequestError::NotReady { .. } => "not_ready",
             RequestError::Disabled { .. } => "disabled",
+            RequestError::Forbidden { .. } => "forbidden",
+            RequestError::Busy { .. } => "busy",
             RequestError::Bind(_) => "bind",
             RequestError::Internal { .. } => "internal",
         }

@@ -23,6 +23,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +50,20 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Client certificates the server requires (mutual TLS).
+#[derive(Clone, Debug)]
+pub struct ClientAuth {
+    /// PEM bundle of the CAs that sign client certificates (kube-scheduler's
+    /// `tlsConfig.certData`).
+    pub ca: PathBuf,
+    /// Accept only certificates with one of these names (the subject's CN or a DNS
+    /// name among its subject alternative names); empty: any certificate the CA signed.
+    pub allowed_names: Vec<String>,
+}
+
+/// Default budget of request bodies in flight: two bodies of the largest default size.
+pub const DEFAULT_IN_FLIGHT_LIMIT: usize = 128 << 20;
+
 /// How the server listens and what it accepts.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
@@ -60,6 +75,15 @@ pub struct ServerOptions {
     pub timeout: Duration,
     /// Serve HTTPS with this certificate.
     pub tls: Option<TlsFiles>,
+    /// Require client certificates (needs `tls`).
+    pub client_auth: Option<ClientAuth>,
+    /// The bytes of request bodies all calls together may hold at once; a call that
+    /// would go beyond is answered 503 at once. Held until the call's work ends, not
+    /// merely until it is answered.
+    pub in_flight_limit: usize,
+    /// Serve `/bind`. Off: `/bind` answers 403, so no caller can bind through
+    /// drover-extender's ServiceAccount.
+    pub enable_bind: bool,
 }
 
 impl Default for ServerOptions {
@@ -69,6 +93,9 @@ impl Default for ServerOptions {
             body_limit: DEFAULT_BODY_LIMIT,
             timeout: DEFAULT_TIMEOUT,
             tls: None,
+            client_auth: None,
+            in_flight_limit: DEFAULT_IN_FLIGHT_LIMIT,
+            enable_bind: false,
         }
     }
 }
@@ -80,6 +107,9 @@ struct App {
     drover_metrics: Option<drover::metrics::Metrics>,
     body_limit: usize,
     timeout: Duration,
+    in_flight: Arc<Semaphore>,
+    in_flight_limit: usize,
+    enable_bind: bool,
     logged: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -110,9 +140,22 @@ impl App {
 
     async fn answer(&self, verb: Verb, req: Request) -> Reply {
         let v = verb.as_str();
+        if verb == Verb::Bind && !self.enable_bind {
+            return Reply::error(
+                verb,
+                RequestError::Forbidden {
+                    verb: v,
+                    detail: "drover-extender serves bind only with --enable-bind (and the \
+                             pods/binding grant of manifests/extender-bind); leave bindVerb \
+                             out of kube-scheduler's configuration otherwise"
+                        .into(),
+                },
+            );
+        }
         let deadline = tokio::time::Instant::now() + self.timeout;
         let millis = self.timeout.as_millis();
-        if content_length(req.headers()).is_some_and(|n| n > self.body_limit) {
+        let declared = content_length(req.headers());
+        if declared.is_some_and(|n| n > self.body_limit) {
             return Reply::error(
                 verb,
                 RequestError::TooLarge {
@@ -121,8 +164,39 @@ impl App {
                 },
             );
         }
-        let read = Limited::new(req.into_body(), self.body_limit).collect();
-        let body = match tokio::time::timeout_at(deadline, read).await {
+        let busy = || {
+            Reply::error(
+                verb,
+                RequestError::Busy {
+                    verb: v,
+                    limit: self.in_flight_limit,
+                },
+            )
+        };
+        // The body's bytes are taken from the budget before they are read: all of a
+        // declared length at once, a chunked body frame by frame.
+        let Some(mut held) = self.reserve(declared.unwrap_or(0)) else {
+            return busy();
+        };
+        let mut body = Limited::new(req.into_body(), self.body_limit);
+        let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+        let read = async {
+            while let Some(frame) = body.frame().await {
+                let Ok(data) = frame?.into_data() else {
+                    continue;
+                };
+                if bytes.len() + data.len() > held.num_permits() {
+                    let more = bytes.len() + data.len() - held.num_permits();
+                    match self.reserve(more) {
+                        Some(p) => held.merge(p),
+                        None => return Ok(false),
+                    }
+                }
+                bytes.extend_from_slice(&data);
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(true)
+        };
+        match tokio::time::timeout_at(deadline, read).await {
             Err(_) => {
                 return Reply::error(
                     verb,
@@ -133,6 +207,8 @@ impl App {
                     },
                 );
             }
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return busy(),
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 return Reply::error(
                     verb,
@@ -151,8 +227,7 @@ impl App {
                     },
                 );
             }
-            Ok(Ok(c)) => c.to_bytes(),
-        };
+        }
         let timed_out = || {
             Reply::error(
                 verb,
@@ -164,12 +239,22 @@ impl App {
             )
         };
         if verb == Verb::Bind {
-            return tokio::time::timeout_at(deadline, self.ext.handle_bind(&body))
+            let reply = tokio::time::timeout_at(deadline, self.ext.handle_bind(&bytes))
                 .await
                 .unwrap_or_else(|_| timed_out());
+            drop(held);
+            return reply;
         }
         let ext = self.ext.clone();
-        let task = tokio::task::spawn_blocking(move || ext.handle(verb, &body));
+        let until = deadline.into_std();
+        // The budget is given back when the work ends: a call answered 408 still holds
+        // its bytes until it stops at its next check of the deadline.
+        let task = tokio::task::spawn_blocking(move || {
+            let reply = ext.handle_until(verb, &bytes, until);
+            drop(bytes);
+            drop(held);
+            reply
+        });
         match tokio::time::timeout_at(deadline, task).await {
             Err(_) => timed_out(),
             Ok(Err(join)) => Reply::error(
@@ -181,6 +266,13 @@ impl App {
             ),
             Ok(Ok(reply)) => reply,
         }
+    }
+
+    /// `n` bytes from the budget of bodies in flight, or None when it has not that many
+    /// left.
+    fn reserve(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(n).ok()?;
+        self.in_flight.clone().try_acquire_many_owned(n).ok()
     }
 
     fn log_once(&self, e: &RequestError) {
@@ -232,6 +324,9 @@ pub fn router(
         drover_metrics,
         body_limit: opts.body_limit,
         timeout: opts.timeout,
+        in_flight: Arc::new(Semaphore::new(opts.in_flight_limit)),
+        in_flight_limit: opts.in_flight_limit,
+        enable_bind: opts.enable_bind,
         logged: Arc::new(Mutex::new(HashSet::new())),
     };
     let mut r = Router::new();
@@ -275,35 +370,112 @@ pub fn router(
         .with_state(app)
 }
 
-/// Reads a PEM certificate chain and key into a TLS acceptor (HTTP/1.1).
-pub fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
-    use tokio_rustls::rustls;
+fn read_certs(
+    path: &std::path::Path,
+    flag: &str,
+) -> anyhow::Result<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let cert_pem = std::fs::read(&files.cert)
-        .with_context(|| format!("--tls-cert {}", files.cert.display()))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+    let pem = std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e:?}", files.cert.display()))?;
+        .map_err(|e| anyhow::anyhow!("{flag} {}: {e:?}", path.display()))?;
     if certs.is_empty() {
-        anyhow::bail!(
-            "--tls-cert {}: no PEM certificate in the file",
-            files.cert.display()
-        );
+        anyhow::bail!("{flag} {}: no PEM certificate in the file", path.display());
     }
+    Ok(certs)
+}
+
+/// Reads a PEM certificate chain and key into a TLS acceptor (HTTP/1.1); with
+/// `client`, it also requires a client certificate signed by one of its CAs.
+pub fn tls_acceptor(files: &TlsFiles, client: Option<&ClientAuth>) -> anyhow::Result<TlsAcceptor> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let certs = read_certs(&files.cert, "--tls-cert")?;
     let key_pem =
         std::fs::read(&files.key).with_context(|| format!("--tls-key {}", files.key.display()))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| anyhow::anyhow!("--tls-key {}: {e:?}", files.key.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("--tls-cert/--tls-key: the key does not match the certificate")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in read_certs(&auth.ca, "--client-ca")? {
+                roots
+                    .add(ca)
+                    .map_err(|e| anyhow::anyhow!("--client-ca {}: {e}", auth.ca.display()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| anyhow::anyhow!("--client-ca {}: {e}", auth.ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .context("--tls-cert/--tls-key: the key does not match the certificate")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The names a client certificate (DER) goes by: its subject's CNs and the DNS names
+/// among its subject alternative names.
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push(d.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// Why a verified client may not call: its certificate names none of `allowed`.
+fn refusal(peer: Option<&[u8]>, allowed: &[String]) -> Option<String> {
+    if allowed.is_empty() {
+        return None;
+    }
+    let names = peer.map(certificate_names).unwrap_or_default();
+    if names.iter().any(|n| allowed.contains(n)) {
+        return None;
+    }
+    Some(format!(
+        "the client certificate ({}) names none of --allowed-names ({})",
+        if names.is_empty() {
+            "no CN or DNS name".to_string()
+        } else {
+            names.join(", ")
+        },
+        allowed.join(", ")
+    ))
+}
+
+/// Answers 403 with `message` to every call on a connection whose client is refused.
+fn refused(message: String) -> Router {
+    Router::new().fallback(move || {
+        let body = serde_json::json!({ "Error": message }).to_string();
+        async move {
+            (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+        }
+    })
 }
 
 /// A running server.
@@ -321,7 +493,22 @@ pub async fn serve(
     opts: &ServerOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Server> {
-    let tls = opts.tls.as_ref().map(tls_acceptor).transpose()?;
+    if opts.client_auth.is_some() && opts.tls.is_none() {
+        anyhow::bail!(
+            "--client-ca needs --tls-cert and --tls-key: client certificates come with HTTPS"
+        );
+    }
+    let tls = opts
+        .tls
+        .as_ref()
+        .map(|f| tls_acceptor(f, opts.client_auth.as_ref()))
+        .transpose()?;
+    let allowed: Arc<[String]> = opts
+        .client_auth
+        .as_ref()
+        .map(|a| a.allowed_names.clone())
+        .unwrap_or_default()
+        .into();
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("--listen {}", opts.listen))?;
@@ -331,7 +518,7 @@ pub async fn serve(
     let task = tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
-            let (stream, _peer) = tokio::select! {
+            let (stream, peer_addr) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -344,9 +531,10 @@ pub async fn serve(
                 },
             };
             let _ = stream.set_nodelay(true);
-            let service = TowerToHyperService::new(router.clone());
+            let router = router.clone();
             let watcher = graceful.watcher();
             let tls = tls.clone();
+            let allowed = allowed.clone();
             tokio::spawn(async move {
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
@@ -355,6 +543,7 @@ pub async fn serve(
                     .keep_alive(true);
                 match tls {
                     None => {
+                        let service = TowerToHyperService::new(router);
                         let conn = builder.serve_connection(TokioIo::new(stream), service);
                         let _ = watcher.watch(conn).await;
                     }
@@ -364,6 +553,20 @@ pub async fn serve(
                         else {
                             return;
                         };
+                        let peer = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| c.as_ref().to_vec());
+                        let router = match refusal(peer.as_deref(), &allowed) {
+                            None => router,
+                            Some(message) => {
+                                tracing::warn!(%peer_addr, %message, "client refused");
+                                refused(message)
+                            }
+                        };
+                        let service = TowerToHyperService::new(router);
                         let conn = builder.serve_connection(TokioIo::new(stream), service);
                         let _ = watcher.watch(conn).await;
                     }

@@ -293,18 +293,40 @@ impl Extender {
     /// Answers a synchronous verb (filter, prioritize, preempt) from its raw body.
     /// Bind talks to the API server: use [`Extender::handle_bind`].
     pub fn handle(&self, verb: Verb, body: &[u8]) -> Reply {
+        self.handle_until(
+            verb,
+            body,
+            std::time::Instant::now() + Duration::from_secs(3600),
+        )
+    }
+
+    /// [`Extender::handle`], abandoned once `deadline` passed: a call the server has
+    /// already answered 408 stops after parsing rather than deciding for no one.
+    pub fn handle_until(&self, verb: Verb, body: &[u8], deadline: std::time::Instant) -> Reply {
+        let late = || {
+            (std::time::Instant::now() > deadline).then_some(RequestError::Timeout {
+                verb: verb.as_str(),
+                what: "answering",
+                millis: 0,
+            })
+        };
+        let parsed = |what| {
+            parse::<ExtenderArgs>(verb, what, body).and_then(|a| match late() {
+                Some(e) => Err(e),
+                None => Ok(a),
+            })
+        };
         match verb {
-            Verb::Filter => Reply::from(
-                verb,
-                parse(verb, "ExtenderArgs", body).and_then(|a| self.filter(a)),
-            ),
+            Verb::Filter => Reply::from(verb, parsed("ExtenderArgs").and_then(|a| self.filter(a))),
             Verb::Prioritize => Reply::from(
                 verb,
-                parse(verb, "ExtenderArgs", body).and_then(|a| self.prioritize(a)),
+                parsed("ExtenderArgs").and_then(|a| self.prioritize(a)),
             ),
             Verb::Preempt => Reply::from(
                 verb,
-                parse(verb, "ExtenderPreemptionArgs", body).and_then(|a| self.preempt(a)),
+                parse(verb, "ExtenderPreemptionArgs", body)
+                    .and_then(|a| late().map_or(Ok(a), Err))
+                    .and_then(|a| self.preempt(a)),
             ),
             Verb::Bind => Reply::error(
                 verb,
@@ -513,7 +535,7 @@ impl Extender {
                         }
                     }
                     if pass.iter().any(|p| *p) {
-                        self.engine().admit(&pod.key, now);
+                        self.engine().admit(&pod, now);
                     }
                 }
             }
@@ -734,6 +756,11 @@ impl Extender {
             });
         };
         let key = PodKey::new(&args.pod_namespace, &args.pod_name);
+        self.may_bind(&key, &args.pod_uid, &args.node)
+            .map_err(|detail| RequestError::Forbidden {
+                verb: "bind",
+                detail,
+            })?;
         match drover::k8s::binder::bind(client, &key, &args.pod_uid, &args.node).await {
             drover_core::engine::BindResult::Bound => {
                 tracing::debug!(pod = %key, node = %args.node, "bound");
@@ -746,6 +773,67 @@ impl Extender {
                 "binding {key} to {}: {why}",
                 args.node
             ))),
+        }
+    }
+}
+
+impl Extender {
+    /// Whether drover's own decision lets `key` (with `uid`) bind to `node`: a
+    /// pending pod drover's cache holds with that UID, which filter passes on that
+    /// node — a gang member only to its planned node, a pod only within its queue.
+    /// Why not, otherwise.
+    pub fn may_bind(&self, key: &PodKey, uid: &str, node: &str) -> Result<(), String> {
+        if uid.trim().is_empty() {
+            return Err(format!(
+                "pod {key}: PodUID is empty; kube-scheduler sends the UID of the pod it binds"
+            ));
+        }
+        let pod = {
+            let engine = self.engine();
+            let pod = engine
+                .pod(key)
+                .filter(|p| &*p.uid == uid)
+                .cloned()
+                .ok_or_else(|| {
+                    format!("pod {key} with UID {uid} is not in drover-extender's cache")
+                })?;
+            if pod.node_name.is_some() && engine.planned_node(key).is_none() {
+                return Err(format!("pod {key} is bound already"));
+            }
+            pod
+        };
+        match self.verdict(&pod, now_ms()) {
+            Verdict::Planned { node: planned, .. } if &*planned == node => Ok(()),
+            Verdict::Planned {
+                gang,
+                node: planned,
+            } => Err(format!(
+                "pod {key}: gang {gang} holds this member for node {planned}, not {node}"
+            )),
+            Verdict::Hold(message) | Verdict::HoldForMembers { message, .. } => Err(message),
+            Verdict::Unknown => Err(format!(
+                "pod {key} with UID {uid} is not in drover-extender's cache"
+            )),
+            Verdict::Filter => {
+                let snapshot = self.snapshot();
+                let Some(n) = snapshot
+                    .slot_of(node)
+                    .and_then(|s| snapshot.slot(s))
+                    .filter(|n| n.known)
+                else {
+                    return Err(format!("node {node} is not in drover-extender's cache"));
+                };
+                let profile = &self.config.profile;
+                let cx = CycleState::new(profile, &pod, &*snapshot);
+                if feasible(profile, &cx, &pod, n) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "pod {key} does not fit node {node}: {}",
+                        first_reasons(profile, &cx, &pod, n)
+                    ))
+                }
+            }
         }
     }
 }

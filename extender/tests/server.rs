@@ -222,14 +222,99 @@ async fn a_slow_client_gets_408_within_the_timeout() {
     shutdown.cancel();
 }
 
+/// A CA, and certificates it signs for `names` (the first also the CN).
+struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    cert: rcgen::Certificate,
+}
+
+impl Ca {
+    fn new(cn: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            issuer: rcgen::Issuer::new(params, key),
+            cert,
+        }
+    }
+
+    /// (certificate PEM, key PEM) for a leaf with CN `cn` and DNS names `dns`.
+    fn leaf(&self, cn: &str, dns: &[&str]) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A TLS client trusting `ca`, presenting `identity` (certificate and key PEM) if any.
+fn client(ca: &Ca, identity: Option<&(String, String)>) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Connects with `connector` and posts `body` to `path`: the answer, or None when the
+/// server refused the TLS handshake or closed the connection.
+async fn post_tls(
+    addr: std::net::SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+    path: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .ok()?;
+    let (status, body) = exchange(tls, "POST", path, body).await;
+    (status != 0).then_some((status, body))
+}
+
 #[tokio::test]
 async fn https_with_a_provided_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = dir.path().join("tls.crt");
-    let key = dir.path().join("tls.key");
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let ca = Ca::new("drover test CA");
+    let (cert_pem, key_pem) = ca.leaf("drover-extender", &["localhost"]);
+    let cert = write(dir.path(), "tls.crt", &cert_pem);
+    let key = write(dir.path(), "tls.key", &key_pem);
     let (addr, shutdown) = start(local(ServerOptions {
         tls: Some(TlsFiles {
             cert: cert.clone(),
@@ -238,38 +323,193 @@ async fn https_with_a_provided_certificate() {
         ..Default::default()
     }))
     .await;
-
-    use tokio_rustls::rustls;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = connector
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
+    let (status, body) = post_tls(addr, &client(&ca, None), "/filter", &filter_body())
         .await
-        .unwrap();
-    let (status, body) = exchange(tls, "POST", "/filter", &filter_body()).await;
+        .expect("served");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"NodeNames\":[\"a\"]"), "{body}");
 
     // Bad files fail at start, naming the flag.
-    let err = server::tls_acceptor(&TlsFiles {
-        cert: key,
-        key: cert,
-    })
+    let err = server::tls_acceptor(
+        &TlsFiles {
+            cert: key,
+            key: cert,
+        },
+        None,
+    )
     .err()
     .unwrap();
     assert!(err.to_string().contains("--tls-cert"), "{err}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_only_the_named_clients_of_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("drover test CA");
+    let (cert_pem, key_pem) = ca.leaf("drover-extender", &["localhost"]);
+    let ca_file = write(dir.path(), "ca.crt", &ca.cert.pem());
+    let (addr, shutdown) = start(local(ServerOptions {
+        tls: Some(TlsFiles {
+            cert: write(dir.path(), "tls.crt", &cert_pem),
+            key: write(dir.path(), "tls.key", &key_pem),
+        }),
+        client_auth: Some(server::ClientAuth {
+            ca: ca_file.clone(),
+            allowed_names: vec!["kube-scheduler".into()],
+        }),
+        ..Default::default()
+    }))
+    .await;
+    let scheduler = ca.leaf("kube-scheduler", &[]);
+    let by_dns = ca.leaf("someone", &["kube-scheduler"]);
+    let intruder = ca.leaf("intruder", &["intruder.example"]);
+    let stranger = Ca::new("another CA").leaf("kube-scheduler", &[]);
+
+    for identity in [&scheduler, &by_dns] {
+        let (status, body) = post_tls(
+            addr,
+            &client(&ca, Some(identity)),
+            "/filter",
+            &filter_body(),
+        )
+        .await
+        .expect("served");
+        assert_eq!(status, 200, "{body}");
+    }
+    // No certificate, or one of another CA: the handshake fails.
+    assert_eq!(
+        post_tls(addr, &client(&ca, None), "/filter", &filter_body()).await,
+        None
+    );
+    assert_eq!(
+        post_tls(
+            addr,
+            &client(&ca, Some(&stranger)),
+            "/filter",
+            &filter_body()
+        )
+        .await,
+        None
+    );
+    // Signed by the CA but not named: 403 on every path, saying which names it has.
+    for path in ["/filter", "/bind", "/metrics"] {
+        let (status, body) = post_tls(addr, &client(&ca, Some(&intruder)), path, b"{}")
+            .await
+            .expect("answered");
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body.contains("intruder, intruder.example") && body.contains("--allowed-names"),
+            "{body}"
+        );
+    }
+
+    // --client-ca without a certificate of its own is refused at start.
+    let err = server::serve(
+        server::router(
+            extender(),
+            ExtenderMetrics::new(extender().gangs_planned()),
+            None,
+            &ServerOptions::default(),
+        ),
+        &local(ServerOptions {
+            client_auth: Some(server::ClientAuth {
+                ca: ca_file,
+                allowed_names: vec![],
+            }),
+            ..Default::default()
+        }),
+        CancellationToken::new(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().contains("--client-ca needs --tls-cert"),
+        "{err}"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn bind_is_refused_unless_enabled() {
+    let (addr, shutdown) = start(local(ServerOptions::default())).await;
+    // Every variant: any pod, any node, no UID, not even JSON.
+    for body in [
+        &br#"{"PodName":"p","PodNamespace":"ns","PodUID":"u","Node":"a"}"#[..],
+        br#"{"PodName":"other-schedulers-pod","PodNamespace":"ns","PodUID":"x","Node":"b"}"#,
+        br#"{"PodName":"p","PodNamespace":"ns","PodUID":"","Node":"a"}"#,
+        b"{oops",
+    ] {
+        let (status, text) = exchange(
+            TcpStream::connect(addr).await.unwrap(),
+            "POST",
+            "/bind",
+            body,
+        )
+        .await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("--enable-bind"), "{text}");
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn bodies_in_flight_stay_within_the_budget() {
+    let (addr, shutdown) = start(local(ServerOptions {
+        body_limit: 1 << 20,
+        in_flight_limit: 2 << 20,
+        timeout: Duration::from_secs(2),
+        ..Default::default()
+    }))
+    .await;
+    // Two calls declare 1 MiB each and send it slowly: the budget is taken.
+    let head = |n: usize| {
+        format!(
+            "POST /filter HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(head(1 << 20).as_bytes()).await.unwrap();
+        s.write_all(b"{").await.unwrap();
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third is answered 503 at once, declared or chunked.
+    let started = std::time::Instant::now();
+    let (status, body) = exchange(
+        TcpStream::connect(addr).await.unwrap(),
+        "POST",
+        "/filter",
+        &filter_body(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("--in-flight-limit"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /filter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n10\r\n{\"Pod\":null     \r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    assert_eq!(parse_response(&raw).0, 503);
+    // The slow calls time out and give their bytes back: calls are served again.
+    for mut s in slow {
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw).await;
+        assert_eq!(parse_response(&raw).0, 408);
+    }
+    let (status, body) = exchange(
+        TcpStream::connect(addr).await.unwrap(),
+        "POST",
+        "/filter",
+        &filter_body(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     shutdown.cancel();
 }
 
@@ -299,7 +539,7 @@ async fn wrong_methods_paths_and_disabled_verbs_are_refused() {
         b"{\"PodName\":\"p\",\"PodNamespace\":\"n\",\"Node\":\"a\"}",
     )
     .await;
-    assert_eq!(status, 404, "no cluster connection: {body}");
+    assert_eq!(status, 403, "bind is off by default: {body}");
     assert_eq!(Verb::ALL.len(), 4);
     shutdown.cancel();
 }

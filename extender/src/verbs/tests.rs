@@ -464,3 +464,112 @@ async fn bind_without_a_cluster_says_so() {
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert!(v["Error"].as_str().unwrap().contains("PodNamespace"), "{v}");
 }
+
+#[test]
+fn bind_is_allowed_only_where_filter_would_pass() {
+    let ext = Extender::with_snapshot(Config::default(), small_cluster());
+    let small = pod_json("small", "1", "1Gi");
+    let huge = pod_json("huge", "1000", "1Gi");
+    ext.engine().handle_pod(info(&small), 0);
+    ext.engine().handle_pod(info(&huge), 0);
+    let members: Vec<Value> = (0..3)
+        .map(|i| member_json(&format!("m{i}"), "dask", "5", "100m"))
+        .collect();
+    for m in &members {
+        ext.engine().handle_pod(info(m), 0);
+    }
+    let key = |n: &str| PodKey::new("ml", n);
+    assert_eq!(ext.may_bind(&key("small"), "uid-small", "b"), Ok(()));
+    for (pod, uid, node, fragment) in [
+        ("small", "", "b", "PodUID is empty"),
+        (
+            "small",
+            "forged",
+            "b",
+            "with UID forged is not in drover-extender's cache",
+        ),
+        (
+            "ghost",
+            "uid-ghost",
+            "b",
+            "is not in drover-extender's cache",
+        ),
+        ("small", "uid-small", "c", "does not fit node c"),
+        ("small", "uid-small", "nowhere", "node nowhere is not in"),
+        (
+            "huge",
+            "uid-huge",
+            "b",
+            "does not fit node b: Insufficient cpu",
+        ),
+        ("m0", "uid-m0", "b", "3 of minMember 5 pods exist"),
+        ("busy", "uid-busy", "a", "not in drover-extender's cache"),
+    ] {
+        let e = ext.may_bind(&key(pod), uid, node).unwrap_err();
+        assert!(e.contains(fragment), "{pod} {uid:?} {node}: {e}");
+    }
+
+    // A gang member binds only to its planned node.
+    let ext = Extender::with_snapshot(
+        Config::default(),
+        Snapshot::from_nodes([node("n1", 4, 16), node("n2", 4, 16)]),
+    );
+    let members: Vec<Value> = (0..2)
+        .map(|i| member_json(&format!("m{i}"), "train", "2", "3"))
+        .collect();
+    for m in &members {
+        ext.engine().handle_pod(info(m), 0);
+    }
+    let (_, v) = call(&ext, Verb::Filter, &names_args(&members[0], &["n1", "n2"]));
+    let planned = passed(&v);
+    assert_eq!(planned.len(), 1, "{v}");
+    let other = if planned[0] == "n1" { "n2" } else { "n1" };
+    assert_eq!(ext.may_bind(&key("m0"), "uid-m0", &planned[0]), Ok(()));
+    let e = ext.may_bind(&key("m0"), "uid-m0", other).unwrap_err();
+    assert!(e.contains("holds this member for node"), "{e}");
+}
+
+#[test]
+fn a_filter_naming_a_pod_with_another_uid_admits_nothing() {
+    let ext = Extender::with_snapshot(Config::default(), small_cluster());
+    let mut max = Resources::default();
+    max.set(&ResourceKind::Cpu, 1000);
+    ext.engine().handle_queue(
+        QueueSpec {
+            name: "team".into(),
+            max: Some(max),
+            max_listed: vec![ResourceKind::Cpu],
+            weight: 1,
+            ..Default::default()
+        },
+        0,
+    );
+    let mut real = pod_json("p1", "1", "1Gi");
+    real["metadata"]["labels"] = json!({"drover.dev/queue": "team"});
+    ext.engine().handle_pod(info(&real), 0);
+    // Calls that name the real pod's key with no UID or another UID: none may take
+    // the queue's room, so the real pod is still admitted afterwards.
+    for uid in ["", "forged"] {
+        let mut fake = real.clone();
+        fake["metadata"]["uid"] = json!(uid);
+        for _ in 0..3 {
+            let (_, v) = call(&ext, Verb::Filter, &names_args(&fake, &["a", "b"]));
+            assert!(passed(&v).is_empty(), "{uid:?}: {v}");
+        }
+    }
+    let (_, v) = call(&ext, Verb::Filter, &names_args(&real, &["a", "b"]));
+    assert_eq!(passed(&v), ["a", "b"], "{v}");
+}
+
+#[test]
+fn work_past_its_deadline_is_abandoned() {
+    let ext = Extender::with_snapshot(Config::default(), small_cluster());
+    let body = names_args(&pod_json("p", "1", "1Gi"), &["a", "b"]);
+    let past = std::time::Instant::now() - Duration::from_millis(1);
+    for verb in [Verb::Filter, Verb::Prioritize] {
+        let r = ext.handle_until(verb, &body, past);
+        assert_eq!(r.status, 408, "{verb:?}");
+        assert_eq!(r.error.map(|e| e.kind()), Some("timeout"));
+    }
+    assert_eq!(ext.handle(Verb::Filter, &body).status, 200);
+}

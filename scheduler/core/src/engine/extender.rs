@@ -73,7 +73,9 @@ impl Engine {
         let known = self
             .cache
             .pod(&pod.key)
-            .filter(|p| p.uid == pod.uid || pod.uid.is_empty())
+            // The request's UID must be the cached pod's: a call naming a pod by its
+            // key alone is not that pod.
+            .filter(|p| p.uid == pod.uid)
             .cloned();
         if let Some(g) = &pod.gang {
             if let Some(conflict) = &g.conflict {
@@ -104,12 +106,19 @@ impl Engine {
     }
 
     /// The pod passed filter on some node: it counts against its queue until the
-    /// watch shows it bound, or for the admission TTL.
-    pub fn admit(&mut self, key: &PodKey, now: i64) {
+    /// watch shows it bound, or for the admission TTL. Only the cached pod with the
+    /// request's UID counts; a request for any other pod admits nothing.
+    pub fn admit(&mut self, request: &PodInfo, now: i64) {
         if !self.quotas_active {
             return;
         }
-        let Some(pod) = self.cache.pod(key).cloned() else {
+        let key = &request.key;
+        let Some(pod) = self
+            .cache
+            .pod(key)
+            .filter(|p| p.uid == request.uid)
+            .cloned()
+        else {
             return;
         };
         if pod.node_name.is_some() {
