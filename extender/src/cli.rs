@@ -66,6 +66,15 @@ pub struct Args {
     /// adds it).
     #[arg(long, env = "DROVER_EXTENDER_ENABLE_BIND")]
     pub enable_bind: bool,
+    /// The schedulerName of each kube-scheduler profile that calls this extender
+    /// (comma-separated): bind refuses pods that name another scheduler.
+    #[arg(
+        long,
+        env = "DROVER_EXTENDER_SCHEDULER_NAMES",
+        value_delimiter = ',',
+        default_value = "default-scheduler"
+    )]
+    pub scheduler_names: Vec<String>,
     /// The request bodies all calls together may hold at once (a quantity: 128Mi; at
     /// least --body-limit). A call beyond it is answered 503 at once; parsing a body
     /// takes several times its size, so keep the memory limit well above this.
@@ -93,6 +102,8 @@ pub struct Options {
     pub server: ServerOptions,
     /// How long a gang plan holds.
     pub plan_ttl: Duration,
+    /// kube-scheduler's profiles (their schedulerName) that call the extender.
+    pub profiles: Vec<String>,
 }
 
 impl Default for Options {
@@ -101,6 +112,7 @@ impl Default for Options {
             config: Config::default(),
             server: ServerOptions::default(),
             plan_ttl: crate::verbs::DEFAULT_PLAN_TTL,
+            profiles: vec![crate::verbs::DEFAULT_PROFILE.to_string()],
         }
     }
 }
@@ -169,6 +181,17 @@ impl Args {
         if self.gang_plan_seconds == 0 {
             anyhow::bail!("--gang-plan-seconds 0: a gang plan must hold for at least a second");
         }
+        let profiles: Vec<String> = self
+            .scheduler_names
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if profiles.is_empty() {
+            anyhow::bail!(
+                "--scheduler-names is empty: name kube-scheduler's profiles, such as default-scheduler"
+            );
+        }
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),
@@ -196,6 +219,7 @@ impl Args {
                 enable_bind: self.enable_bind,
             },
             plan_ttl: Duration::from_secs(self.gang_plan_seconds),
+            profiles,
         })
     }
 }
@@ -230,8 +254,11 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let drover_metrics = drover::metrics::Metrics::new();
-    let extender =
-        Arc::new(Extender::new(opts.config.clone(), opts.plan_ttl).with_client(client.clone()));
+    let extender = Arc::new(
+        Extender::new(opts.config.clone(), opts.plan_ttl)
+            .with_profiles(opts.profiles.clone())
+            .with_client(client.clone()),
+    );
     let metrics = ExtenderMetrics::new(extender.gangs_planned());
     let router = server::router(
         extender.clone(),
@@ -298,6 +325,7 @@ mod tests {
             ("--listen", "8888", "--listen"),
             ("--gang-plan-seconds", "0", "--gang-plan-seconds"),
             ("--in-flight-limit", "1Mi", "--in-flight-limit"),
+            ("--scheduler-names", ",", "--scheduler-names"),
             ("--in-flight-limit", "8Gi", "--in-flight-limit"),
         ] {
             let e = Args::parse_from(["x", flag, value]).options().unwrap_err();

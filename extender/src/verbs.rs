@@ -175,8 +175,13 @@ pub struct Extender {
     /// The engine's newest snapshot, published after every change, read lock-free.
     snapshot: Arc<ArcSwap<Snapshot>>,
     client: Option<kube::Client>,
+    /// The `schedulerName`s of kube-scheduler's profiles: bind refuses other pods.
+    profiles: Vec<String>,
     gangs_planned: prometheus::IntCounter,
 }
+
+/// kube-scheduler's profile when its configuration names no other.
+pub const DEFAULT_PROFILE: &str = "default-scheduler";
 
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> i64 {
@@ -229,6 +234,7 @@ impl Extender {
             engine: Mutex::new(engine),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             client: None,
+            profiles: vec![DEFAULT_PROFILE.to_string()],
             gangs_planned: prometheus::IntCounter::new(
                 "drover_extender_gangs_planned_total",
                 "Gangs the extender placed all together (one plan handed to all members)",
@@ -258,6 +264,13 @@ impl Extender {
             }
         }
         e
+    }
+
+    /// The `schedulerName`s of kube-scheduler's profiles that call this extender; bind
+    /// refuses a pod that names another.
+    pub fn with_profiles(mut self, profiles: Vec<String>) -> Self {
+        self.profiles = profiles;
+        self
     }
 
     /// Enables the bind verb with this client.
@@ -797,6 +810,13 @@ impl Extender {
                 .ok_or_else(|| {
                     format!("pod {key} with UID {uid} is not in drover-extender's cache")
                 })?;
+            if !self.profiles.iter().any(|n| **n == *pod.scheduler_name) {
+                return Err(format!(
+                    "pod {key} names schedulerName {:?}, not one of --scheduler-names ({}): it is not kube-scheduler's to bind",
+                    pod.scheduler_name,
+                    self.profiles.join(", ")
+                ));
+            }
             if pod.node_name.is_some() && engine.planned_node(key).is_none() {
                 return Err(format!("pod {key} is bound already"));
             }

@@ -472,6 +472,9 @@ fn bind_is_allowed_only_where_filter_would_pass() {
     let huge = pod_json("huge", "1000", "1Gi");
     ext.engine().handle_pod(info(&small), 0);
     ext.engine().handle_pod(info(&huge), 0);
+    let mut drovers = pod_json("drovers", "1", "1Gi");
+    drovers["spec"]["schedulerName"] = json!("drover");
+    ext.engine().handle_pod(info(&drovers), 0);
     let members: Vec<Value> = (0..3)
         .map(|i| member_json(&format!("m{i}"), "dask", "5", "100m"))
         .collect();
@@ -504,6 +507,12 @@ fn bind_is_allowed_only_where_filter_would_pass() {
         ),
         ("m0", "uid-m0", "b", "3 of minMember 5 pods exist"),
         ("busy", "uid-busy", "a", "not in drover-extender's cache"),
+        (
+            "drovers",
+            "uid-drovers",
+            "b",
+            "not one of --scheduler-names (default-scheduler)",
+        ),
     ] {
         let e = ext.may_bind(&key(pod), uid, node).unwrap_err();
         assert!(e.contains(fragment), "{pod} {uid:?} {node}: {e}");

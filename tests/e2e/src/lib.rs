@@ -352,12 +352,21 @@ pub fn parse_prometheus_text(
 pub async fn start_extender(
     client: Client,
 ) -> anyhow::Result<(drover_extender::Running, CancellationToken)> {
+    start_extender_with(client, |_| {}).await
+}
+
+/// [`start_extender`] with its options changed by `change` first.
+pub async fn start_extender_with(
+    client: Client,
+    change: impl FnOnce(&mut drover_extender::Options),
+) -> anyhow::Result<(drover_extender::Running, CancellationToken)> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
     let mut opts = drover_extender::Options::default();
     opts.server.listen = "127.0.0.1:0".parse()?;
+    change(&mut opts);
     let shutdown = CancellationToken::new();
     let running = drover_extender::start(client, opts, shutdown.clone()).await?;
     let ext = running.extender.clone();

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
-use drover_e2e::{QUEUE_CRD, node_of, start_extender, unschedulable_message};
+use drover_e2e::{QUEUE_CRD, node_of, start_extender, start_extender_with, unschedulable_message};
 use drover_extender::Running;
 use drover_testenv::{ControlPlane, FakeNode, ProcessGuard, TestPod, repo_root, wait_until};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -294,34 +294,71 @@ async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> anyhow::Res
     Ok((status, body))
 }
 
-/// The bind verb binds through the binding subresource with the pod's UID: a stale UID
-/// is refused with kube-scheduler's `Error`, the right one binds.
+/// The bind verb is off unless enabled (403 in every variant); enabled, it binds only
+/// what drover's filter would pass, through the binding subresource with the pod's
+/// UID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bind_verb_binds_with_the_pod_uid() -> anyhow::Result<()> {
+async fn bind_verb_binds_only_what_filter_would_pass() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let client = cp.client();
     cp.create_nodes(&[FakeNode::new("n-0").build()]).await?;
-    let (running, shutdown) = start_extender(cp.client()).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    // A scheduler name nobody serves: only the bind call places it.
-    let p = pods
-        .create(
-            &PostParams::default(),
-            &TestPod::new("b").scheduler("nobody").build(),
-        )
-        .await?;
-    let uid = p.metadata.uid.clone().unwrap_or_default();
-    let args = |uid: &str| {
-        json!({"PodName": "b", "PodNamespace": NS, "PodUID": uid, "Node": "n-0"}).to_string()
+    // No kube-scheduler runs: only a bind call could place these.
+    let mut uids = std::collections::HashMap::new();
+    for p in [
+        TestPod::new("b").build(),
+        TestPod::new("huge").cpu("1000").build(),
+        TestPod::new("drovers").scheduler("drover").build(),
+    ] {
+        let p = pods.create(&PostParams::default(), &p).await?;
+        uids.insert(
+            p.metadata.name.clone().unwrap_or_default(),
+            p.metadata.uid.clone().unwrap_or_default(),
+        );
+    }
+    let args = |name: &str, uid: &str| {
+        json!({"PodName": name, "PodNamespace": NS, "PodUID": uid, "Node": "n-0"}).to_string()
     };
-    let (status, body) = post(running.addr, "/bind", &args("a-recreated-pod")).await?;
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body)?;
-    assert!(!v["Error"].as_str().unwrap_or_default().is_empty(), "{v}");
-    let (status, body) = post(running.addr, "/bind", &args(&uid)).await?;
+    let variants = [
+        ("b", uids["b"].clone(), "--enable-bind"),
+        ("b", String::new(), "PodUID is empty"),
+        (
+            "b",
+            "a-recreated-pod".to_string(),
+            "with UID a-recreated-pod is not in",
+        ),
+        ("huge", uids["huge"].clone(), "does not fit node n-0"),
+        (
+            "drovers",
+            uids["drovers"].clone(),
+            "not one of --scheduler-names",
+        ),
+    ];
+    let (off, stop_off) = start_extender(cp.client()).await?;
+    for (name, uid, _) in &variants {
+        let (status, body) = post(off.addr, "/bind", &args(name, uid)).await?;
+        assert_eq!(status, 403, "bind off, {name} {uid:?}: {body}");
+        assert!(body.contains("--enable-bind"), "{body}");
+    }
+    stop_off.cancel();
+    let (on, stop_on) = start_extender_with(cp.client(), |o| o.server.enable_bind = true).await?;
+    for (name, uid, why) in &variants[1..] {
+        let (status, body) = post(on.addr, "/bind", &args(name, uid)).await?;
+        assert_eq!(status, 403, "{name} {uid:?}: {body}");
+        assert!(body.contains(why), "{name} {uid:?}: {body}");
+    }
+    for name in ["b", "huge", "drovers"] {
+        let p = pods.get(name).await?;
+        assert_eq!(
+            p.spec.and_then(|s| s.node_name),
+            None,
+            "{name} stays unbound"
+        );
+    }
+    let (status, body) = post(on.addr, "/bind", &args("b", &uids["b"])).await?;
     assert_eq!((status, body.as_str()), (200, r#"{"Error":""}"#));
     assert_eq!(node_of_pod(&client, "b").await?, "n-0");
-    shutdown.cancel();
+    stop_on.cancel();
     Ok(())
 }
 
