@@ -34,6 +34,11 @@ pub struct Args {
     /// Address to serve the verbs, /healthz, /readyz and /metrics on.
     #[arg(long, env = "DROVER_EXTENDER_LISTEN", default_value = "0.0.0.0:8888")]
     pub listen: String,
+    /// Also serve /healthz, /readyz and /metrics over plain HTTP on this address
+    /// (host:port), for kubelet probes and Prometheus when --client-ca makes the main
+    /// port take only kube-scheduler's certificate.
+    #[arg(long, env = "DROVER_EXTENDER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Largest request body (a quantity: 64Mi). A NodeList of 5000 nodes
     /// (nodeCacheCapable: false) is several MB.
     #[arg(long, env = "DROVER_EXTENDER_BODY_LIMIT", default_value = "64Mi")]
@@ -144,6 +149,20 @@ impl Args {
                 self.listen
             )
         })?;
+        let metrics_listen = self
+            .metrics_listen
+            .as_deref()
+            .map(|m| {
+                m.parse::<SocketAddr>().map_err(|e| {
+                    anyhow::anyhow!(
+                        "--metrics-listen {m:?}: {e}; use host:port such as 0.0.0.0:8889"
+                    )
+                })
+            })
+            .transpose()?;
+        if metrics_listen.is_some_and(|m| m == listen && m.port() != 0) {
+            anyhow::bail!("--metrics-listen {listen} is --listen too: give it a port of its own");
+        }
         let size = |flag: &str, value: &str, example: &str| {
             drover_core::quantity::parse_resource("memory", value.trim())
                 .ok()
@@ -216,6 +235,7 @@ impl Args {
                         .collect(),
                 }),
                 in_flight_limit,
+                metrics_listen,
                 enable_bind: self.enable_bind,
             },
             plan_ttl: Duration::from_secs(self.gang_plan_seconds),
@@ -326,6 +346,8 @@ mod tests {
             ("--gang-plan-seconds", "0", "--gang-plan-seconds"),
             ("--in-flight-limit", "1Mi", "--in-flight-limit"),
             ("--scheduler-names", ",", "--scheduler-names"),
+            ("--metrics-listen", "8889", "--metrics-listen"),
+            ("--metrics-listen", "0.0.0.0:8888", "--metrics-listen"),
             ("--in-flight-limit", "8Gi", "--in-flight-limit"),
         ] {
             let e = Args::parse_from(["x", flag, value]).options().unwrap_err();

@@ -81,6 +81,9 @@ pub struct ServerOptions {
     /// would go beyond is answered 503 at once. Held until the call's work ends, not
     /// merely until it is answered.
     pub in_flight_limit: usize,
+    /// Also serve `/healthz`, `/readyz` and `/metrics` over plain HTTP here (for
+    /// kubelet probes and Prometheus when the verbs need client certificates).
+    pub metrics_listen: Option<SocketAddr>,
     /// Serve `/bind`. Off: `/bind` answers 403, so no caller can bind through
     /// drover-extender's ServiceAccount.
     pub enable_bind: bool,
@@ -94,6 +97,7 @@ impl Default for ServerOptions {
             timeout: DEFAULT_TIMEOUT,
             tls: None,
             client_auth: None,
+            metrics_listen: None,
             in_flight_limit: DEFAULT_IN_FLIGHT_LIMIT,
             enable_bind: false,
         }
@@ -482,6 +486,8 @@ fn refused(message: String) -> Router {
 pub struct Server {
     /// The address it listens on (the port chosen, when asked for port 0).
     pub addr: SocketAddr,
+    /// The address of the plain-HTTP health and metrics port, if asked for.
+    pub metrics_addr: Option<SocketAddr>,
     /// Ends after `shutdown` once open connections finished (at most a few seconds).
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -513,9 +519,69 @@ pub async fn serve(
         .await
         .with_context(|| format!("--listen {}", opts.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, https = tls.is_some(), "serving filter, prioritize, preempt, bind, /healthz, /readyz, /metrics");
-    let header_timeout = opts.timeout;
+    let plain = match opts.metrics_listen {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .with_context(|| format!("--metrics-listen {at}"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = plain.as_ref().map(|l| l.local_addr()).transpose()?;
+    tracing::info!(%addr, https = tls.is_some(), client_certificates = opts.client_auth.is_some(), "serving filter, prioritize, preempt, bind, /healthz, /readyz, /metrics");
+    let metrics_task = plain.map(|listener| {
+        if let Some(at) = metrics_addr {
+            tracing::info!(addr = %at, "serving /healthz, /readyz, /metrics over HTTP");
+        }
+        let health = router
+            .clone()
+            .layer(axum::middleware::from_fn(health_only));
+        accept(
+            listener,
+            health,
+            None,
+            Arc::from([]),
+            opts.timeout,
+            shutdown.clone(),
+        )
+    });
+    let main = accept(listener, router, tls, allowed, opts.timeout, shutdown);
     let task = tokio::spawn(async move {
+        let _ = main.await;
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
+    });
+    Ok(Server {
+        addr,
+        metrics_addr,
+        task,
+    })
+}
+
+/// The plain port serves health, readiness and metrics, and no verb.
+async fn health_only(req: Request, next: axum::middleware::Next) -> Response {
+    match req.uri().path() {
+        "/healthz" | "/readyz" | "/metrics" => next.run(req).await,
+        _ => (
+            StatusCode::NOT_FOUND,
+            "this port serves /healthz, /readyz and /metrics only",
+        )
+            .into_response(),
+    }
+}
+
+/// Serves `router` on `listener` (over TLS with `tls`, refusing clients whose
+/// certificate names none of `allowed`) until `shutdown`, then drains.
+fn accept(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    allowed: Arc<[String]>,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let (stream, peer_addr) = tokio::select! {
@@ -578,6 +644,5 @@ pub async fn serve(
             _ = graceful.shutdown() => {}
             _ = tokio::time::sleep(DRAIN) => tracing::warn!("connections still open after draining; closing"),
         }
-    });
-    Ok(Server { addr, task })
+    })
 }

@@ -34,6 +34,18 @@ fn filter_body() -> Vec<u8> {
 }
 
 async fn start(opts: ServerOptions) -> (std::net::SocketAddr, CancellationToken) {
+    let (addr, _, shutdown) = start_both(opts).await;
+    (addr, shutdown)
+}
+
+/// The server's address, its metrics port's if any, and the token that stops it.
+async fn start_both(
+    opts: ServerOptions,
+) -> (
+    std::net::SocketAddr,
+    Option<std::net::SocketAddr>,
+    CancellationToken,
+) {
     let ext = extender();
     let metrics = ExtenderMetrics::new(ext.gangs_planned());
     let router = server::router(ext, metrics, None, &opts);
@@ -41,7 +53,7 @@ async fn start(opts: ServerOptions) -> (std::net::SocketAddr, CancellationToken)
     let s = server::serve(router, &opts, shutdown.clone())
         .await
         .unwrap();
-    (s.addr, shutdown)
+    (s.addr, s.metrics_addr, shutdown)
 }
 
 fn local(opts: ServerOptions) -> ServerOptions {
@@ -349,7 +361,7 @@ async fn mutual_tls_admits_only_the_named_clients_of_the_ca() {
     let ca = Ca::new("drover test CA");
     let (cert_pem, key_pem) = ca.leaf("drover-extender", &["localhost"]);
     let ca_file = write(dir.path(), "ca.crt", &ca.cert.pem());
-    let (addr, shutdown) = start(local(ServerOptions {
+    let (addr, plain, shutdown) = start_both(local(ServerOptions {
         tls: Some(TlsFiles {
             cert: write(dir.path(), "tls.crt", &cert_pem),
             key: write(dir.path(), "tls.key", &key_pem),
@@ -358,9 +370,11 @@ async fn mutual_tls_admits_only_the_named_clients_of_the_ca() {
             ca: ca_file.clone(),
             allowed_names: vec!["kube-scheduler".into()],
         }),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..Default::default()
     }))
     .await;
+    let plain = plain.expect("a metrics port");
     let scheduler = ca.leaf("kube-scheduler", &[]);
     let by_dns = ca.leaf("someone", &["kube-scheduler"]);
     let intruder = ca.leaf("intruder", &["intruder.example"]);
@@ -402,6 +416,35 @@ async fn mutual_tls_admits_only_the_named_clients_of_the_ca() {
             body.contains("intruder, intruder.example") && body.contains("--allowed-names"),
             "{body}"
         );
+    }
+
+    // The plain health and metrics port needs no certificate, and serves no verb.
+    let (status, body) = exchange(
+        TcpStream::connect(plain).await.unwrap(),
+        "GET",
+        "/readyz",
+        b"",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, body) = exchange(
+        TcpStream::connect(plain).await.unwrap(),
+        "GET",
+        "/metrics",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("drover_extender_gangs_planned_total"), "{body}");
+    for path in ["/filter", "/bind"] {
+        let (status, _) = exchange(
+            TcpStream::connect(plain).await.unwrap(),
+            "POST",
+            path,
+            &filter_body(),
+        )
+        .await;
+        assert_eq!(status, 404, "{path} on the metrics port");
     }
 
     // --client-ca without a certificate of its own is refused at start.
