@@ -533,9 +533,7 @@ pub async fn serve(
         if let Some(at) = metrics_addr {
             tracing::info!(addr = %at, "serving /healthz, /readyz, /metrics over HTTP");
         }
-        let health = router
-            .clone()
-            .layer(axum::middleware::from_fn(health_only));
+        let health = router.clone().layer(axum::middleware::from_fn(health_only));
         accept(
             listener,
             health,

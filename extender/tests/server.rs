@@ -435,7 +435,10 @@ async fn mutual_tls_admits_only_the_named_clients_of_the_ca() {
     )
     .await;
     assert_eq!(status, 200);
-    assert!(body.contains("drover_extender_gangs_planned_total"), "{body}");
+    assert!(
+        body.contains("drover_extender_gangs_planned_total"),
+        "{body}"
+    );
     for path in ["/filter", "/bind"] {
         let (status, _) = exchange(
             TcpStream::connect(plain).await.unwrap(),

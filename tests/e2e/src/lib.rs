@@ -382,3 +382,60 @@ pub async fn start_extender_with(
     .await?;
     Ok((running, shutdown))
 }
+
+/// Certificates for mutual TLS between kube-scheduler and drover-extender, as the
+/// shipped manifests use them: one CA, drover-extender's serving certificate (for
+/// 127.0.0.1 and localhost) and kube-scheduler's client certificate (CN
+/// `kube-scheduler`), in PEM files under a directory of the caller's.
+pub struct ExtenderCerts {
+    dir: std::path::PathBuf,
+}
+
+impl ExtenderCerts {
+    /// A fresh CA and the two certificates it signs, written under `parent`.
+    pub fn new(parent: &std::path::Path) -> anyhow::Result<ExtenderCerts> {
+        let dir = parent.join("extender-pki");
+        std::fs::create_dir_all(&dir)?;
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "drover-extender test CA");
+        let ca_key = rcgen::KeyPair::generate()?;
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
+        for (name, cn, sans) in [
+            ("server", "drover-extender", vec!["127.0.0.1", "localhost"]),
+            ("client", "kube-scheduler", vec![]),
+        ] {
+            let mut p = rcgen::CertificateParams::new(
+                sans.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )?;
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            let key = rcgen::KeyPair::generate()?;
+            let cert = p.signed_by(&key, &issuer)?;
+            std::fs::write(dir.join(format!("{name}.crt")), cert.pem())?;
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+        }
+        Ok(ExtenderCerts { dir })
+    }
+
+    /// The path of `file`: `ca.crt`, `server.crt`, `server.key`, `client.crt`,
+    /// `client.key`.
+    pub fn path(&self, file: &str) -> std::path::PathBuf {
+        self.dir.join(file)
+    }
+
+    /// Sets `opts` to serve HTTPS with the server certificate and to take only
+    /// kube-scheduler's client certificate.
+    pub fn apply(&self, opts: &mut drover_extender::Options) {
+        opts.server.tls = Some(drover_extender::server::TlsFiles {
+            cert: self.path("server.crt"),
+            key: self.path("server.key"),
+        });
+        opts.server.client_auth = Some(drover_extender::server::ClientAuth {
+            ca: self.path("ca.crt"),
+            allowed_names: vec!["kube-scheduler".into()],
+        });
+    }
+}

@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
-use drover_e2e::{QUEUE_CRD, node_of, start_extender, start_extender_with, unschedulable_message};
+use drover_e2e::{
+    ExtenderCerts, QUEUE_CRD, node_of, start_extender, start_extender_with, unschedulable_message,
+};
 use drover_extender::Running;
 use drover_testenv::{ControlPlane, FakeNode, ProcessGuard, TestPod, repo_root, wait_until};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -20,9 +22,14 @@ use tokio_util::sync::CancellationToken;
 
 const NS: &str = "default";
 
-/// The example KubeSchedulerConfiguration, pointed at `url`, in the given cache mode;
-/// the harness fills in its own kubeconfig.
-fn scheduler_config(url: &str, node_cache_capable: bool) -> anyhow::Result<String> {
+/// The example KubeSchedulerConfiguration, pointed at `url` with the client
+/// certificate and CA of `certs`, in the given cache mode; the harness fills in its
+/// own kubeconfig.
+fn scheduler_config(
+    url: &str,
+    certs: &ExtenderCerts,
+    node_cache_capable: bool,
+) -> anyhow::Result<String> {
     let path = repo_root().join("manifests/extender/kube-scheduler-config.yaml");
     let mut config: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(&path)?)?;
@@ -33,6 +40,21 @@ fn scheduler_config(url: &str, node_cache_capable: bool) -> anyhow::Result<Strin
     let ext = &mut config["extenders"][0];
     ext["urlPrefix"] = url.into();
     ext["nodeCacheCapable"] = node_cache_capable.into();
+    anyhow::ensure!(
+        ext["enableHTTPS"].as_bool() == Some(true),
+        "the example configuration speaks mutual TLS to drover-extender"
+    );
+    for (field, file) in [
+        ("certFile", "client.crt"),
+        ("keyFile", "client.key"),
+        ("caFile", "ca.crt"),
+    ] {
+        anyhow::ensure!(
+            ext["tlsConfig"][field].is_string(),
+            "the example configuration sets tlsConfig.{field}"
+        );
+        ext["tlsConfig"][field] = certs.path(file).display().to_string().into();
+    }
     Ok(serde_yaml_ng::to_string(&config)?)
 }
 
@@ -40,10 +62,12 @@ async fn with_drover(
     cp: &ControlPlane,
     node_cache_capable: bool,
 ) -> anyhow::Result<(Running, CancellationToken, ProcessGuard)> {
-    let (running, shutdown) = start_extender(cp.client()).await?;
-    let url = format!("http://{}", running.addr);
+    // As shipped: kube-scheduler presents its client certificate over HTTPS.
+    let certs = ExtenderCerts::new(cp.dir())?;
+    let (running, shutdown) = start_extender_with(cp.client(), |o| certs.apply(o)).await?;
+    let url = format!("https://127.0.0.1:{}", running.addr.port());
     let ks = cp
-        .start_kube_scheduler(Some(&scheduler_config(&url, node_cache_capable)?))
+        .start_kube_scheduler(Some(&scheduler_config(&url, &certs, node_cache_capable)?))
         .await?;
     Ok((running, shutdown, ks))
 }

@@ -186,6 +186,11 @@ impl std::fmt::Debug for ControlPlane {
 }
 
 impl ControlPlane {
+    /// The control plane's own directory (PKI, configs, logs); removed with it.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir_path
+    }
+
     /// Starts etcd, kube-apiserver and kwok with the default options.
     pub async fn start() -> anyhow::Result<ControlPlane> {
         ControlPlaneBuilder::default().start().await
