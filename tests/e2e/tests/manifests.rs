@@ -16,14 +16,20 @@ use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::json;
 
-const BASE: &[&str] = &[
-    "namespace.yaml",
-    "serviceaccount.yaml",
-    "rbac.yaml",
-    "configmap.yaml",
-    "deployment.yaml",
-    "service.yaml",
-];
+/// The files a kustomization in `dir` lists as resources (not the directories it
+/// builds on).
+fn kustomized(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let k: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml"))?)?;
+    Ok(k["resources"]
+        .as_sequence()
+        .ok_or_else(|| anyhow::anyhow!("{} lists no resources", dir.display()))?
+        .iter()
+        .filter_map(|r| r.as_str())
+        .filter(|r| dir.join(r).is_file())
+        .map(str::to_string)
+        .collect())
+}
 
 fn docs(path: &std::path::Path) -> anyhow::Result<Vec<DynamicObject>> {
     let text = std::fs::read_to_string(path)?;
@@ -105,13 +111,11 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
     cp.install_crds(&[drover_e2e::POD_GROUP_CRD, drover_e2e::QUEUE_CRD])
         .await?;
     let discovery = Discovery::new(admin.clone()).run().await?;
-    apply_files(
-        &admin,
-        &discovery,
-        &repo_root().join("manifests/base"),
-        BASE,
-    )
-    .await?;
+    let base = repo_root().join("manifests/base");
+    let files = kustomized(&base)?;
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    assert!(files.contains(&"networkpolicy.yaml"), "{files:?}");
+    apply_files(&admin, &discovery, &base, &files).await?;
     // The shipped config file is valid and is exactly the defaults.
     let cm = Api::<ConfigMap>::namespaced(admin.clone(), "drover-system")
         .get("drover-config")
@@ -206,19 +210,10 @@ async fn the_extender_manifests_install_and_their_rbac_is_enough() -> anyhow::Re
         .await?;
     let discovery = Discovery::new(admin.clone()).run().await?;
     let dir = repo_root().join("manifests/extender");
-    apply_files(
-        &admin,
-        &discovery,
-        &dir,
-        &[
-            "namespace.yaml",
-            "serviceaccount.yaml",
-            "rbac.yaml",
-            "deployment.yaml",
-            "service.yaml",
-        ],
-    )
-    .await?;
+    let files = kustomized(&dir)?;
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    assert!(files.contains(&"networkpolicy.yaml"), "{files:?}");
+    apply_files(&admin, &discovery, &dir, &files).await?;
     // Its config file is valid.
     let text = std::fs::read_to_string(dir.join("config.yaml"))?;
     drover_core::config::FileConfig::parse(&text, "manifests/extender/config.yaml")?.validate()?;
@@ -230,7 +225,42 @@ async fn the_extender_manifests_install_and_their_rbac_is_enough() -> anyhow::Re
     cp.create_nodes(&[FakeNode::new("n-0").cpu("8").memory("32Gi").build()])
         .await?;
     // Ready means every list and watch it needs was allowed.
-    let (_running, shutdown) = drover_e2e::start_extender(sa).await?;
+    let (_running, shutdown) = drover_e2e::start_extender(sa.clone()).await?;
+    shutdown.cancel();
+
+    // Binding is not granted by these manifests; manifests/extender-bind grants it.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let p = pods
+        .create(&PostParams::default(), &TestPod::new("b").build())
+        .await?;
+    let (running, shutdown) =
+        drover_e2e::start_extender_with(sa, |o| o.server.enable_bind = true).await?;
+    let args = serde_json::to_string(&json!({
+        "PodName": "b", "PodNamespace": "default",
+        "PodUID": p.metadata.uid.unwrap_or_default(), "Node": "n-0",
+    }))?;
+    let bind = || async {
+        running
+            .extender
+            .handle_bind(args.as_bytes())
+            .await
+            .error
+            .map(|e| e.to_string())
+    };
+    let refused = bind().await.unwrap_or_default();
+    assert!(refused.contains("forbidden"), "{refused}");
+    let overlay = repo_root().join("manifests/extender-bind");
+    let files = kustomized(&overlay)?;
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    assert_eq!(apply_files(&admin, &discovery, &overlay, &files).await?, 2);
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        "bind allowed by manifests/extender-bind",
+        || async { Ok(bind().await.is_none()) },
+    )
+    .await?;
+    assert_eq!(node_of(&pods.get("b").await?), Some("n-0"));
     shutdown.cancel();
     Ok(())
 }
