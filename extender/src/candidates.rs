@@ -8,12 +8,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::error::RequestError;
+use crate::wire::RawNode;
 use drover_core::framework::NodeSource;
 use drover_core::model::NodeInfo;
 use drover_core::snapshot::{CHUNK, Chunk, Snapshot};
-use k8s_openapi::api::core::v1::Node;
-
-use crate::error::RequestError;
 
 /// How many unknown node names an error message lists.
 const UNKNOWN_LISTED: usize = 5;
@@ -28,7 +27,7 @@ pub struct Candidates {
     pub names: Vec<String>,
     /// The request's Node objects (`nodeCacheCapable: false`), to send back the ones
     /// that pass.
-    pub whole: Option<Vec<Node>>,
+    pub whole: Option<Vec<RawNode>>,
 }
 
 impl Candidates {
@@ -85,14 +84,18 @@ impl Candidates {
     pub fn whole(
         verb: &'static str,
         cache: &Snapshot,
-        nodes: Vec<Node>,
+        nodes: Vec<RawNode>,
     ) -> Result<Candidates, RequestError> {
         let mut chunks: Vec<Arc<Chunk>> = Vec::with_capacity(nodes.len().div_ceil(CHUNK));
         let mut index: HashMap<Arc<str>, usize> = HashMap::with_capacity(nodes.len());
         let mut names = Vec::with_capacity(nodes.len());
         let mut chunk = Chunk::default();
-        for (i, node) in nodes.iter().enumerate() {
-            let mut info = drover::k8s::convert::node_info(node).map_err(|e| match e {
+        for (i, raw) in nodes.iter().enumerate() {
+            let node = raw.parse().map_err(|e| RequestError::BadObject {
+                verb,
+                detail: format!("Nodes.items[{i}] is not a Node: {e}"),
+            })?;
+            let mut info = drover::k8s::convert::node_info(&node).map_err(|e| match e {
                 drover::k8s::convert::ConvertError::NoName { .. } => RequestError::MissingField {
                     verb,
                     field: "Nodes.items[].metadata.name",
@@ -243,12 +246,12 @@ mod tests {
 
     #[test]
     fn whole_nodes_carry_the_cached_pods() {
-        let node = |name: &str| -> Node {
-            serde_json::from_value(serde_json::json!({
+        let raw = |v: serde_json::Value| RawNode(serde_json::value::to_raw_value(&v).unwrap());
+        let node = |name: &str| {
+            raw(serde_json::json!({
                 "metadata": {"name": name},
                 "status": {"allocatable": {"cpu": "4", "memory": "1Gi", "pods": "110"}}
             }))
-            .unwrap()
         };
         let c = Candidates::whole("filter", &cache(), vec![node("a"), node("new")]).unwrap();
         assert_eq!(c.names, vec!["a", "new"]);
@@ -258,10 +261,21 @@ mod tests {
         let e = Candidates::whole(
             "filter",
             &cache(),
-            vec![serde_json::from_value(serde_json::json!({"metadata": {}})).unwrap()],
+            vec![raw(serde_json::json!({"metadata": {}}))],
         )
         .err()
         .unwrap();
         assert!(matches!(e, RequestError::MissingField { .. }), "{e}");
+        let e = Candidates::whole(
+            "filter",
+            &cache(),
+            vec![node("a"), raw(serde_json::json!({"metadata": "a string"}))],
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string().contains("Nodes.items[1] is not a Node"),
+            "{e}"
+        );
     }
 }

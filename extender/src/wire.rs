@@ -19,6 +19,31 @@ pub const MAX_EXTENDER_PRIORITY: i64 = 10;
 /// Node name → why the node cannot take the pod (`FailedNodesMap`).
 pub type FailedNodesMap = BTreeMap<String, String>;
 
+/// One Node object of a request, kept as its JSON text: it is parsed one at a time
+/// into what drover needs, and sent back as it came, so a list of thousands of nodes
+/// never lives in memory as parsed objects.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawNode(pub Box<serde_json::value::RawValue>);
+
+impl RawNode {
+    /// The JSON of `node`.
+    pub fn new(node: &Node) -> RawNode {
+        RawNode(serde_json::value::to_raw_value(node).expect("a Node serializes"))
+    }
+
+    /// The Node.
+    pub fn parse(&self) -> serde_json::Result<Node> {
+        serde_json::from_str(self.0.get())
+    }
+}
+
+impl PartialEq for RawNode {
+    fn eq(&self, other: &RawNode) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
 /// A `v1.NodeList` as kube-scheduler writes it: `metadata` and `items` (Go writes no
 /// `apiVersion`/`kind` for it, and `null` for no items).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -38,7 +63,7 @@ pub struct NodeList {
     pub metadata: ListMeta,
     /// The nodes.
     #[serde(default, deserialize_with = "null_as_empty")]
-    pub items: Vec<Node>,
+    pub items: Vec<RawNode>,
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
@@ -274,7 +299,10 @@ mod tests {
         assert!(a.node_names.is_none());
         let nodes = a.nodes.unwrap();
         assert_eq!(nodes.items.len(), 1);
-        assert_eq!(nodes.items[0].metadata.name.as_deref(), Some("n1"));
+        assert_eq!(
+            nodes.items[0].parse().unwrap().metadata.name.as_deref(),
+            Some("n1")
+        );
     }
 
     #[test]
