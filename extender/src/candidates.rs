@@ -6,13 +6,115 @@
 //! it (none for a node the cache has not seen), so that resource fit counts every pod.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::RequestError;
 use crate::wire::RawNode;
 use drover_core::framework::NodeSource;
 use drover_core::model::NodeInfo;
 use drover_core::snapshot::{CHUNK, Chunk, Snapshot};
+
+/// The nodes of earlier requests, by name, at the resourceVersion they were read:
+/// kube-scheduler sends the same Node objects call after call, so each is parsed and
+/// converted once per change instead of once per call.
+#[derive(Default)]
+pub struct NodeMemo {
+    nodes: Mutex<HashMap<String, Memo>>,
+}
+
+struct Memo {
+    resource_version: String,
+    /// The node as converted, without pods.
+    info: NodeInfo,
+    /// The Node as it goes back (see [`answer_form`]).
+    raw: RawNode,
+}
+
+/// Nodes remembered at most; beyond, the memo starts over.
+const MEMO_MAX: usize = 50_000;
+
+/// What identifies a Node's version: name and resourceVersion, read without building
+/// the object.
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(default)]
+    metadata: HeadMeta,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct HeadMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, rename = "resourceVersion")]
+    resource_version: Option<String>,
+}
+
+/// The Node as it goes back to kube-scheduler: without `metadata.managedFields` and
+/// `status.images`. kube-scheduler builds a fresh NodeInfo from each node that passes
+/// (`SetNode`), whose image states come from its own cache, not from the Node; no
+/// plugin reads managed fields. Together they are most of a real Node's JSON, which
+/// kube-scheduler decodes for every node that passes, on every call.
+fn answer_form(node: &mut k8s_openapi::api::core::v1::Node) -> bool {
+    let fields = node.metadata.managed_fields.take().is_some();
+    let images = node
+        .status
+        .as_mut()
+        .is_some_and(|s| s.images.take().is_some());
+    fields || images
+}
+
+impl NodeMemo {
+    /// The converted node and its answer form for `raw`, from the memo when its
+    /// resourceVersion is the one remembered.
+    fn get(
+        &self,
+        verb: &'static str,
+        i: usize,
+        raw: &RawNode,
+    ) -> Result<(NodeInfo, Option<RawNode>), RequestError> {
+        let head: Option<HeadMeta> = serde_json::from_str::<Head>(raw.0.get())
+            .ok()
+            .map(|h| h.metadata);
+        let key = head.and_then(|h| Some((h.name?, h.resource_version?)));
+        if let Some((name, rv)) = &key {
+            let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = nodes.get(name).filter(|m| &m.resource_version == rv) {
+                return Ok((m.info.clone(), Some(m.raw.clone())));
+            }
+        }
+        let mut node = raw.parse().map_err(|e| RequestError::BadObject {
+            verb,
+            detail: format!("Nodes.items[{i}] is not a Node: {e}"),
+        })?;
+        let info = drover::k8s::convert::node_info(&node).map_err(|e| match e {
+            drover::k8s::convert::ConvertError::NoName { .. } => RequestError::MissingField {
+                verb,
+                field: "Nodes.items[].metadata.name",
+                hint: "",
+            },
+            e => RequestError::BadObject {
+                verb,
+                detail: format!("node {e}"),
+            },
+        })?;
+        let answer = answer_form(&mut node).then(|| RawNode::new(&node));
+        if let Some((name, rv)) = key {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            if nodes.len() >= MEMO_MAX {
+                nodes.clear();
+            }
+            nodes.insert(
+                name,
+                Memo {
+                    resource_version: rv,
+                    info: info.clone(),
+                    raw: answer.clone().unwrap_or_else(|| raw.clone()),
+                },
+            );
+        }
+        Ok((info, answer))
+    }
+}
 
 /// How many unknown node names an error message lists.
 const UNKNOWN_LISTED: usize = 5;
@@ -84,28 +186,18 @@ impl Candidates {
     pub fn whole(
         verb: &'static str,
         cache: &Snapshot,
-        nodes: Vec<RawNode>,
+        memo: &NodeMemo,
+        mut nodes: Vec<RawNode>,
     ) -> Result<Candidates, RequestError> {
         let mut chunks: Vec<Arc<Chunk>> = Vec::with_capacity(nodes.len().div_ceil(CHUNK));
         let mut index: HashMap<Arc<str>, usize> = HashMap::with_capacity(nodes.len());
         let mut names = Vec::with_capacity(nodes.len());
         let mut chunk = Chunk::default();
-        for (i, raw) in nodes.iter().enumerate() {
-            let node = raw.parse().map_err(|e| RequestError::BadObject {
-                verb,
-                detail: format!("Nodes.items[{i}] is not a Node: {e}"),
-            })?;
-            let mut info = drover::k8s::convert::node_info(&node).map_err(|e| match e {
-                drover::k8s::convert::ConvertError::NoName { .. } => RequestError::MissingField {
-                    verb,
-                    field: "Nodes.items[].metadata.name",
-                    hint: "",
-                },
-                e => RequestError::BadObject {
-                    verb,
-                    detail: format!("node {e}"),
-                },
-            })?;
+        for (i, raw) in nodes.iter_mut().enumerate() {
+            let (mut info, answer) = memo.get(verb, i, raw)?;
+            if let Some(answer) = answer {
+                *raw = answer;
+            }
             if let Some(cached) = cache.node(&info.name) {
                 info.numa = cached.numa.clone();
                 for p in &cached.pods {
@@ -145,9 +237,10 @@ impl Candidates {
         self,
         verb: &'static str,
         snapshot: Arc<Snapshot>,
+        memo: &NodeMemo,
     ) -> Result<Candidates, RequestError> {
         match self.whole {
-            Some(nodes) => Candidates::whole(verb, &snapshot, nodes),
+            Some(nodes) => Candidates::whole(verb, &snapshot, memo, nodes),
             None => Candidates::by_name(verb, snapshot, self.names),
         }
     }
@@ -253,7 +346,13 @@ mod tests {
                 "status": {"allocatable": {"cpu": "4", "memory": "1Gi", "pods": "110"}}
             }))
         };
-        let c = Candidates::whole("filter", &cache(), vec![node("a"), node("new")]).unwrap();
+        let c = Candidates::whole(
+            "filter",
+            &cache(),
+            &NodeMemo::default(),
+            vec![node("a"), node("new")],
+        )
+        .unwrap();
         assert_eq!(c.names, vec!["a", "new"]);
         let a = c.snapshot.node("a").unwrap();
         assert_eq!(a.requested.cpu, 3000, "the cached pod counts");
@@ -261,6 +360,7 @@ mod tests {
         let e = Candidates::whole(
             "filter",
             &cache(),
+            &NodeMemo::default(),
             vec![raw(serde_json::json!({"metadata": {}}))],
         )
         .err()
@@ -269,6 +369,7 @@ mod tests {
         let e = Candidates::whole(
             "filter",
             &cache(),
+            &NodeMemo::default(),
             vec![node("a"), raw(serde_json::json!({"metadata": "a string"}))],
         )
         .err()
@@ -277,5 +378,46 @@ mod tests {
             e.to_string().contains("Nodes.items[1] is not a Node"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn nodes_are_converted_once_per_version_and_go_back_without_bulk() {
+        let raw = |v: serde_json::Value| RawNode(serde_json::value::to_raw_value(&v).unwrap());
+        let node = |rv: &str, zone: &str| {
+            raw(serde_json::json!({
+                "metadata": {"name": "z", "resourceVersion": rv,
+                             "labels": {"zone": zone},
+                             "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
+                "status": {"allocatable": {"cpu": "4", "memory": "1Gi", "pods": "110"},
+                           "images": [{"names": ["registry.example/big:1"], "sizeBytes": 1}]}
+            }))
+        };
+        let memo = NodeMemo::default();
+        let zone = |c: &Candidates| {
+            c.snapshot
+                .node("z")
+                .unwrap()
+                .labels
+                .get("zone")
+                .map(|z| z.to_string())
+        };
+        let c = Candidates::whole("filter", &cache(), &memo, vec![node("1", "a")]).unwrap();
+        assert_eq!(zone(&c).as_deref(), Some("a"));
+        let back = c.whole.as_ref().unwrap()[0].0.get().to_string();
+        assert!(
+            !back.contains("managedFields") && !back.contains("images"),
+            "{back}"
+        );
+        assert!(
+            back.contains("\"zone\":\"a\"") && back.contains("allocatable"),
+            "{back}"
+        );
+        // The same version is not read again (a different body under the same
+        // resourceVersion cannot happen on a real API server); a new one is.
+        let c = Candidates::whole("filter", &cache(), &memo, vec![node("1", "b")]).unwrap();
+        assert_eq!(zone(&c).as_deref(), Some("a"));
+        let c = Candidates::whole("filter", &cache(), &memo, vec![node("2", "b")]).unwrap();
+        assert_eq!(zone(&c).as_deref(), Some("b"));
+        assert!(c.whole.unwrap()[0].0.get().contains("\"zone\":\"b\""));
     }
 }

@@ -38,7 +38,7 @@ use k8s_openapi::api::core::v1::Pod;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::candidates::{Candidates, Subset};
+use crate::candidates::{Candidates, NodeMemo, Subset};
 use crate::error::RequestError;
 use crate::wire::{
     ErrorResult, ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult,
@@ -177,6 +177,8 @@ pub struct Extender {
     client: Option<kube::Client>,
     /// The `schedulerName`s of kube-scheduler's profiles: bind refuses other pods.
     profiles: Vec<String>,
+    /// Nodes of `nodeCacheCapable: false` requests, converted once per version.
+    memo: NodeMemo,
     gangs_planned: prometheus::IntCounter,
 }
 
@@ -235,6 +237,7 @@ impl Extender {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             client: None,
             profiles: vec![DEFAULT_PROFILE.to_string()],
+            memo: NodeMemo::default(),
             gangs_planned: prometheus::IntCounter::new(
                 "drover_extender_gangs_planned_total",
                 "Gangs the extender placed all together (one plan handed to all members)",
@@ -395,7 +398,9 @@ impl Extender {
     fn candidates(&self, verb: Verb, args: ExtenderArgs) -> Result<Candidates, RequestError> {
         match (args.node_names, args.nodes) {
             (Some(names), _) => Candidates::by_name(verb.as_str(), self.snapshot(), names),
-            (None, Some(list)) => Candidates::whole(verb.as_str(), &self.snapshot(), list.items),
+            (None, Some(list)) => {
+                Candidates::whole(verb.as_str(), &self.snapshot(), &self.memo, list.items)
+            }
             (None, None) => Err(RequestError::MissingField {
                 verb: verb.as_str(),
                 field: "NodeNames or Nodes",
@@ -507,7 +512,8 @@ impl Extender {
                             if !replanned {
                                 replanned = true;
                                 tracing::info!(%gang, %node, %why, "gang plan dropped; deciding the gang again");
-                                cands = cands.refresh(verb.as_str(), self.snapshot())?;
+                                cands =
+                                    cands.refresh(verb.as_str(), self.snapshot(), &self.memo)?;
                                 pass = vec![false; cands.slots.len()];
                                 continue;
                             }

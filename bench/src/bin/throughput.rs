@@ -125,6 +125,11 @@ enum Contender {
     /// drover with its client limited to kube-scheduler's defaults (QPS 50, burst 100);
     /// only with `--only`.
     DroverDefaults,
+    /// kube-scheduler (at `--qps`/`--burst`) calling drover-extender with
+    /// `nodeCacheCapable: true`, the shipped configuration otherwise; only with `--only`.
+    Extender,
+    /// The same with `nodeCacheCapable: false`: every call carries the Node objects.
+    ExtenderWhole,
 }
 
 impl Contender {
@@ -144,13 +149,18 @@ impl Contender {
             Contender::Ceiling => "ceiling",
             Contender::CeilingEvents => "ceiling-events",
             Contender::DroverDefaults => "drover-defaults",
+            Contender::Extender => "extender",
+            Contender::ExtenderWhole => "extender-whole",
         }
     }
 
     fn scheduler_name(self) -> &'static str {
         match self {
             Contender::Drover | Contender::DroverDefaults => "drover",
-            Contender::KubeScheduler | Contender::KubeSchedulerDefaults => "default-scheduler",
+            Contender::KubeScheduler
+            | Contender::KubeSchedulerDefaults
+            | Contender::Extender
+            | Contender::ExtenderWhole => "default-scheduler",
             Contender::Ceiling | Contender::CeilingEvents => CEILING_SCHEDULER,
         }
     }
@@ -158,7 +168,10 @@ impl Contender {
     /// The client (QPS, burst) this contender runs with; `None`: unlimited.
     fn client_limit(self, args: &Args) -> Option<(f64, u32)> {
         match self {
-            Contender::Drover | Contender::KubeScheduler => Some((args.qps, args.burst)),
+            Contender::Drover
+            | Contender::KubeScheduler
+            | Contender::Extender
+            | Contender::ExtenderWhole => Some((args.qps, args.burst)),
             Contender::KubeSchedulerDefaults | Contender::DroverDefaults => {
                 Some(KUBE_SCHEDULER_DEFAULT_QPS)
             }
@@ -350,6 +363,91 @@ enum Running {
     Drover(DroverHandle),
     KubeScheduler(ProcessGuard),
     Ceiling(CeilingHandle),
+    /// kube-scheduler, and drover-extender on a runtime of its own.
+    Extender(ProcessGuard, ExtenderHandle),
+}
+
+impl Running {
+    /// The kube-scheduler process, when the contender runs one.
+    fn kube_scheduler(&self) -> Option<&ProcessGuard> {
+        match self {
+            Running::KubeScheduler(p) | Running::Extender(p, _) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// drover-extender on a runtime of its own, as if it were its own process.
+struct ExtenderHandle {
+    shutdown: CancellationToken,
+    addr: std::net::SocketAddr,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl ExtenderHandle {
+    async fn start(config: kube::Config) -> anyhow::Result<ExtenderHandle> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("extender-rt")
+            .enable_all()
+            .build()?;
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let running = rt
+            .spawn(async move {
+                let client = Client::try_from(config)?;
+                let mut opts = drover_extender::Options::default();
+                opts.server.listen = "127.0.0.1:0".parse()?;
+                let running = drover_extender::start(client, opts, stop).await?;
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !running.extender.ready() {
+                    if Instant::now() > deadline {
+                        bail!("drover-extender did not list the cluster within 120 s");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok::<_, anyhow::Error>(running.addr)
+            })
+            .await??;
+        Ok(ExtenderHandle {
+            shutdown,
+            addr: running,
+            rt: Some(rt),
+        })
+    }
+}
+
+impl Drop for ExtenderHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// kube-scheduler's configuration calling drover-extender at `addr` as the shipped
+/// example does, but over plain HTTP.
+fn extender_scheduler_config(
+    limit: (f64, u32),
+    addr: std::net::SocketAddr,
+    node_cache_capable: bool,
+) -> anyhow::Result<String> {
+    let path = drover_testenv::repo_root().join("manifests/extender/kube-scheduler-config.yaml");
+    let mut config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&path)?)?;
+    if let Some(m) = config.as_mapping_mut() {
+        m.remove("clientConnection");
+    }
+    config["clientConnection"] =
+        serde_yaml_ng::from_str(&format!("{{qps: {}, burst: {}}}", limit.0, limit.1))?;
+    let ext = &mut config["extenders"][0];
+    ext["urlPrefix"] = format!("http://{addr}").into();
+    ext["nodeCacheCapable"] = node_cache_capable.into();
+    ext["enableHTTPS"] = false.into();
+    if let Some(m) = ext.as_mapping_mut() {
+        m.remove("tlsConfig");
+    }
+    Ok(serde_yaml_ng::to_string(&config)?)
 }
 
 /// drover on a runtime of its own (as if it were its own process), so that its
@@ -915,6 +1013,15 @@ async fn start_contender(
             let cfg = kube_scheduler_config(limit.expect("kube-scheduler always has a limit"));
             Running::KubeScheduler(cp.start_kube_scheduler(cfg.as_deref()).await?)
         }
+        Contender::Extender | Contender::ExtenderWhole => {
+            let ext = ExtenderHandle::start(cp.client_config()).await?;
+            let cfg = extender_scheduler_config(
+                limit.expect("kube-scheduler always has a limit"),
+                ext.addr,
+                c == Contender::Extender,
+            )?;
+            Running::Extender(cp.start_kube_scheduler(Some(&cfg)).await?, ext)
+        }
         Contender::Ceiling | Contender::CeilingEvents => Running::Ceiling(
             CeilingHandle::start(
                 cp.client(),
@@ -1003,7 +1110,7 @@ async fn run_one(c: Contender, args: &Args) -> anyhow::Result<RunResult> {
             args.creators
         );
         let mut pids = cp.pids();
-        if let Running::KubeScheduler(p) = &running {
+        if let Some(p) = running.kube_scheduler() {
             pids.push(("kube-scheduler".into(), p.pid()));
         }
         let cpu0 = sample_cpu(&pids);
@@ -1011,7 +1118,7 @@ async fn run_one(c: Contender, args: &Args) -> anyhow::Result<RunResult> {
         (running, Instant::now(), cpu0, Some(creating))
     };
     let mut pids = cp.pids();
-    if let Running::KubeScheduler(p) = &running {
+    if let Some(p) = running.kube_scheduler() {
         pids.push(("kube-scheduler".into(), p.pid()));
     }
 
@@ -1081,7 +1188,7 @@ async fn run_one(c: Contender, args: &Args) -> anyhow::Result<RunResult> {
             );
             break false;
         }
-        if let Running::KubeScheduler(p) = &running
+        if let Some(p) = running.kube_scheduler()
             && std::fs::metadata(format!("/proc/{}", p.pid())).is_err()
         {
             bail!("kube-scheduler exited:\n{}", p.log_tail(30));
@@ -1141,6 +1248,11 @@ async fn run_one(c: Contender, args: &Args) -> anyhow::Result<RunResult> {
         Running::Ceiling(h) => h.notes(),
         Running::KubeScheduler(p) => {
             drop(p);
+            BTreeMap::new()
+        }
+        Running::Extender(p, ext) => {
+            drop(p);
+            drop(ext);
             BTreeMap::new()
         }
     };
