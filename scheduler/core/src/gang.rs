@@ -480,6 +480,23 @@ fn free_total(snapshot: &Snapshot) -> Resources {
     total
 }
 
+/// Why a gang with `have` of its `min` pods waits.
+pub fn short_of_members(gang: &GangKey, have: usize, min: usize) -> String {
+    format!(
+        "gang {gang}: {have} of minMember {min} pods exist; waiting for {} more",
+        min.saturating_sub(have)
+    )
+}
+
+/// True when `message` is [`short_of_members`] of `gang`, whatever the counts.
+pub fn is_short_of_members(gang: &GangKey, message: &str) -> bool {
+    message
+        .strip_prefix(&format!("gang {gang}: "))
+        .is_some_and(|rest| {
+            rest.contains(" of minMember ") && rest.contains(" pods exist; waiting for ")
+        })
+}
+
 /// Decides a gang: `min` is its minimum member count, `pending` its members without
 /// a node (current versions, oldest first), `scheduled` how many are on nodes.
 ///
@@ -504,11 +521,7 @@ pub fn decide(
     }
     let needed = min - scheduled;
     if pending.len() < needed {
-        let have = pending.len() + scheduled;
-        return GangDecision::Wait(format!(
-            "gang {gang}: {have} of minMember {min} pods exist; waiting for {} more",
-            min - have
-        ));
+        return GangDecision::Wait(short_of_members(gang, pending.len() + scheduled, min));
     }
     if let Some(want) = min_resources.filter(|r| !r.is_zero()) {
         let free = free_total(snapshot);

@@ -58,6 +58,9 @@ struct Queued {
     seq: u64,
     /// An update arrived while the pod was in flight.
     dirty: bool,
+    /// When it was last tried: its backoff runs from then, as kube-scheduler's does,
+    /// so a pod that waited long is retried at once when the cluster changes.
+    tried_ms: i64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -154,6 +157,7 @@ impl SchedulingQueue {
                         at: Where::Active,
                         seq: 0,
                         dirty: false,
+                        tried_ms: now_ms,
                     },
                 );
                 self.push_active(&key);
@@ -183,8 +187,9 @@ impl SchedulingQueue {
 
     fn requeue_after_backoff(&mut self, key: &PodKey, now_ms: i64) {
         self.take_out(key);
-        let attempts = self.pods[key].attempts;
-        let until = now_ms + self.backoff_ms(attempts);
+        let q = &self.pods[key];
+        let attempts = q.attempts;
+        let until = q.tried_ms.saturating_add(self.backoff_ms(attempts));
         if attempts == 0 || until <= now_ms {
             self.push_active(key);
         } else {
@@ -276,6 +281,7 @@ impl SchedulingQueue {
                 q.at = Where::InFlight;
                 q.attempts += 1;
                 q.dirty = false;
+                q.tried_ms = now_ms;
                 return Some(q.pod.clone());
             }
         }
@@ -305,13 +311,14 @@ impl SchedulingQueue {
     /// Takes a pod out of waiting without popping it (a gang member placed together
     /// with the pod that was popped): it counts an attempt and is in flight until
     /// removed or sent back.
-    pub fn take(&mut self, key: &PodKey) {
+    pub fn take(&mut self, key: &PodKey, now_ms: i64) {
         if self.pods.get(key).is_some_and(|q| q.at != Where::InFlight) {
             self.take_out(key);
             let q = self.pods.get_mut(key).expect("checked");
             q.at = Where::InFlight;
             q.attempts += 1;
             q.dirty = false;
+            q.tried_ms = now_ms;
         }
     }
 
@@ -504,9 +511,9 @@ impl QueueSet {
     }
 
     /// See [`SchedulingQueue::take`].
-    pub fn take(&mut self, key: &PodKey) {
+    pub fn take(&mut self, key: &PodKey, now_ms: i64) {
         if let Some(q) = self.sub(key) {
-            q.take(key);
+            q.take(key, now_ms);
         }
     }
 
@@ -607,19 +614,17 @@ mod tests {
         let p = q.pop(0).unwrap();
         q.unschedulable(&p.key, 0);
         assert!(q.pop(5_000).is_none(), "parked until an event");
+        // The backoff runs from the attempt: 1 s after it, long past at 5 s.
         q.cluster_changed(5_000);
-        assert!(
-            q.pop(5_500).is_none(),
-            "1 s backoff after the first attempt"
-        );
         assert_eq!(
-            q.pop(6_000).map(|p| p.key.name.to_string()),
-            Some("p".into())
+            q.pop(5_000).map(|p| p.key.name.to_string()),
+            Some("p".into()),
+            "tried at once: its 1 s backoff ended long ago"
         );
-        q.unschedulable(&p.key, 6_000);
-        q.cluster_changed(6_000);
-        assert!(q.pop(7_999).is_none(), "2 s after the second");
-        assert!(q.pop(8_000).is_some());
+        q.unschedulable(&p.key, 5_000);
+        q.cluster_changed(5_500);
+        assert!(q.pop(6_999).is_none(), "2 s after the second attempt");
+        assert!(q.pop(7_000).is_some());
         assert_eq!(q.attempts(&p.key), 3);
     }
 
@@ -628,12 +633,22 @@ mod tests {
         let cfg = QueueConfig::default();
         let mut q = SchedulingQueue::new(cfg);
         q.add_or_update(pod("p", 0, 0), 0);
+        let mut t = 0;
         for _ in 0..10 {
-            let p = q.pop(i64::MAX / 4).unwrap();
-            q.backoff(&p.key, 0);
+            let p = q.pop(t).unwrap();
+            q.backoff(&p.key, t);
+            let next = q.next_wakeup().unwrap();
+            assert!(next - t <= cfg.max_backoff_ms);
+            if next == t + cfg.max_backoff_ms {
+                t = next;
+                break;
+            }
+            t = next;
         }
-        assert_eq!(q.next_wakeup(), Some(cfg.max_backoff_ms));
-        let p = q.pop(cfg.max_backoff_ms).unwrap();
+        let p = q.pop(t).unwrap();
+        q.backoff(&p.key, t);
+        assert_eq!(q.next_wakeup(), Some(t + cfg.max_backoff_ms), "capped");
+        let p = q.pop(t + cfg.max_backoff_ms).unwrap();
         q.unschedulable(&p.key, 100_000);
         assert!(q.pop(100_000 + cfg.max_unschedulable_ms - 1).is_none());
         assert!(q.pop(100_000 + cfg.max_unschedulable_ms).is_some());
@@ -667,7 +682,7 @@ mod tests {
         q.add_or_update(pod("repair", 0, 50), 0);
         q.add_or_update(pod("member", 0, 60), 0);
         // A gang member placed with the popped pod is taken without a pop.
-        q.take(&PodKey::new("ns", "member"));
+        q.take(&PodKey::new("ns", "member"), 0);
         assert_eq!(q.counts(), (2, 0, 0, 1));
         assert_eq!(q.attempts(&PodKey::new("ns", "member")), 1);
         // A pod parked after a failed bind is put at the head, above higher priority.

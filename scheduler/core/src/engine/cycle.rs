@@ -306,6 +306,27 @@ impl Engine {
         );
         match decision {
             GangDecision::Running => GangStep::Runs,
+            GangDecision::Wait(message) if gang::is_short_of_members(gang, &message) => {
+                // Only the count changed for members already told that the gang waits
+                // for its pods: telling each of them again on every arrival would cost
+                // the API server a write per member per member. The pod being decided
+                // hears the current count.
+                for p in all.iter().filter(|p| p.key != pod.key) {
+                    let told = self
+                        .last_message
+                        .get(&p.key)
+                        .is_some_and(|m| gang::is_short_of_members(gang, m));
+                    if told {
+                        self.queue.unschedulable(&p.key, now);
+                    } else {
+                        self.wait(p, &message, now);
+                    }
+                }
+                self.wait(pod, &message, now);
+                self.gang_tried
+                    .insert(gang.clone(), self.cache.generation());
+                GangStep::Done
+            }
             GangDecision::Wait(message) => {
                 self.wait_all(&all, pod, &message, now);
                 self.gang_tried
@@ -360,7 +381,7 @@ impl Engine {
                 let mut placed = placed;
                 placed.sort_by(|(a, _, _), (b, _, _)| gang::placement_cmp(a, b));
                 for (member, _, node) in placed {
-                    self.queue.take(&member.key);
+                    self.queue.take(&member.key, now);
                     self.place(member, node);
                 }
                 // Members beyond the ones placed (the gang needed fewer, or quota cut

@@ -143,7 +143,10 @@ fn an_unanswered_bind_keeps_its_room_then_is_retried() {
         "the pod says why it waits: {said:?}"
     );
     // It may have landed: another pod does not get its room, and it is not bound again.
-    let q = pod("q", 3500, 1);
+    let q = PodInfo {
+        created_ms: 5_001,
+        ..pod("q", 3500, 1)
+    };
     e.handle_pod(q.clone(), 5_001);
     assert!(
         binds(&run(&mut e, 10_000)).is_empty(),
@@ -791,4 +794,86 @@ fn a_relist_drops_the_volume_objects_it_did_not_show() {
     ] {
         assert_eq!(names(keys), ["kept"]);
     }
+}
+
+/// Writes a gang costs the API server while its members arrive one every 10 ms and
+/// then bind: (conditions + FailedScheduling Events, binds).
+fn arrival_writes(n: usize) -> (usize, usize) {
+    let mut e = engine();
+    for i in 0..n.div_ceil(50) {
+        e.handle_node(node(&format!("n{i}"), 50_000, 50), 0);
+    }
+    let mut writes = 0;
+    let mut bound = 0;
+    let mut count = |actions: &[Action]| {
+        for a in actions {
+            match a {
+                Action::Unschedulable { .. } => writes += 1,
+                Action::Event(ev) if ev.reason == "FailedScheduling" => writes += 1,
+                Action::Bind { .. } => bound += 1,
+                _ => {}
+            }
+        }
+    };
+    for i in 0..n {
+        let now = i as i64 * 10;
+        e.handle_pod(member(&format!("m{i}"), "g", n), now);
+        count(&run(&mut e, now));
+    }
+    count(&run(&mut e, n as i64 * 10 + 60_000));
+    (writes, bound)
+}
+
+#[test]
+fn a_gang_arriving_one_by_one_costs_writes_in_proportion_to_its_size() {
+    for n in [50, 200, 400] {
+        let (writes, bound) = arrival_writes(n);
+        println!(
+            "gang of {n} arriving one per 10 ms: {writes} condition and Event writes, {bound} binds"
+        );
+        assert_eq!(bound, n, "the whole gang binds");
+        assert!(
+            writes <= 2 * n,
+            "gang of {n}: {writes} writes while it arrived, more than one condition and one Event per member"
+        );
+    }
+}
+
+#[test]
+fn a_gang_waiting_through_many_changes_is_retried_at_once_when_room_appears() {
+    let mut e = engine();
+    e.handle_node(node("small", 1000, 1), 0);
+    let members: Vec<PodInfo> = (0..8).map(|i| member(&format!("m{i}"), "g", 8)).collect();
+    for (i, m) in members.iter().enumerate() {
+        e.handle_pod(m.clone(), i as i64 * 10);
+        run(&mut e, i as i64 * 10);
+    }
+    // A minute of unrelated changes: nodes come and go, every member is retried.
+    let mut now = 100;
+    for i in 0..60 {
+        now = 1_000 + i * 1_000;
+        if i % 2 == 0 {
+            e.handle_node(node("other", 500, 1), now);
+        } else {
+            e.handle_node_deleted("other", now);
+        }
+        assert!(binds(&run(&mut e, now)).is_empty());
+    }
+    // Room for the whole gang: it binds within the first backoff step, not after the
+    // backoff its many fruitless tries would have earned.
+    let freed = now + 500;
+    e.handle_node(node("big", 8000, 8), freed);
+    let mut bound_at = None;
+    for t in (freed..freed + 20_000).step_by(50) {
+        if binds(&run(&mut e, t)).len() == 8 {
+            bound_at = Some(t);
+            break;
+        }
+    }
+    let waited = bound_at.expect("the gang binds") - freed;
+    println!("gang bound {waited} ms after room appeared");
+    assert!(
+        waited <= 1_000,
+        "the gang waited {waited} ms after room appeared"
+    );
 }
