@@ -801,3 +801,92 @@ async fn bad_gang_input_is_reported_and_blocks_nothing() -> anyhow::Result<()> {
     .await?;
     drover.stop().await
 }
+
+/// A gang whose pods are created one every 10 ms: the FailedScheduling Events it
+/// costs (each write: a new Event or a count bump of its series), and the spread
+/// between its first and last bind as a watch sees them.
+async fn arriving_gang(client: &Client, gang: &str, n: usize) -> anyhow::Result<(u64, Duration)> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let seen: Arc<std::sync::Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let watch = {
+        let seen = seen.clone();
+        let cfg = watcher::Config::default().labels(&format!("{GROUP_LABEL}={gang}"));
+        let stream = watcher(api.clone(), cfg).applied_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(p)) = stream.next().await {
+                if node_of(&p).is_some() {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    seen.lock()
+                        .unwrap()
+                        .entry(name)
+                        .or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+    for i in 0..n {
+        api.create(&PostParams::default(), &member(gang, i, n, "100m"))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        "the whole gang seen bound",
+        || {
+            let seen = seen.clone();
+            async move { Ok(seen.lock().unwrap().len() == n) }
+        },
+    )
+    .await?;
+    watch.abort();
+    let times: Vec<Instant> = seen.lock().unwrap().values().copied().collect();
+    let spread = *times.iter().max().expect("bound") - *times.iter().min().expect("bound");
+    // Events are written from their own tasks: give the last ones a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let writes: u64 = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedScheduling"))
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .and_then(|r| r.name.as_deref())
+                .is_some_and(|name| name.starts_with(&format!("{gang}-")))
+        })
+        .map(|e| 1 + e.series.as_ref().map_or(0, |s| s.count.max(1) as u64 - 1))
+        .sum();
+    Ok((writes, spread))
+}
+
+/// A gang created one pod every 10 ms costs about one FailedScheduling Event per
+/// member, not one per member per arrival, and once whole binds within a short
+/// spread (its binds go out concurrently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gangs_arriving_pod_by_pod_cost_linear_events_and_bind_close_together() -> anyhow::Result<()>
+{
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    cp.create_nodes(&nodes("n", 8, "64")).await?;
+    let drover = Drover::start(client.clone());
+    for n in [8usize, 64, 256] {
+        let gang = format!("arrive{n}");
+        let (writes, spread) = arriving_gang(&client, &gang, n).await?;
+        println!(
+            "gang of {n} arriving one per 10 ms: {writes} FailedScheduling Event writes, first-to-last bind spread {} ms",
+            spread.as_millis()
+        );
+        assert!(
+            writes <= n as u64 + 2,
+            "gang of {n}: {writes} FailedScheduling writes, more than one per member"
+        );
+        delete_gang(&client, &gang).await?;
+    }
+    drover.stop().await
+}
