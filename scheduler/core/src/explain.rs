@@ -414,7 +414,7 @@ mod tests {
         let snap = cluster();
         let mut t = GangTracker::new();
         let members: Vec<Arc<PodInfo>> = (0..3)
-            .map(|i| Arc::new(pod(&format!("w-{i}"), 12000, Some(("train", "3")))))
+            .map(|i| Arc::new(pod(&format!("w-{i}"), 9000, Some(("train", "3")))))
             .collect();
         for m in &members {
             t.observe(m, MemberState::Pending);

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::classes::ClassId;
 use crate::model::Labels;
-use crate::model::{NodeInfo, PodInfo, Row};
+use crate::model::{NodeInfo, PodInfo, Resources, Row};
 use crate::plugins::{
     CycleState, Filter, Norm, Reason, Score, ScoreFor, fit::FitRow, packing::Packing,
 };
@@ -315,6 +315,75 @@ pub enum Outcome {
     Placed(Placement),
     /// No node passed every filter.
     Unschedulable(Diagnosis),
+}
+
+/// One resource as [`Resources`] prints it (`cpu=1k`, `memory=512Gi`).
+fn one(kind: &crate::model::ResourceKind, v: i64) -> String {
+    let mut r = Resources::default();
+    r.set(kind, v);
+    r.to_string()
+}
+
+/// Why `pod` could never fit any node of `nodes`, even an empty one: the first
+/// resource it requests beyond every node's allocatable, with the largest node.
+pub fn beyond_every_node<N: NodeSource + ?Sized>(pod: &PodInfo, nodes: &N) -> Option<String> {
+    for (kind, want) in pod.requests.iter() {
+        if want <= 0 {
+            continue;
+        }
+        let mut largest: Option<(&NodeInfo, i64)> = None;
+        for i in 0..nodes.slots() {
+            if let Some(n) = nodes.get(i).filter(|n| n.known) {
+                let have = n.allocatable.get(&kind);
+                if largest.is_none_or(|(_, h)| have > h) {
+                    largest = Some((n, have));
+                }
+            }
+        }
+        let (node, have) = largest?;
+        if want > have {
+            return Some(format!(
+                "No current node could fit it even empty: it requests {}, and the largest node ({}) has {} allocatable.",
+                one(&kind, want),
+                node.name,
+                one(&kind, have),
+            ));
+        }
+    }
+    None
+}
+
+/// Why `members` could never run at once on all of `nodes` together, even empty:
+/// the first resource their requests add up to beyond the whole cluster's
+/// allocatable.
+pub fn beyond_the_cluster<N: NodeSource + ?Sized>(
+    members: &[Arc<PodInfo>],
+    nodes: &N,
+) -> Option<String> {
+    let mut want = Resources::default();
+    for m in members {
+        want.add(&m.requests);
+    }
+    let mut have = Resources::default();
+    let mut count = 0;
+    for i in 0..nodes.slots() {
+        if let Some(n) = nodes.get(i).filter(|n| n.known) {
+            have.add(&n.allocatable);
+            count += 1;
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    want.iter().find(|(k, v)| *v > have.get(k)).map(|(k, v)| {
+        format!(
+            "the current nodes could not hold it even empty: its {} pods request {}, and all {} nodes together have {} allocatable",
+            members.len(),
+            one(&k, v),
+            count,
+            one(&k, have.get(&k)),
+        )
+    })
 }
 
 /// True when some node of `nodes` passes every filter for `pod`.

@@ -523,6 +523,10 @@ pub fn decide(
     if pending.len() < needed {
         return GangDecision::Wait(short_of_members(gang, pending.len() + scheduled, min));
     }
+    // A gang larger than the whole cluster waits without holding or freeing anything.
+    if let Some(why) = crate::framework::beyond_the_cluster(&pending[..needed], snapshot) {
+        return GangDecision::Wait(format!("gang {gang}: {why}"));
+    }
     if let Some(want) = min_resources.filter(|r| !r.is_zero()) {
         let free = free_total(snapshot);
         let short: Vec<String> = want
@@ -1116,12 +1120,20 @@ mod tests {
             (&[4000, 4000], 2, (3, 1000), 2, 0, "run"),
             (&[4000, 4000], 4, (5, 2000), 0, 0, "placed:4"),
             (
+                &[4000, 4000, 4000],
+                4,
+                (4, 3000),
+                0,
+                0,
+                "nofit:3/4 members placeable",
+            ),
+            (
                 &[4000, 4000],
                 4,
                 (4, 3000),
                 0,
                 0,
-                "nofit:2/4 members placeable",
+                "wait:the current nodes could not hold it even empty: its 4 pods request cpu=12, and all 2 nodes together have cpu=8",
             ),
             (
                 &[4000, 4000],

@@ -83,7 +83,12 @@ impl Engine {
             }
             Outcome::Unschedulable(d) => {
                 self.stats.unschedulable += 1;
-                self.wait(&pod, &d.message(), now);
+                let mut message = d.message();
+                if let Some(never) = crate::framework::beyond_every_node(&pod, &snap) {
+                    message.push(' ');
+                    message.push_str(&never);
+                }
+                self.wait(&pod, &message, now);
                 if self.memo.failed.len() < 64
                     && !self
                         .memo

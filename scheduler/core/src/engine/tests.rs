@@ -877,3 +877,55 @@ fn a_gang_waiting_through_many_changes_is_retried_at_once_when_room_appears() {
         "the gang waited {waited} ms after room appeared"
     );
 }
+
+#[test]
+fn a_pod_or_gang_no_cluster_could_hold_says_so() {
+    let mut e = engine();
+    e.handle_node(node("a", 4000, 16), 0);
+    e.handle_node(node("b", 8000, 32), 0);
+    let said = |actions: &[Action], name: &str| -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Unschedulable { pod, message } if &*pod.name == name => {
+                    Some(message.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    e.handle_pod(pod("huge", 1_000_000, 1), 0);
+    let out = run(&mut e, 0);
+    assert_eq!(
+        said(&out, "huge"),
+        ["0/2 nodes are available: 2 Insufficient cpu. No current node could fit it even empty: it requests cpu=1000, and the largest node (b) has cpu=8 allocatable."]
+    );
+    // Too big only for the free room: no such sentence.
+    e.handle_pod(pod("busy", 7000, 1), 0);
+    e.handle_pod(pod("later", 7000, 1), 0);
+    let out = run(&mut e, 0);
+    let later = said(&out, "later");
+    assert!(
+        !later.is_empty() && later.iter().all(|m| !m.contains("even empty")),
+        "{later:?}"
+    );
+    // A gang of 4 × 4 cpu on 12 cpus in all: it waits, holding and evicting nothing.
+    for i in 0..4 {
+        e.handle_pod(
+            PodInfo {
+                requests: Resources::cpu_mem(4000, GI),
+                ..member(&format!("g{i}"), "wide", 4)
+            },
+            0,
+        );
+    }
+    let out = run(&mut e, 0);
+    assert_eq!(
+        said(&out, "g0"),
+        ["gang ns/wide: the current nodes could not hold it even empty: its 4 pods request cpu=16, and all 2 nodes together have cpu=12 allocatable"]
+    );
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Evict { .. })),
+        "{out:?}"
+    );
+}
