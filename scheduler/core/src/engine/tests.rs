@@ -898,7 +898,9 @@ fn a_pod_or_gang_no_cluster_could_hold_says_so() {
     let out = run(&mut e, 0);
     assert_eq!(
         said(&out, "huge"),
-        ["0/2 nodes are available: 2 Insufficient cpu. No current node could fit it even empty: it requests cpu=1000, and the largest node (b) has cpu=8 allocatable."]
+        [
+            "0/2 nodes are available: 2 Insufficient cpu. No current node could fit it even empty: it requests cpu=1000, and the largest node (b) has cpu=8 allocatable."
+        ]
     );
     // Too big only for the free room: no such sentence.
     e.handle_pod(pod("busy", 7000, 1), 0);
@@ -922,7 +924,9 @@ fn a_pod_or_gang_no_cluster_could_hold_says_so() {
     let out = run(&mut e, 0);
     assert_eq!(
         said(&out, "g0"),
-        ["gang ns/wide: the current nodes could not hold it even empty: its 4 pods request cpu=16, and all 2 nodes together have cpu=12 allocatable"]
+        [
+            "gang ns/wide: the current nodes could not hold it even empty: its 4 pods request cpu=16, and all 2 nodes together have cpu=12 allocatable"
+        ]
     );
     assert!(
         !out.iter().any(|a| matches!(a, Action::Evict { .. })),
