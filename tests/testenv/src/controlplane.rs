@@ -173,6 +173,8 @@ pub struct ControlPlane {
     start_timeout: Duration,
     counter: AtomicUsize,
     started_in: Duration,
+    /// kube-apiserver's binary and command line, to start it again the same way.
+    apiserver_cmd: (PathBuf, Vec<String>),
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -239,7 +241,7 @@ impl ControlPlane {
         procs.push(etcd);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
 
-        let (apiserver, server_url, client) = start_apiserver(
+        let (apiserver, server_url, client, apiserver_args) = start_apiserver(
             &bins.apiserver,
             &dir_path,
             &certs,
@@ -259,6 +261,7 @@ impl ControlPlane {
         .context("writing the kubeconfig")?;
 
         let mut cp = ControlPlane {
+            apiserver_cmd: (bins.apiserver.clone(), apiserver_args),
             procs: Mutex::new(procs),
             dir: Some(dir),
             dir_path,
@@ -411,6 +414,35 @@ impl ControlPlane {
             .iter()
             .find(|p| p.name() == name)
             .map(|p| p.log_tail(lines))
+    }
+
+    /// Kills kube-apiserver (SIGKILL), leaves it down for `down`, and starts it again
+    /// on the same port with the same flags (etcd keeps every object). Returns when it
+    /// answers `/readyz` again: the moment clients can reach it.
+    pub async fn restart_apiserver(&self, down: Duration) -> anyhow::Result<Instant> {
+        let at = {
+            let mut procs = self.procs();
+            let at = procs
+                .iter()
+                .position(|p| p.name() == "kube-apiserver")
+                .ok_or_else(|| anyhow::anyhow!("no kube-apiserver to restart"))?;
+            procs[at].kill();
+            at
+        };
+        tokio::time::sleep(down).await;
+        let (bin, args) = &self.apiserver_cmd;
+        let port = self
+            .server_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok());
+        let mut p = ProcessGuard::spawn("kube-apiserver", bin, args, &self.dir_path, port)?;
+        wait_http_ok(&mut p, &self.client, "/readyz", self.start_timeout)
+            .await
+            .context("kube-apiserver after a restart")?;
+        let ready = Instant::now();
+        self.procs()[at] = p;
+        Ok(ready)
     }
 
     /// Fails, with the tail of its logs, if any owned process has ended.
@@ -948,7 +980,7 @@ async fn start_apiserver(
     etcd_url: &str,
     admin_token: &str,
     opts: &ControlPlaneBuilder,
-) -> anyhow::Result<(ProcessGuard, String, Client)> {
+) -> anyhow::Result<(ProcessGuard, String, Client, Vec<String>)> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -1002,7 +1034,7 @@ async fn start_apiserver(
             anyhow::Ok(())
         };
         match ready.await {
-            Ok(()) => return Ok((p, url, client)),
+            Ok(()) => return Ok((p, url, client, args)),
             Err(_) if attempt < PORT_ATTEMPTS && port_collision(&p.log_tail(50)) => continue,
             Err(e) => return Err(e.context("starting kube-apiserver")),
         }
