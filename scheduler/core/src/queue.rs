@@ -407,10 +407,41 @@ impl SchedulingQueue {
         self.pods.get(key).map_or(0, |q| q.attempts)
     }
 
+    /// Where a pod is: `active`, `backoff` (until when), `unschedulable` (since
+    /// when) or `in flight`, with its attempts and last attempt (ms).
+    pub fn spot(&self, key: &PodKey) -> Option<Spot> {
+        let q = self.pods.get(key)?;
+        let (state, at_ms) = match q.at {
+            Where::Active => ("active", None),
+            Where::Backoff(t) => ("backoff", Some(t)),
+            Where::Unschedulable(t) => ("unschedulable", Some(t)),
+            Where::InFlight => ("in flight", None),
+        };
+        Some(Spot {
+            state,
+            at_ms,
+            attempts: q.attempts,
+            tried_ms: q.tried_ms,
+        })
+    }
+
     /// True when the queue holds this pod.
     pub fn contains(&self, key: &PodKey) -> bool {
         self.pods.contains_key(key)
     }
+}
+
+/// Where a pod is in its queue.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Spot {
+    /// `active`, `backoff`, `unschedulable` or `in flight`.
+    pub state: &'static str,
+    /// The end of its backoff, or since when it is unschedulable (ms).
+    pub at_ms: Option<i64>,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Its last attempt (ms).
+    pub tried_ms: i64,
 }
 
 /// One [`SchedulingQueue`] per fair-share queue: work is taken from the queue that
@@ -508,6 +539,11 @@ impl QueueSet {
         if let Some(q) = self.sub(key) {
             q.hold(key, now_ms);
         }
+    }
+
+    /// See [`SchedulingQueue::spot`].
+    pub fn spot(&self, key: &PodKey) -> Option<Spot> {
+        self.queues.get(self.of.get(key)?)?.spot(key)
     }
 
     /// See [`SchedulingQueue::take`].

@@ -34,6 +34,168 @@ pub struct ExplainArgs {
     /// drover's configuration file, so the answer uses the same weights and rules.
     #[arg(long, env = "DROVER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Ask this drover directly (its metrics address, e.g. http://127.0.0.1:10259)
+    /// instead of finding the leader through its Lease.
+    #[arg(long, env = "DROVER_EXPLAIN_SCHEDULER")]
+    pub scheduler: Option<String>,
+    /// Namespace of drover's leader Lease, to find the leader.
+    #[arg(long, env = "DROVER_LEASE_NAMESPACE", default_value = "drover-system")]
+    pub lease_namespace: String,
+    /// Name of drover's leader Lease.
+    #[arg(long, env = "DROVER_LEASE_NAME", default_value = "drover")]
+    pub lease_name: String,
+    /// The leader's metrics port, reached through the API server's pod proxy.
+    #[arg(long, default_value_t = 10259)]
+    pub metrics_port: u16,
+    /// Do not ask the scheduler: only explain's own reading of the cluster.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// Where to ask the running scheduler.
+#[derive(Debug, Clone)]
+pub enum Leader {
+    /// This URL (a drover's metrics address).
+    Url(String),
+    /// The holder of this Lease, through the API server's pod proxy on this port.
+    Lease {
+        /// Its namespace (also the leader pod's).
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The metrics port.
+        port: u16,
+    },
+}
+
+/// What the running scheduler says about a pod: (who answered, its state as JSON), or
+/// why none answered.
+pub async fn ask_scheduler(
+    client: &Client,
+    leader: &Leader,
+    namespace: &str,
+    name: &str,
+) -> Result<(String, serde_json::Value), String> {
+    let path = format!("/debug/pods/{namespace}/{name}");
+    let (who, text) = match leader {
+        Leader::Url(url) => {
+            let url = format!("{}{path}", url.trim_end_matches('/'));
+            let uri: hyper::Uri = url.parse().map_err(|e| format!("--scheduler {url}: {e}"))?;
+            let text = http_get(&uri).await.map_err(|e| format!("{url}: {e}"))?;
+            (url, text)
+        }
+        Leader::Lease {
+            namespace: lns,
+            name: lease,
+            port,
+        } => {
+            let holder = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+                client.clone(),
+                lns,
+            )
+            .get_opt(lease)
+            .await
+            .map_err(|e| format!("reading Lease {lns}/{lease}: {e}"))?
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "Lease {lns}/{lease} has no holder (is drover running with --leader-elect?)"
+                )
+            })?;
+            let req = hyper::http::Request::get(format!(
+                "/api/v1/namespaces/{lns}/pods/{holder}:{port}/proxy{path}"
+            ))
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
+            let text = client
+                .request_text(req)
+                .await
+                .map_err(|e| format!("leader {holder} through the API server's pod proxy: {e}"))?;
+            (format!("leader {holder}"), text)
+        }
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{who} answered {text:?}: {e}"))?;
+    if v["leading"] != serde_json::Value::Bool(true) {
+        return Err(format!("{who} does not lead"));
+    }
+    Ok((who, v))
+}
+
+/// A plain HTTP GET; the body of a 200 or 503 answer (a replica that does not lead
+/// answers 503 with its state).
+async fn http_get(uri: &hyper::Uri) -> anyhow::Result<String> {
+    use http_body_util::BodyExt;
+    let host = uri.host().ok_or_else(|| anyhow::anyhow!("no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await??;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = hyper::http::Request::get(uri.path())
+        .header(hyper::http::header::HOST, host)
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
+    let resp =
+        tokio::time::timeout(std::time::Duration::from_secs(5), send.send_request(req)).await??;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&body).to_string();
+    if status != hyper::http::StatusCode::OK
+        && status != hyper::http::StatusCode::SERVICE_UNAVAILABLE
+    {
+        anyhow::bail!("answered {status}: {text}");
+    }
+    Ok(text)
+}
+
+/// The scheduler's answer, as the first lines of the explanation.
+pub fn scheduler_lines(who: &str, v: &serde_json::Value) -> String {
+    let mut out = format!(
+        "scheduler ({who}): {}\n",
+        v["now"].as_str().unwrap_or("no answer")
+    );
+    if let Some(q) = v["queue"].as_object() {
+        let state = q.get("state").and_then(|s| s.as_str()).unwrap_or("?");
+        let attempts = q.get("attempts").and_then(|a| a.as_u64()).unwrap_or(0);
+        let at = q.get("at_ms").and_then(|a| a.as_i64()).map(|ms| {
+            let when = k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            match state {
+                "backoff" => format!(" until {when}"),
+                _ => format!(" since {when}"),
+            }
+        });
+        out.push_str(&format!(
+            "  queue: {state}{} after {attempts} attempt(s)\n",
+            at.unwrap_or_default()
+        ));
+    }
+    if let Some(t) = v["told"].as_str() {
+        out.push_str(&format!("  told: {t}\n"));
+    }
+    if let Some(q) = v["fair_share_queue"].as_str() {
+        out.push_str(&format!("  fair-share queue: {q}\n"));
+    }
+    if let Some(held) = v["reservations"].as_array().filter(|r| !r.is_empty()) {
+        for r in held {
+            let gang = r[0].as_str().unwrap_or("?");
+            let nodes: Vec<&str> = r[1]
+                .as_array()
+                .map(|n| n.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  capacity held for gang {gang} on: {}\n",
+                nodes.join(", ")
+            ));
+        }
+    }
+    out
 }
 
 /// Runs `drover explain` and prints the answer.
@@ -51,8 +213,44 @@ pub async fn explain_from_args(args: ExplainArgs) -> anyhow::Result<()> {
         None => Config::default(),
     };
     let client = super::run::client_for(args.kubeconfig.as_ref(), args.context.as_ref()).await?;
-    print!("{}", explain_pod(&client, &config, ns, name).await?);
+    let leader = (!args.offline).then(|| match &args.scheduler {
+        Some(url) => Leader::Url(url.clone()),
+        None => Leader::Lease {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            port: args.metrics_port,
+        },
+    });
+    print!(
+        "{}",
+        explain_with_scheduler(&client, &config, ns, name, leader.as_ref()).await?
+    );
     Ok(())
+}
+
+/// The explanation with the running scheduler's own answer first, when it gives one;
+/// otherwise says that it is explain's own reading of the cluster, and why.
+pub async fn explain_with_scheduler(
+    client: &Client,
+    config: &Config,
+    namespace: &str,
+    name: &str,
+    leader: Option<&Leader>,
+) -> anyhow::Result<String> {
+    let own = explain_pod(client, config, namespace, name).await?;
+    let asked = match leader {
+        Some(l) => ask_scheduler(client, l, namespace, name).await,
+        None => Err("--offline".to_string()),
+    };
+    Ok(match asked {
+        Ok((who, state)) => format!(
+            "{}\ndrover explain's own reading of the cluster (the scheduler's answer above is what it does; below, every node judged on its merits):\n{own}",
+            scheduler_lines(&who, &state)
+        ),
+        Err(why) => format!(
+            "no scheduler answered ({why}): this is drover explain's own reading of the cluster, which does not see the scheduler's reservations, gang attempts or backoff\n{own}"
+        ),
+    })
 }
 
 /// Builds the answer for `namespace/name` from what the API server holds now.

@@ -268,6 +268,10 @@ pub struct Shared {
     pub metrics: Metrics,
     /// True while this replica leads (always, without leader election).
     pub leader: Arc<AtomicBool>,
+    /// The scheduling task's input, once it runs: `/debug/pods/...` asks it about a pod.
+    pub asks: Arc<std::sync::OnceLock<mpsc::UnboundedSender<Input>>>,
+    /// The address `/metrics` and `/debug/pods/...` are served on, once bound.
+    pub served_at: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 impl Shared {
@@ -278,6 +282,8 @@ impl Shared {
             synced: Arc::new(AtomicBool::new(false)),
             metrics: Metrics::new(),
             leader: Arc::new(AtomicBool::new(false)),
+            asks: Arc::default(),
+            served_at: Arc::default(),
         }
     }
 
@@ -360,6 +366,9 @@ impl Driver {
                 self.engine.handle_bind_result(&key, result, now);
             }
             Input::Evicted { key, result } => self.engine.handle_eviction_result(&key, result, now),
+            Input::Explain { key, reply } => {
+                let _ = reply.send(self.engine.decision_state(&key, now));
+            }
             _ => {}
         }
     }
@@ -579,9 +588,11 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if let Some(addr) = opts.metrics_addr {
-        serve::spawn(addr, shared.clone(), shutdown.clone()).await?;
+        let at = serve::spawn(addr, shared.clone(), shutdown.clone()).await?;
+        let _ = shared.served_at.set(at);
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let _ = shared.asks.set(tx.clone());
     let lease = match opts.leader_election.clone() {
         None => {
             let _ = tx.send(Input::Leader(true));

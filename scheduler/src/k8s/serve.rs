@@ -11,6 +11,46 @@ use tokio_util::sync::CancellationToken;
 
 use super::run::Shared;
 
+/// What the engine holds about one pod and would do with it now (JSON, read-only, no
+/// secrets): `drover explain` asks the leader this, so that it says what the
+/// scheduler would do. 503 with the same body from a replica that does not lead.
+async fn debug_pod(
+    State(s): State<Shared>,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(asks) = s.asks.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not scheduling yet").into_response();
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let key = drover_core::model::PodKey::new(&namespace, &name);
+    if asks
+        .send(super::watch::Input::Explain { key, reply })
+        .is_err()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the scheduling loop stopped",
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(5), answer).await {
+        Ok(Ok(state)) => {
+            let status = if state.leading {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, axum::Json(state)).into_response()
+        }
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the scheduling loop did not answer within 5 s",
+        )
+            .into_response(),
+    }
+}
+
 /// Binds `addr` and serves until `shutdown`. Fails at once if the address is taken.
 pub async fn spawn(
     addr: SocketAddr,
@@ -29,6 +69,7 @@ pub async fn spawn(
                 }
             }),
         )
+        .route("/debug/pods/{namespace}/{name}", get(debug_pod))
         .route(
             "/metrics",
             get(|State(s): State<Shared>| async move {

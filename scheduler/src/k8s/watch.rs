@@ -59,6 +59,13 @@ pub enum Input {
     NotServed(Resource),
     /// This replica became the leader (true) or lost the Lease (false).
     Leader(bool),
+    /// `/debug/pods/...` asks what the engine holds about a pod and would do with it.
+    Explain {
+        /// The pod.
+        key: drover_core::model::PodKey,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<drover_core::engine::DecisionState>,
+    },
     /// A bind the driver made ended.
     Bound {
         /// The pod.

@@ -28,6 +28,7 @@ mod cycle;
 mod extender;
 mod report;
 mod room;
+mod state;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -46,6 +47,7 @@ use crate::snapshot::Snapshot;
 
 pub use extender::Verdict;
 pub use report::{Gauges, PodGroupStatus, QueueGauge, QueueStatus};
+pub use state::DecisionState;
 
 /// How the engine works with the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -933,3 +933,70 @@ fn a_pod_or_gang_no_cluster_could_hold_says_so() {
         "{out:?}"
     );
 }
+
+#[test]
+fn decision_state_says_what_the_engine_would_do() {
+    let mut e = engine();
+    e.handle_node(node("a", 4000, 16), 0);
+    e.handle_node(node("b", 4000, 16), 0);
+    let busy = pod("busy", 3000, 1);
+    e.handle_pod(bound(&busy, "a"), 0);
+    // A gang of 2 × 4 cpu: one node is free, the other drains; capacity is held.
+    for i in 0..2 {
+        e.handle_pod(
+            PodInfo {
+                requests: Resources::cpu_mem(4000, GI),
+                ..member(&format!("g{i}"), "train", 2)
+            },
+            0,
+        );
+    }
+    run(&mut e, 0);
+    let g = e.decision_state(&PodKey::new("ns", "g0"), 10);
+    println!("{g:#?}");
+    assert!(g.leading && g.known && g.gang.as_deref() == Some("ns/train"));
+    assert!(g.now.starts_with("waits: gang ns/train:"), "{}", g.now);
+    assert_eq!(
+        g.told.as_deref().map(|t| t.starts_with("gang ns/train:")),
+        Some(true)
+    );
+    assert_eq!(g.queue.as_ref().map(|q| q.state), Some("unschedulable"));
+    // A 2-cpu pod would fit node b but for the capacity held there.
+    e.handle_pod(pod("small", 2000, 1), 20);
+    run(&mut e, 20);
+    let s = e.decision_state(&PodKey::new("ns", "small"), 30);
+    println!("{s:#?}");
+    assert!(!s.reservations.is_empty(), "{s:#?}");
+    assert!(s.now.contains("held for a waiting gang"), "{}", s.now);
+    assert_eq!(
+        s.now,
+        format!("waits: {}", s.told.clone().unwrap_or_default())
+    );
+    // Over its queue's max.
+    let mut max = Resources::default();
+    max.set(&crate::model::ResourceKind::Cpu, 500);
+    e.handle_queue(
+        QueueSpec {
+            name: "team".into(),
+            max: Some(max),
+            max_listed: vec![crate::model::ResourceKind::Cpu],
+            weight: 1,
+            ..Default::default()
+        },
+        40,
+    );
+    e.handle_pod(
+        PodInfo {
+            queue: Some("team".into()),
+            ..pod("over", 1000, 1)
+        },
+        40,
+    );
+    run(&mut e, 40);
+    let o = e.decision_state(&PodKey::new("ns", "over"), 50);
+    assert!(o.now.contains("would exceed its max cpu"), "{}", o.now);
+    assert_eq!(o.fair_share_queue.as_deref(), Some("team"));
+    let b = e.decision_state(&PodKey::new("ns", "busy"), 50);
+    assert_eq!(b.now, "bound to a");
+    assert!(!e.decision_state(&PodKey::new("ns", "ghost"), 50).known);
+}
