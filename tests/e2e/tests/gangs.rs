@@ -641,7 +641,8 @@ async fn bad_gang_input_is_reported_and_blocks_nothing() -> anyhow::Result<()> {
         .expect_err("minMember 0 must be refused")
         .to_string();
     assert!(err.contains("minMember"), "{err}");
-    // A gang that times out: it needs more than the cluster has.
+    // A gang that times out: it needs more than the cluster has (it says so, and its
+    // timeout runs).
     create_pod_group(
         &client,
         NS,
@@ -697,7 +698,7 @@ async fn bad_gang_input_is_reported_and_blocks_nothing() -> anyhow::Result<()> {
         ("words-0", "drover.dev/min-member is \"three\""),
         ("torn-0", "name different gangs"),
         ("few-0", "1 of minMember 3 pods exist; waiting for 2 more"),
-        ("too-big-0", "members placeable at once"),
+        ("too-big-0", "the current nodes could not hold it even empty"),
     ];
     wait_until(
         Duration::from_secs(30),

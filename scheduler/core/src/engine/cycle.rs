@@ -333,6 +333,10 @@ impl Engine {
                 GangStep::Done
             }
             GangDecision::Wait(message) => {
+                // Every member exists (minResources not free, or more than all nodes
+                // hold): an attempt, which the gang's schedule timeout counts from.
+                self.gangs.attempted(gang, now);
+                self.stats.unschedulable += 1;
                 self.wait_all(&all, pod, &message, now);
                 self.gang_tried
                     .insert(gang.clone(), self.cache.generation());
