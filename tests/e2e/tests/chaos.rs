@@ -96,3 +96,129 @@ async fn pods_created_after_an_api_server_restart_bind_within_3_s() -> anyhow::R
     }
     drover.stop().await
 }
+
+/// A drover replica on a runtime of its own, so that it can be killed the way
+/// `kill -9` kills a process: every task stops where it is, the Lease is not released.
+struct Killable {
+    rt: Option<tokio::runtime::Runtime>,
+    shared: drover::k8s::Shared,
+}
+
+const LEASE_SECONDS: u64 = 6;
+
+fn lease_options(id: &str) -> drover::k8s::RunOptions {
+    let mut o = drover::k8s::RunOptions::new("drover");
+    o.identity = id.into();
+    o.leader_election = Some(drover::k8s::run::LeaderElection {
+        namespace: "default".into(),
+        name: "drover".into(),
+        duration_seconds: LEASE_SECONDS,
+    });
+    o
+}
+
+impl Killable {
+    fn start(cp: &ControlPlane, id: &str) -> anyhow::Result<Killable> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let shared = drover::k8s::Shared::new();
+        let (config, s, opts) = (cp.client_config(), shared.clone(), lease_options(id));
+        rt.spawn(async move {
+            let client = kube::Client::try_from(config)?;
+            drover::k8s::run_with(client, opts, s, tokio_util::sync::CancellationToken::new()).await
+        });
+        Ok(Killable {
+            rt: Some(rt),
+            shared,
+        })
+    }
+
+    fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn until_leading(shared: &drover::k8s::Shared, within: Duration) -> anyhow::Result<Duration> {
+    let start = std::time::Instant::now();
+    while !shared.leader.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::ensure!(start.elapsed() < within, "no hand-over within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(start.elapsed())
+}
+
+/// Two replicas with a 6 s Lease. The leader killed like `kill -9` (its Lease left
+/// held): the follower leads once the Lease record has not changed for a whole
+/// duration (6 s plus its retry period). The next leader stopped like SIGTERM (it
+/// releases the Lease): the follower leads at its next retry (0.8 s). Each time the
+/// new leader binds a pod created after the hand-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_hand_over_after_kill_and_after_sigterm() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    cp.create_nodes(&[FakeNode::new("n-0").cpu("8").memory("32Gi").build()])
+        .await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let mut a = Killable::start(&cp, "replica-a")?;
+    until_leading(&a.shared, Duration::from_secs(30)).await?;
+    let b = Drover::start_with(client.clone(), lease_options("replica-b"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !b.shared.leader.load(std::sync::atomic::Ordering::SeqCst),
+        "one leader"
+    );
+
+    a.kill();
+    let after_kill = until_leading(&b.shared, Duration::from_secs(30)).await?;
+    let bind = |name: &'static str| {
+        let (api, client) = (api.clone(), client.clone());
+        async move {
+            let t = std::time::Instant::now();
+            api.create(
+                &PostParams::default(),
+                &TestPod::new(name).scheduler("drover").cpu("100m").build(),
+            )
+            .await?;
+            wait_until(
+                Duration::from_secs(20),
+                Duration::from_millis(20),
+                "the new leader binds a new pod",
+                || {
+                    let api = api.clone();
+                    async move { Ok(node_of(&api.get(name).await?).is_some()) }
+                },
+            )
+            .await?;
+            let _ = client;
+            anyhow::Ok(t.elapsed())
+        }
+    };
+    let first = bind("after-kill").await?;
+
+    let c = Drover::start_with(client.clone(), lease_options("replica-c"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped = std::time::Instant::now();
+    b.stop().await?;
+    let after_term = stopped.elapsed() + until_leading(&c.shared, Duration::from_secs(30)).await?;
+    let second = bind("after-sigterm").await?;
+    println!(
+        "Lease {LEASE_SECONDS} s: hand-over after kill -9 {} ms (then a new pod bound in {} ms); after SIGTERM {} ms (then {} ms)",
+        after_kill.as_millis(),
+        first.as_millis(),
+        after_term.as_millis(),
+        second.as_millis()
+    );
+    let lease = Duration::from_secs(LEASE_SECONDS);
+    assert!(
+        after_kill <= lease + Duration::from_secs(2),
+        "{after_kill:?}"
+    );
+    assert!(after_term <= Duration::from_secs(3), "{after_term:?}");
+    let events = scheduled_events(&client).await?;
+    assert!(events.values().all(|n| *n <= 1), "{events:?}");
+    c.stop().await
+}

@@ -698,7 +698,10 @@ async fn bad_gang_input_is_reported_and_blocks_nothing() -> anyhow::Result<()> {
         ("words-0", "drover.dev/min-member is \"three\""),
         ("torn-0", "name different gangs"),
         ("few-0", "1 of minMember 3 pods exist; waiting for 2 more"),
-        ("too-big-0", "the current nodes could not hold it even empty"),
+        (
+            "too-big-0",
+            "the current nodes could not hold it even empty",
+        ),
     ];
     wait_until(
         Duration::from_secs(30),
