@@ -222,3 +222,94 @@ async fn leader_hand_over_after_kill_and_after_sigterm() -> anyhow::Result<()> {
     assert!(events.values().all(|n| *n <= 1), "{events:?}");
     c.stop().await
 }
+
+/// drover killed like `kill -9` while a 50-pod gang is being bound, then started
+/// again: the new instance finds the gang partly bound and completes it; every member
+/// ends bound, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_cut_by_kill_9_mid_bind_ends_whole_after_restart() -> anyhow::Result<()> {
+    use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    let nodes: Vec<_> = (0..10)
+        .map(|i| {
+            FakeNode::new(format!("n-{i}"))
+                .cpu("8")
+                .memory("32Gi")
+                .build()
+        })
+        .collect();
+    cp.create_nodes(&nodes).await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for i in 0..50 {
+        api.create(
+            &PostParams::default(),
+            &TestPod::new(format!("g-{i}"))
+                .scheduler("drover")
+                .cpu("1")
+                .label(GROUP_LABEL, "cut")
+                .annotation(MIN_MEMBER_ANNOTATION, "50")
+                .build(),
+        )
+        .await?;
+    }
+    // No leader election: the restarted instance schedules at once.
+    let mut first = {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let shared = drover::k8s::Shared::new();
+        let (config, s) = (cp.client_config(), shared.clone());
+        rt.spawn(async move {
+            let client = kube::Client::try_from(config)?;
+            drover::k8s::run_with(
+                client,
+                drover::k8s::RunOptions::new("drover"),
+                s,
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .await
+        });
+        Killable {
+            rt: Some(rt),
+            shared,
+        }
+    };
+    // Kill it as soon as the first members are bound.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let cut_at = loop {
+        let n = bound_count(&client, NS).await?;
+        if n > 0 {
+            first.kill();
+            break n;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no member bound within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left_bound = bound_count(&client, NS).await?;
+    let restarted = std::time::Instant::now();
+    let second = Drover::start(client.clone());
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        "the whole gang bound after the restart",
+        || async { Ok(bound_count(&client, NS).await? == 50) },
+    )
+    .await?;
+    println!(
+        "killed with {cut_at} of 50 members bound ({left_bound} once its binds in flight landed); the restarted instance bound the rest in {} ms",
+        restarted.elapsed().as_millis()
+    );
+    let events = scheduled_events(&client).await?;
+    assert!(
+        events.values().all(|n| *n <= 1),
+        "bound once each: {events:?}"
+    );
+    assert!(drover_e2e::overcommitted(&client).await?.is_empty());
+    second.stop().await
+}
