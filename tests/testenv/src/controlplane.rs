@@ -175,6 +175,8 @@ pub struct ControlPlane {
     started_in: Duration,
     /// kube-apiserver's binary and command line, to start it again the same way.
     apiserver_cmd: (PathBuf, Vec<String>),
+    /// etcd's binary, command line and client port, likewise.
+    etcd_cmd: (PathBuf, Vec<String>, u16),
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -237,7 +239,8 @@ impl ControlPlane {
         .context("writing the token file")?;
 
         let mut procs = Vec::new();
-        let (etcd, etcd_port) = start_etcd(&bins.etcd, &dir_path, opts.start_timeout).await?;
+        let (etcd, etcd_port, etcd_args) =
+            start_etcd(&bins.etcd, &dir_path, opts.start_timeout).await?;
         procs.push(etcd);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
 
@@ -262,6 +265,7 @@ impl ControlPlane {
 
         let mut cp = ControlPlane {
             apiserver_cmd: (bins.apiserver.clone(), apiserver_args),
+            etcd_cmd: (bins.etcd.clone(), etcd_args, etcd_port),
             procs: Mutex::new(procs),
             dir: Some(dir),
             dir_path,
@@ -443,6 +447,44 @@ impl ControlPlane {
         let ready = Instant::now();
         self.procs()[at] = p;
         Ok(ready)
+    }
+
+    /// Kills etcd (SIGKILL), leaves it down for `down`, and starts it again on the same
+    /// ports and data directory. Returns when kube-apiserver answers `/readyz` again.
+    pub async fn restart_etcd(&self, down: Duration) -> anyhow::Result<Instant> {
+        let at = {
+            let mut procs = self.procs();
+            let at = procs
+                .iter()
+                .position(|p| p.name() == "etcd")
+                .ok_or_else(|| anyhow::anyhow!("no etcd to restart"))?;
+            procs[at].kill();
+            at
+        };
+        tokio::time::sleep(down).await;
+        let (bin, args, port) = &self.etcd_cmd;
+        let mut p = ProcessGuard::spawn("etcd", bin, args, &self.dir_path, Some(*port))?;
+        wait_etcd(&mut p, *port, self.start_timeout)
+            .await
+            .context("etcd after a restart")?;
+        self.procs()[at] = p;
+        let deadline = Instant::now() + self.start_timeout;
+        loop {
+            let req = kube::core::Request::new("").get("readyz", &GetParams::default())?;
+            let ready = matches!(
+                tokio::time::timeout(Duration::from_secs(5), self.client.request_text(req)).await,
+                Ok(Ok(_))
+            );
+            if ready {
+                return Ok(Instant::now());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready {:?} after etcd came back",
+                self.start_timeout
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Fails, with the tail of its logs, if any owned process has ended.
@@ -909,7 +951,7 @@ async fn start_etcd(
     bin: &Path,
     dir: &Path,
     timeout: Duration,
-) -> anyhow::Result<(ProcessGuard, u16)> {
+) -> anyhow::Result<(ProcessGuard, u16, Vec<String>)> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -930,7 +972,7 @@ async fn start_etcd(
         ];
         let mut p = ProcessGuard::spawn("etcd", bin, &args, dir, Some(client_port))?;
         match wait_etcd(&mut p, client_port, timeout).await {
-            Ok(()) => return Ok((p, client_port)),
+            Ok(()) => return Ok((p, client_port, args)),
             Err(_) if attempt < PORT_ATTEMPTS && port_collision(&p.log_tail(50)) => {
                 drop(p);
                 let _ = std::fs::remove_dir_all(dir.join("etcd"));
