@@ -16,6 +16,88 @@ use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::json;
 
+/// (verb, API group, resource) granted by the ClusterRoles and Roles in `files`.
+fn granted(
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<std::collections::BTreeSet<(String, String, String)>> {
+    let mut out = std::collections::BTreeSet::new();
+    for f in files {
+        for doc in docs(f)? {
+            let kind = doc
+                .types
+                .as_ref()
+                .map(|t| t.kind.clone())
+                .unwrap_or_default();
+            if kind != "ClusterRole" && kind != "Role" {
+                continue;
+            }
+            for rule in doc.data["rules"].as_array().into_iter().flatten() {
+                let list = |k: &str| -> Vec<String> {
+                    rule[k]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                };
+                for g in list("apiGroups") {
+                    for r in list("resources") {
+                        for v in list("verbs") {
+                            out.insert((v.clone(), g.clone(), r.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What `user` did, from the audit log, against what `files` grant: fails on any
+/// request refused (but those the test provoked, `refusals`), any (verb, resource)
+/// used but not granted, and any granted but never used.
+fn least_privilege(
+    cp: &ControlPlane,
+    user: &str,
+    files: &[std::path::PathBuf],
+    refusals: &[(&str, &str, &str)],
+) -> anyhow::Result<()> {
+    let mut used = std::collections::BTreeSet::new();
+    for (v, g, r, code) in cp.audit(user)? {
+        let provoked = refusals.contains(&(v.as_str(), g.as_str(), r.as_str()));
+        anyhow::ensure!(code != 403 || provoked, "{user}: refused {v} {g}/{r}");
+        used.insert((v, g, r));
+    }
+    let granted = granted(files)?;
+    let not_granted: Vec<_> = used.difference(&granted).collect();
+    let unused: Vec<_> = granted.difference(&used).collect();
+    println!(
+        "{user}: {} (verb, resource) pairs used; used but not granted: {not_granted:?}; granted but not used: {unused:?}",
+        used.len()
+    );
+    anyhow::ensure!(
+        not_granted.is_empty(),
+        "{user}: used but not granted: {not_granted:?}"
+    );
+    anyhow::ensure!(
+        unused.is_empty(),
+        "{user}: granted but never used: {unused:?}"
+    );
+    Ok(())
+}
+
+/// True once drover wrote the status of Queue `team`.
+async fn queue_status_written(client: &Client) -> anyhow::Result<bool> {
+    let queues: Api<DynamicObject> =
+        Api::all_with(client.clone(), &drover::k8s::status::queue_resource());
+    Ok(queues
+        .get("team")
+        .await?
+        .data
+        .get("status")
+        .is_some_and(|s| !s.is_null()))
+}
+
 /// The files a kustomization in `dir` lists as resources (not the directories it
 /// builds on).
 fn kustomized(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
@@ -106,10 +188,14 @@ async fn apply_files(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> {
-    let cp = ControlPlane::start().await?;
+    let cp = ControlPlane::builder().audit(true).start().await?;
     let admin = cp.client();
-    cp.install_crds(&[drover_e2e::POD_GROUP_CRD, drover_e2e::QUEUE_CRD])
-        .await?;
+    cp.install_crds(&[
+        drover_e2e::POD_GROUP_CRD,
+        drover_e2e::QUEUE_CRD,
+        "tests/e2e/crds/topology.node.k8s.io_noderesourcetopologies.yaml",
+    ])
+    .await?;
     let discovery = Discovery::new(admin.clone()).run().await?;
     let base = repo_root().join("manifests/base");
     let files = kustomized(&base)?;
@@ -159,10 +245,145 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
             .build(),
     )
     .await?;
+    // The rest of its job: a Queue's status, a WaitForFirstConsumer claim bound to a
+    // static volume, a claim of allocated devices reserved for its pod.
+    let queues: Api<DynamicObject> =
+        Api::all_with(admin.clone(), &drover::k8s::status::queue_resource());
+    let mut q: DynamicObject =
+        serde_json::from_value(json!({"apiVersion": "drover.dev/v1alpha1", "kind": "Queue"}))?;
+    q.metadata.name = Some("team".into());
+    q.data = json!({"spec": {"weight": 1}});
+    queues.create(&PostParams::default(), &q).await?;
+    let create = |api: Api<DynamicObject>, v: serde_json::Value| async move {
+        let obj: DynamicObject = serde_json::from_value(v)?;
+        api.create(&PostParams::default(), &obj).await?;
+        anyhow::Ok(())
+    };
+    use kube::discovery::ApiResource;
+    let ar = |g: &str, v: &str, k: &str, plural: &str| ApiResource {
+        group: g.into(),
+        version: v.into(),
+        api_version: if g.is_empty() {
+            v.into()
+        } else {
+            format!("{g}/{v}")
+        },
+        kind: k.into(),
+        plural: plural.into(),
+    };
+    create(
+        Api::all_with(
+            admin.clone(),
+            &ar("storage.k8s.io", "v1", "StorageClass", "storageclasses"),
+        ),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+               "metadata": {"name": "local"}, "provisioner": "kubernetes.io/no-provisioner",
+               "volumeBindingMode": "WaitForFirstConsumer"}),
+    )
+    .await?;
+    create(
+        Api::all_with(
+            admin.clone(),
+            &ar("", "v1", "PersistentVolume", "persistentvolumes"),
+        ),
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-0"},
+               "spec": {"storageClassName": "local", "capacity": {"storage": "1Gi"},
+                        "accessModes": ["ReadWriteOnce"],
+                        "csi": {"driver": "csi.example.com", "volumeHandle": "pv-0"}}}),
+    )
+    .await?;
+    // No volume controller runs here: say the volume is Available, as it would.
+    Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(admin.clone())
+        .patch_status(
+            "pv-0",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"phase": "Available"}})),
+        )
+        .await?;
+    create(
+        Api::namespaced_with(
+            admin.clone(),
+            "default",
+            &ar("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        ),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "data", "namespace": "default"},
+               "spec": {"storageClassName": "local", "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await?;
+    // A class that provisions: drover asks its provisioner for a volume on the node.
+    create(
+        Api::all_with(
+            admin.clone(),
+            &ar("storage.k8s.io", "v1", "StorageClass", "storageclasses"),
+        ),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+               "metadata": {"name": "fast"}, "provisioner": "csi.example.com",
+               "volumeBindingMode": "WaitForFirstConsumer"}),
+    )
+    .await?;
+    create(
+        Api::namespaced_with(
+            admin.clone(),
+            "default",
+            &ar("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        ),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "scratch", "namespace": "default"},
+               "spec": {"storageClassName": "fast", "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await?;
+    let mut with_scratch = TestPod::new("with-scratch")
+        .scheduler("drover")
+        .cpu("100m")
+        .build();
+    with_scratch.spec.as_mut().expect("spec").volumes = Some(vec![serde_json::from_value(
+        json!({"name": "scratch", "persistentVolumeClaim": {"claimName": "scratch"}}),
+    )?]);
+    pods.create(&PostParams::default(), &with_scratch).await?;
+    let mut with_volume = TestPod::new("with-volume")
+        .scheduler("drover")
+        .cpu("100m")
+        .build();
+    with_volume.spec.as_mut().expect("spec").volumes = Some(vec![serde_json::from_value(
+        json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}}),
+    )?]);
+    pods.create(&PostParams::default(), &with_volume).await?;
+    let claims =
+        Api::<k8s_openapi::api::resource::v1::ResourceClaim>::namespaced(admin.clone(), "default");
+    claims
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "gpu", "namespace": "default"},
+                "spec": {"devices": {"requests": [
+                    {"name": "gpu", "exactly": {"deviceClassName": "gpu.example.com"}}]}}}))?,
+        )
+        .await?;
+    claims
+        .patch_status(
+            "gpu",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"allocation": {
+                "devices": {"results": [{"request": "gpu", "driver": "gpu.example.com",
+                    "pool": "n-0", "device": "gpu-0"}]},
+                "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [
+                    {"key": "metadata.name", "operator": "In", "values": ["n-0"]}]}]}}}})),
+        )
+        .await?;
+    let mut with_devices = TestPod::new("with-devices")
+        .scheduler("drover")
+        .cpu("100m")
+        .build();
+    with_devices.spec.as_mut().expect("spec").resource_claims = Some(vec![serde_json::from_value(
+        json!({"name": "gpu", "resourceClaimName": "gpu"}),
+    )?]);
+    pods.create(&PostParams::default(), &with_devices).await?;
     wait_until(
         Duration::from_secs(30),
         Duration::from_millis(200),
-        "bound, PodGroup status written, Unschedulable condition and Events written",
+        "bound, PodGroup and Queue status written, Unschedulable condition and Events written, a volume bound to a claim, a device claim reserved",
         || {
             let c = admin.clone();
             async move {
@@ -172,14 +393,54 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
                 let status = pod_group_status(&c, "default", "pair").await?;
                 let cond = drover_e2e::unschedulable_message(&api.get("too-big").await?).is_some();
                 let events = events_for(&c, "default", "too-big").await?;
+                let queue = queue_status_written(&c).await?;
+                let pv = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(c.clone())
+                    .get("pv-0")
+                    .await?
+                    .spec
+                    .and_then(|s| s.claim_ref)
+                    .is_some();
+                let devices = node_of(&api.get("with-devices").await?).is_some();
+                let provisioning = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
+                    c.clone(),
+                    "default",
+                )
+                .get("scratch")
+                .await?
+                .metadata
+                .annotations
+                .is_some_and(|a| a.contains_key("volume.kubernetes.io/selected-node"));
                 Ok(bound
                     && status["scheduled"] == 2
                     && cond
-                    && events.iter().any(|(r, _)| r == "FailedScheduling"))
+                    && events.iter().any(|(r, _)| r == "FailedScheduling")
+                    && queue
+                    && pv
+                    && devices
+                    && provisioning)
             }
         },
     )
     .await?;
+    // A change that gives the waiting pod a new reason: one more FailedScheduling in
+    // its Event's series.
+    cp.create_nodes(&[FakeNode::new("n-1").cpu("2").memory("4Gi").build()])
+        .await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "too-big told its new reason",
+        || {
+            let c = admin.clone();
+            async move {
+                let p = Api::<Pod>::namespaced(c, "default").get("too-big").await?;
+                Ok(drover_e2e::unschedulable_message(&p)
+                    .is_some_and(|m| m.starts_with("0/2 nodes")))
+            }
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         drover
             .shared
@@ -196,7 +457,17 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
     Api::<Pod>::namespaced(sa.clone(), "default")
         .evict("pair-1", &Default::default())
         .await?;
-    drover.stop().await
+    drover.stop().await?;
+
+    // Least privilege, from the API server's audit log: every (verb, resource) the
+    // ServiceAccount used is granted, and every grant is used.
+    least_privilege(
+        &cp,
+        "system:serviceaccount:drover-system:drover",
+        &[base.join("rbac.yaml")],
+        &[],
+    )?;
+    Ok(())
 }
 
 /// manifests/extender: every object is accepted (namespace.yaml may already exist
@@ -204,10 +475,14 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
 /// as its ServiceAccount with exactly that RBAC lists everything it needs and is ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_extender_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> {
-    let cp = ControlPlane::start().await?;
+    let cp = ControlPlane::builder().audit(true).start().await?;
     let admin = cp.client();
-    cp.install_crds(&[drover_e2e::POD_GROUP_CRD, drover_e2e::QUEUE_CRD])
-        .await?;
+    cp.install_crds(&[
+        drover_e2e::POD_GROUP_CRD,
+        drover_e2e::QUEUE_CRD,
+        "tests/e2e/crds/topology.node.k8s.io_noderesourcetopologies.yaml",
+    ])
+    .await?;
     let discovery = Discovery::new(admin.clone()).run().await?;
     let dir = repo_root().join("manifests/extender");
     let files = kustomized(&dir)?;
@@ -262,7 +537,13 @@ async fn the_extender_manifests_install_and_their_rbac_is_enough() -> anyhow::Re
     .await?;
     assert_eq!(node_of(&pods.get("b").await?), Some("n-0"));
     shutdown.cancel();
-    Ok(())
+    least_privilege(
+        &cp,
+        "system:serviceaccount:drover-system:drover-extender",
+        &[dir.join("rbac.yaml"), overlay.join("rbac.yaml")],
+        // The bind refused before manifests/extender-bind was applied.
+        &[("create", "", "pods/binding")],
+    )
 }
 
 /// manifests/monitoring: the ServiceMonitor and PrometheusRule are accepted by the

@@ -71,6 +71,7 @@ pub struct ControlPlaneBuilder {
     apiserver_args: Vec<String>,
     disabled_admission_plugins: Vec<String>,
     start_timeout: Duration,
+    audit: bool,
 }
 
 impl Default for ControlPlaneBuilder {
@@ -85,6 +86,7 @@ impl Default for ControlPlaneBuilder {
                 .map(|s| s.to_string())
                 .collect(),
             start_timeout: Duration::from_secs(60),
+            audit: false,
         }
     }
 }
@@ -110,6 +112,13 @@ impl ControlPlaneBuilder {
     /// off; see [`ControlPlane::start_controller_manager`]).
     pub fn controller_manager(mut self, on: bool) -> Self {
         self.controller_manager = on;
+        self
+    }
+
+    /// Whether kube-apiserver writes an audit log of every request (metadata only),
+    /// read back with [`ControlPlane::audit`] (default off).
+    pub fn audit(mut self, on: bool) -> Self {
+        self.audit = on;
         self
     }
 
@@ -237,6 +246,21 @@ impl ControlPlane {
             format!("{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n"),
         )
         .context("writing the token file")?;
+        let mut opts = opts;
+        if opts.audit {
+            let policy = dir_path.join("audit-policy.yaml");
+            std::fs::write(
+                &policy,
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+            )
+            .context("writing the audit policy")?;
+            opts.apiserver_args.extend([
+                format!("--audit-policy-file={}", policy.display()),
+                format!("--audit-log-path={}", dir_path.join("audit.log").display()),
+                "--audit-log-format=json".to_string(),
+                "--audit-log-mode=blocking".to_string(),
+            ]);
+        }
 
         let mut procs = Vec::new();
         let (etcd, etcd_port, etcd_args) =
@@ -447,6 +471,39 @@ impl ControlPlane {
         let ready = Instant::now();
         self.procs()[at] = p;
         Ok(ready)
+    }
+
+    /// Every request `user` made, from the audit log (see
+    /// [`ControlPlaneBuilder::audit`]): (verb, API group, resource with its
+    /// subresource as `pods/binding`, response code), one per request.
+    pub fn audit(&self, user: &str) -> anyhow::Result<Vec<(String, String, String, u16)>> {
+        let path = self.dir_path.join("audit.log");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (is audit on?)", path.display()))?;
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if e["user"]["username"].as_str() != Some(user) || e["stage"] != "ResponseComplete" {
+                continue;
+            }
+            let o = &e["objectRef"];
+            let Some(resource) = o["resource"].as_str() else {
+                continue;
+            };
+            let resource = match o["subresource"].as_str() {
+                Some(sub) => format!("{resource}/{sub}"),
+                None => resource.to_string(),
+            };
+            out.push((
+                e["verb"].as_str().unwrap_or_default().to_string(),
+                o["apiGroup"].as_str().unwrap_or_default().to_string(),
+                resource,
+                e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
+            ));
+        }
+        Ok(out)
     }
 
     /// Kills etcd (SIGKILL), leaves it down for `down`, and starts it again on the same
