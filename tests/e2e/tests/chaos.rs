@@ -364,3 +364,118 @@ async fn pods_created_after_an_etcd_restart_bind_within_3_s() -> anyhow::Result<
     assert!(events.values().all(|n| *n <= 1), "{events:?}");
     drover.stop().await
 }
+
+/// Every pod's first bind answered 500 by the API server (a validating admission
+/// webhook on `pods/binding` that fails each pod's first try, served on loopback): drover
+/// retries after its backoff, and every pod ends bound, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_answered_500_are_retried_and_land_once() -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    cp.create_nodes(&[FakeNode::new("n-0").cpu("8").memory("32Gi").build()])
+        .await?;
+    // The webhook: HTTPS with a certificate for 127.0.0.1 from a CA the API server trusts.
+    let certs = drover_e2e::ExtenderCerts::new(cp.dir())?;
+    let tries: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let router = {
+        let tries = tries.clone();
+        axum::Router::new().route(
+            "/validate",
+            axum::routing::post(move |axum::Json(review): axum::Json<serde_json::Value>| {
+                let tries = tries.clone();
+                async move {
+                    let req = &review["request"];
+                    let name = req["name"].as_str().unwrap_or_default().to_string();
+                    let n = {
+                        let mut t = tries.lock().unwrap();
+                        let n = t.entry(name).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    let response = if n == 1 {
+                        serde_json::json!({"uid": req["uid"], "allowed": false,
+                            "status": {"code": 500, "message": "injected: the first bind of each pod fails"}})
+                    } else {
+                        serde_json::json!({"uid": req["uid"], "allowed": true})
+                    };
+                    axum::Json(serde_json::json!({
+                        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                        "response": response,
+                    }))
+                }
+            }),
+        )
+    };
+    let opts = drover_extender::server::ServerOptions {
+        listen: "127.0.0.1:0".parse()?,
+        tls: Some(drover_extender::server::TlsFiles {
+            cert: certs.path("server.crt"),
+            key: certs.path("server.key"),
+        }),
+        ..Default::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let hook = drover_extender::server::serve(router, &opts, stop.clone()).await?;
+    let ca = std::fs::read(certs.path("ca.crt"))?;
+    let webhooks: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
+        Api::all(client.clone());
+    webhooks
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "fail-first-bind"},
+                "webhooks": [{
+                    "name": "fail-first-bind.drover.test",
+                    "clientConfig": {
+                        "url": format!("https://127.0.0.1:{}/validate", hook.addr.port()),
+                        "caBundle": k8s_openapi::ByteString(ca),
+                    },
+                    "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                               "resources": ["pods/binding"]}],
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "failurePolicy": "Fail",
+                    "timeoutSeconds": 5,
+                }],
+            }))?,
+        )
+        .await?;
+    let drover = Drover::start(client.clone());
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let t = std::time::Instant::now();
+    for i in 0..5 {
+        api.create(
+            &PostParams::default(),
+            &TestPod::new(format!("p-{i}"))
+                .scheduler("drover")
+                .cpu("100m")
+                .build(),
+        )
+        .await?;
+    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        "every pod bound despite its first bind failing",
+        || async { Ok(bound_count(&client, NS).await? == 5) },
+    )
+    .await?;
+    let took = t.elapsed();
+    let seen = tries.lock().unwrap().clone();
+    println!(
+        "first bind of each of 5 pods answered 500: all bound {} ms after creation; tries per pod {seen:?}",
+        took.as_millis()
+    );
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(
+        seen.values().all(|n| *n == 2),
+        "one refused try and one bind each: {seen:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = scheduled_events(&client).await?;
+    assert!(events.values().all(|n| *n <= 1), "{events:?}");
+    stop.cancel();
+    drover.stop().await
+}
