@@ -24,6 +24,13 @@ use kube::runtime::events::{Event, EventType, Reporter};
 /// How long a repeat of an Event counts in the first one's series.
 pub const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
 
+/// A series is written at most this often: repeats in between are counted in memory
+/// and go out with the next write (kube-scheduler's recorder, client-go's
+/// `tools/events`, likewise counts repeats and writes the series on a timer), so an
+/// object told something again and again costs the API server one write a minute,
+/// not one per repeat. The first repeat is written at once.
+pub const SERIES_WRITE_EVERY: SignedDuration = SignedDuration::from_mins(1);
+
 /// What makes two Events one series.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SeriesKey {
@@ -60,7 +67,8 @@ impl From<&ObjectReference> for ReferenceKey {
 /// last seen so that expiry looks only at the oldest.
 #[derive(Debug, Default)]
 struct SeriesCache {
-    events: HashMap<SeriesKey, (K8sEvent, Timestamp)>,
+    /// Each series' Event as counted, when it was last seen, and when last written.
+    events: HashMap<SeriesKey, (K8sEvent, Timestamp, Timestamp)>,
     /// (when, key) in the order they happened; an entry whose time is older than its
     /// key's last sighting is stale and skipped.
     seen: VecDeque<(Timestamp, SeriesKey)>,
@@ -74,21 +82,44 @@ impl SeriesCache {
                 break;
             }
             let (at, key) = self.seen.pop_front().expect("front exists");
-            if self.events.get(&key).is_some_and(|(_, last)| *last == at) {
+            if self
+                .events
+                .get(&key)
+                .is_some_and(|(_, last, _)| *last == at)
+            {
                 self.events.remove(&key);
             }
         }
     }
 
     /// The Event of the series `key`, if it was seen within the window.
+    #[cfg(test)]
     fn get(&self, key: &SeriesKey) -> Option<&K8sEvent> {
-        self.events.get(key).map(|(e, _)| e)
+        self.events.get(key).map(|(e, _, _)| e)
     }
 
-    /// Records that `event` (of series `key`) was written at `now`.
-    fn put(&mut self, key: SeriesKey, event: K8sEvent, now: Timestamp) {
+    /// Records that `event` (of series `key`) was seen at `now`, and written then
+    /// (`written`) or not.
+    fn put(&mut self, key: SeriesKey, event: K8sEvent, now: Timestamp, written: bool) {
+        let last_written = match self.events.get(&key) {
+            Some((_, _, w)) if !written => *w,
+            _ => now,
+        };
         self.seen.push_back((now, key.clone()));
-        self.events.insert(key, (event, now));
+        self.events.insert(key, (event, now, last_written));
+    }
+
+    /// What to do with one more Event of series `key` at `now`: create it (`None`:
+    /// not seen within the window), patch its series with this event, or only count
+    /// it (`Some((event, false))`) because the series was written less than
+    /// [`SERIES_WRITE_EVERY`] ago.
+    fn plan(&mut self, key: &SeriesKey, now: Timestamp) -> Option<(K8sEvent, bool)> {
+        self.expire(now);
+        let (event, _, written) = self.events.get(key)?;
+        // The first repeat is written at once (the Event shows it happened again).
+        let first_repeat = event.series.is_none();
+        let next = next_in_series(event, now);
+        Some((next, first_repeat || *written + SERIES_WRITE_EVERY <= now))
     }
 }
 
@@ -124,33 +155,31 @@ impl EventRecorder {
             regarding: regarding.into(),
             related: ev.secondary.as_ref().map(Into::into),
         };
-        let repeat = {
-            let mut cache = self.cache.lock().expect("event cache lock");
-            cache.expire(now);
-            cache.get(&key).map(|e| next_in_series(e, now))
-        };
+        let plan = self.cache.lock().expect("event cache lock").plan(&key, now);
         let events: Api<K8sEvent> = Api::namespaced(
             self.client.clone(),
             regarding.namespace.as_deref().unwrap_or("default"),
         );
-        let written = match repeat {
-            Some(event) => {
+        let (written, wrote) = match plan {
+            Some((event, true)) => {
                 let name = event.metadata.name.clone().unwrap_or_default();
                 events
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&event))
                     .await?;
-                event
+                (event, true)
             }
+            // Counted; written with the series' next write.
+            Some((event, false)) => (event, false),
             None => {
                 let event = new_event(&self.reporter, ev, regarding, now);
                 events.create(&PostParams::default(), &event).await?;
-                event
+                (event, true)
             }
         };
         self.cache
             .lock()
             .expect("event cache lock")
-            .put(key, written, now);
+            .put(key, written, now, wrote);
         Ok(())
     }
 }
@@ -232,10 +261,10 @@ mod tests {
     #[test]
     fn series_expire_six_minutes_after_they_were_last_seen() {
         let mut c = SeriesCache::default();
-        c.put(key("a"), K8sEvent::default(), at(0));
-        c.put(key("b"), K8sEvent::default(), at(10));
+        c.put(key("a"), K8sEvent::default(), at(0), true);
+        c.put(key("b"), K8sEvent::default(), at(10), true);
         // "a" seen again at 300 s: its first sighting must not expire it at 360 s.
-        c.put(key("a"), K8sEvent::default(), at(300));
+        c.put(key("a"), K8sEvent::default(), at(300), true);
         c.expire(at(365));
         assert!(c.get(&key("a")).is_some(), "seen 65 s ago");
         assert!(c.get(&key("b")).is_some(), "seen 355 s ago, within 6 min");
@@ -275,5 +304,25 @@ mod tests {
         assert_eq!(second.series.as_ref().unwrap().count, 2);
         assert_eq!(third.series.as_ref().unwrap().count, 3);
         assert_eq!(third.metadata.name, first.metadata.name, "one object");
+    }
+
+    #[test]
+    fn repeats_are_counted_and_written_at_most_once_a_minute() {
+        let mut c = SeriesCache::default();
+        let k = key("p");
+        assert!(c.plan(&k, at(0)).is_none(), "new: create it");
+        c.put(k.clone(), K8sEvent::default(), at(0), true);
+        let mut writes = 0;
+        // A repeat every second for five minutes.
+        for t in 1..=300 {
+            let (event, write) = c.plan(&k, at(t)).expect("in the series");
+            writes += usize::from(write);
+            c.put(k.clone(), event, at(t), write);
+        }
+        assert_eq!(writes, 5, "the first repeat, then one write a minute");
+        let counted = c.get(&k).and_then(|e| e.series.as_ref()).map(|s| s.count);
+        assert_eq!(counted, Some(301), "every repeat counted");
+        // Six minutes after the last: a new series.
+        assert!(c.plan(&k, at(300 + 361)).is_none());
     }
 }
