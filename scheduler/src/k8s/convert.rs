@@ -536,6 +536,13 @@ pub fn pod_identity(pod: &Pod) -> Result<PodInfo, ConvertError> {
             .filter(|n| !n.is_empty())
             .map(Into::into),
         deleting: meta.deletion_timestamp.is_some(),
+        phase: match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+            Some("Running") => Phase::Running,
+            Some("Succeeded") => Phase::Succeeded,
+            Some("Failed") => Phase::Failed,
+            Some("Unknown") => Phase::Unknown,
+            _ => Phase::Pending,
+        },
         ..Default::default()
     })
 }
@@ -548,14 +555,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ConvertError> {
     let object = identity.key.to_string();
     let (requests, declares_requests) = pod_requests(&object, pod)?;
     let spec = pod.spec.clone().unwrap_or_default();
-    let status = pod.status.as_ref();
-    let phase = match status.and_then(|s| s.phase.as_deref()) {
-        Some("Running") => Phase::Running,
-        Some("Succeeded") => Phase::Succeeded,
-        Some("Failed") => Phase::Failed,
-        Some("Unknown") => Phase::Unknown,
-        _ => Phase::Pending,
-    };
+    let phase = identity.phase;
     let node_selector = SelectorTerm(
         spec.node_selector
             .iter()

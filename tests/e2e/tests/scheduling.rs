@@ -1031,5 +1031,52 @@ async fn a_pod_drover_cannot_read_says_why() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let notes = failed_scheduling_notes(&client, "huge").await?;
     assert_eq!(notes.len(), 1, "one Event: {notes:?}");
+
+    // Running on a node already, with requests drover cannot read: that node is full
+    // to drover, so a pod that fits it only by the numbers drover can read waits.
+    cp.create_nodes(&[FakeNode::new("n-1").cpu("8").memory("32Gi").build()])
+        .await?;
+    api.create(
+        &PostParams::default(),
+        &TestPod::new("strange")
+            .cpu("1e16")
+            .memory("1Gi")
+            .node_name("n-1")
+            .build(),
+    )
+    .await?;
+    api.create(
+        &PostParams::default(),
+        &TestPod::new("next").scheduler("drover").cpu("6").build(),
+    )
+    .await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "the 6-cpu pod told it waits",
+        || {
+            let api = api.clone();
+            async move { Ok(unschedulable_condition(&api.get("next").await?).is_some()) }
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        node_of(&api.get("next").await?),
+        None,
+        "not beside the unreadable pod"
+    );
+    api.delete("strange", &kube::api::DeleteParams::default())
+        .await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "the 6-cpu pod bound once the unreadable pod is gone",
+        || {
+            let api = api.clone();
+            async move { Ok(node_of(&api.get("next").await?).as_deref() == Some("n-1")) }
+        },
+    )
+    .await?;
     drover.stop().await
 }

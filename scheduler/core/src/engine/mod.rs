@@ -65,6 +65,13 @@ pub enum Mode {
     },
 }
 
+/// What a bound pod drover cannot read counts on its node: more than any node has
+/// (millicores and bytes), so the node holds nothing else, yet far from overflowing
+/// when added to what the node's other pods request.
+const UNREADABLE_CPU: i64 = 1 << 50;
+/// See [`UNREADABLE_CPU`].
+const UNREADABLE_MEMORY: i64 = 1 << 60;
+
 /// What the engine is built with.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -905,6 +912,20 @@ impl Engine {
         if self.cache.pod(&key).is_some_and(|p| p.node_name.is_none()) {
             // What was readable before must not be scheduled from its old spec.
             self.handle_pod_deleted(&key, now);
+        }
+        if pod.node_name.is_some() && !pod.deleting && !pod.phase.is_terminal() {
+            // Running somewhere with requests drover cannot read: its node counts as
+            // full (no other pod is placed beside it), it is never a victim, and no
+            // queue's ledger counts it.
+            let holder = PodInfo {
+                requests: Resources::cpu_mem(UNREADABLE_CPU, UNREADABLE_MEMORY),
+                priority: i32::MAX,
+                ..pod
+            };
+            self.unreadable.remove(&key);
+            self.cache.upsert_pod(holder);
+            self.queue.cluster_changed(now);
+            return;
         }
         if pod.node_name.is_some() || pod.deleting || !self.ours(&pod) {
             self.unreadable.remove(&key);

@@ -1000,3 +1000,37 @@ fn decision_state_says_what_the_engine_would_do() {
     assert_eq!(b.now, "bound to a");
     assert!(!e.decision_state(&PodKey::new("ns", "ghost"), 50).known);
 }
+
+#[test]
+fn a_bound_pod_drover_cannot_read_keeps_its_node_full() {
+    let mut e = engine();
+    e.handle_node(node("a", 8000, 32), 0);
+    e.handle_node(node("b", 2000, 8), 0);
+    // Running on a with requests drover cannot read (cpu 1e16, say).
+    e.handle_unreadable_pod(
+        PodInfo {
+            node_name: Some("a".into()),
+            phase: Phase::Running,
+            scheduler_name: "other".into(),
+            ..pod("strange", 0, 0)
+        },
+        "cpu \"1e16\" is too large",
+        0,
+    );
+    // A 4-cpu pod fits only a, by the numbers: it waits instead of joining it.
+    e.handle_pod(pod("next", 4000, 1), 1);
+    let out = run(&mut e, 1);
+    assert!(binds(&out).is_empty(), "{out:?}");
+    // A small pod goes to b.
+    e.handle_pod(pod("small", 1000, 1), 2);
+    assert_eq!(
+        binds(&run(&mut e, 2)),
+        [("small".to_string(), "b".to_string())]
+    );
+    // Gone: a takes the waiting pod.
+    e.handle_pod_deleted(&PodKey::new("ns", "strange"), 3);
+    assert_eq!(
+        binds(&run(&mut e, 5_000)),
+        [("next".to_string(), "a".to_string())]
+    );
+}
