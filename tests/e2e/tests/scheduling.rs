@@ -1074,7 +1074,7 @@ async fn a_pod_drover_cannot_read_says_why() -> anyhow::Result<()> {
         "the 6-cpu pod bound once the unreadable pod is gone",
         || {
             let api = api.clone();
-            async move { Ok(node_of(&api.get("next").await?).as_deref() == Some("n-1")) }
+            async move { Ok(node_of(&api.get("next").await?) == Some("n-1")) }
         },
     )
     .await?;
