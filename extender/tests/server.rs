@@ -589,3 +589,52 @@ async fn wrong_methods_paths_and_disabled_verbs_are_refused() {
     assert_eq!(Verb::ALL.len(), 4);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn deeply_nested_and_truncated_bodies_are_refused() {
+    let (addr, shutdown) = start(local(ServerOptions {
+        timeout: Duration::from_millis(500),
+        ..Default::default()
+    }))
+    .await;
+    // 100 000 levels of nesting: read without recursion (no stack overflow), then
+    // refused as not a Node.
+    // Inside Nodes.items, which is kept as raw JSON: the reader still bounds it.
+    let mut nested =
+        b"{\"Pod\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"ns\",\"uid\":\"u\"}},\"Nodes\":{\"items\":["
+            .to_vec();
+    nested.extend(std::iter::repeat_n(b'[', 100_000));
+    nested.extend(std::iter::repeat_n(b']', 100_000));
+    nested.extend(b"]}}");
+    let (status, body) = exchange(
+        TcpStream::connect(addr).await.unwrap(),
+        "POST",
+        "/filter",
+        &nested,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Nodes.items[0]"), "{body}");
+    // A body cut short: the client says 1000 bytes, sends 10 and closes its side.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"Pod\":{}")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .expect("answered or closed, never held");
+    let (status, _) = parse_response(&raw);
+    assert!(status == 0 || status == 400 || status == 408, "{status}");
+    // The server still serves.
+    let (status, _) = exchange(
+        TcpStream::connect(addr).await.unwrap(),
+        "POST",
+        "/filter",
+        &filter_body(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    shutdown.cancel();
+}
