@@ -153,7 +153,12 @@ async fn notebooks_get_the_smallest_node_that_fits_and_keep_it() -> anyhow::Resu
         "no-requests",
         Duration::from_secs(10),
         "a NoRequests Warning",
-        |r, n| r == "NoRequests" && n.contains("declares no resource requests"),
+        |r, n| {
+            r == "NoRequests"
+                && n.contains("declares no resource requests")
+                && n.contains(&format!("placed it on {} (", placed["no-requests"]))
+                && n.contains("allocatable)")
+        },
     )
     .await?;
     // A further exclusive pod finds no free 4 GiB node... and takes the next size up

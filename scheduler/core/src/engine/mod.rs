@@ -1236,8 +1236,14 @@ impl Engine {
                 let note = format!("Successfully assigned {} to {node}", pod.key);
                 self.event(EventObject::Pod(pod.clone()), false, "Scheduled", note);
                 if !pod.declares_requests && !pod.daemonset {
+                    // What happened, no more: the node it went to and that node's size.
+                    let size = self
+                        .cache
+                        .node(&node)
+                        .map(|n| format!(" ({} allocatable)", n.allocatable))
+                        .unwrap_or_default();
                     let note = format!(
-                        "pod {} declares no resource requests: drover placed it as the smallest footprint, on {node}, the smallest node that fit; set requests so it gets the room it needs",
+                        "pod {} declares no resource requests: drover counted it as needing nothing and placed it on {node}{size}; set requests so it gets the room it needs",
                         pod.key
                     );
                     self.event(EventObject::Pod(pod), true, "NoRequests", note);
