@@ -119,12 +119,16 @@ fn lease_options(id: &str) -> drover::k8s::RunOptions {
 
 impl Killable {
     fn start(cp: &ControlPlane, id: &str) -> anyhow::Result<Killable> {
+        Killable::start_with(cp, lease_options(id))
+    }
+
+    fn start_with(cp: &ControlPlane, opts: drover::k8s::RunOptions) -> anyhow::Result<Killable> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()?;
         let shared = drover::k8s::Shared::new();
-        let (config, s, opts) = (cp.client_config(), shared.clone(), lease_options(id));
+        let (config, s) = (cp.client_config(), shared.clone());
         rt.spawn(async move {
             let client = kube::Client::try_from(config)?;
             drover::k8s::run_with(client, opts, s, tokio_util::sync::CancellationToken::new()).await
@@ -254,28 +258,7 @@ async fn a_gang_cut_by_kill_9_mid_bind_ends_whole_after_restart() -> anyhow::Res
         .await?;
     }
     // No leader election: the restarted instance schedules at once.
-    let mut first = {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let shared = drover::k8s::Shared::new();
-        let (config, s) = (cp.client_config(), shared.clone());
-        rt.spawn(async move {
-            let client = kube::Client::try_from(config)?;
-            drover::k8s::run_with(
-                client,
-                drover::k8s::RunOptions::new("drover"),
-                s,
-                tokio_util::sync::CancellationToken::new(),
-            )
-            .await
-        });
-        Killable {
-            rt: Some(rt),
-            shared,
-        }
-    };
+    let mut first = Killable::start_with(&cp, drover::k8s::RunOptions::new("drover"))?;
     // Kill it as soon as the first members are bound.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let cut_at = loop {
