@@ -79,6 +79,9 @@ pub struct PodGroupInfo {
     pub topology_required: Option<Arc<str>>,
     /// `drover.dev/topology-preferred` on the PodGroup, as written.
     pub topology_preferred: Option<Arc<str>>,
+    /// What drover cannot read in it (`field: what is wrong`): its gang waits and says
+    /// so, and its status carries an `Invalid` condition.
+    pub problem: Option<Arc<str>>,
 }
 
 /// Where a gang member stands.
@@ -191,6 +194,8 @@ pub enum GangProblem {
     },
     /// Members disagree on the annotation.
     Disagree(Vec<(PodKey, Arc<str>)>),
+    /// The PodGroup cannot be read: what is wrong.
+    Unreadable(Arc<str>),
 }
 
 impl GangProblem {
@@ -204,6 +209,9 @@ impl GangProblem {
             GangProblem::BadMinMember { source, value } => format!(
                 "gang {gang}: {source} is {value:?}; it must be a whole number of at least 1"
             ),
+            GangProblem::Unreadable(problem) => {
+                format!("gang {gang}: drover cannot read PodGroup {gang}: {problem}; fix it")
+            }
             GangProblem::Disagree(v) => {
                 let list: Vec<String> = v.iter().map(|(k, m)| format!("{k}={m}")).collect();
                 format!(
@@ -364,6 +372,9 @@ impl GangTracker {
     /// its members' `drover.dev/min-member` annotation.
     pub fn min_member(&self, gang: &GangKey) -> Result<usize, GangProblem> {
         if let Some(g) = self.groups.get(gang) {
+            if let Some(problem) = &g.problem {
+                return Err(GangProblem::Unreadable(problem.clone()));
+            }
             return usize::try_from(g.min_member)
                 .ok()
                 .filter(|m| *m >= 1)

@@ -945,6 +945,7 @@ pub fn pod_group(obj: &kube::api::DynamicObject) -> Result<PodGroupInfo, Convert
         schedule_timeout_ms: int("scheduleTimeoutSeconds")
             .filter(|s| *s > 0)
             .map(|s| s * 1000),
+        problem: None,
     })
 }
 

@@ -275,14 +275,27 @@ pub fn pod_group_status(s: &PodGroupStatus) -> serde_json::Value {
     if let Some(t) = &start {
         status["scheduleStartTime"] = t.clone().into();
     }
+    let mut conditions = Vec::new();
     if s.timed_out {
-        status["conditions"] = json!([{
+        conditions.push(json!({
             "type": "ScheduleTimedOut",
             "status": "True",
             "reason": "ScheduleTimeout",
             "message": "not placed within scheduleTimeoutSeconds; members keep waiting",
-            "lastTransitionTime": start.unwrap_or_default(),
-        }]);
+            "lastTransitionTime": start.clone().unwrap_or_default(),
+        }));
+    }
+    if let Some(message) = &s.invalid {
+        conditions.push(json!({
+            "type": "Invalid",
+            "status": "True",
+            "reason": "InvalidSpec",
+            "message": message,
+            "lastTransitionTime": timestamp(crate::k8s::run::now_ms()).unwrap_or_default(),
+        }));
+    }
+    if !conditions.is_empty() {
+        status["conditions"] = conditions.into();
     }
     status
 }

@@ -155,6 +155,25 @@ fn spawn_one<K, F>(
     });
 }
 
+/// A PodGroup drover cannot read, as its gang knows it: the problem and no more.
+fn unreadable_pod_group(
+    obj: &DynamicObject,
+    err: &crate::k8s::convert::ConvertError,
+) -> Option<drover_core::gang::PodGroupInfo> {
+    let name = obj.metadata.name.as_deref()?;
+    let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
+    let problem = match err {
+        crate::k8s::convert::ConvertError::Field { problem, .. } => problem.clone(),
+        e => e.to_string(),
+    };
+    Some(drover_core::gang::PodGroupInfo {
+        key: GangKey::new(ns, name),
+        uid: obj.metadata.uid.as_deref().unwrap_or("").into(),
+        problem: Some(problem.into()),
+        ..Default::default()
+    })
+}
+
 fn is_not_found(e: &watcher::Error) -> bool {
     match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
@@ -339,7 +358,13 @@ pub fn apply(engine: &mut Engine, input: Input, now: i64, metrics: &Metrics) -> 
             now,
             |e, g| match pod_group(&g) {
                 Ok(info) => e.handle_pod_group(info, now),
-                Err(err) => unreadable(metrics, "PodGroup", &err),
+                Err(err) => {
+                    unreadable(metrics, "PodGroup", &err);
+                    // Its gang waits naming what is wrong, rather than "not found".
+                    if let Some(info) = unreadable_pod_group(&g, &err) {
+                        e.handle_pod_group(info, now);
+                    }
+                }
             },
             |e, g| {
                 if let (Some(ns), Some(name)) =

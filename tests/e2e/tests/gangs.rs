@@ -650,8 +650,21 @@ async fn bad_gang_input_is_reported_and_blocks_nothing() -> anyhow::Result<()> {
         json!({"minMember": 3, "scheduleTimeoutSeconds": 2}),
     )
     .await?;
+    // A PodGroup the CRD accepts but drover cannot read (a quantity too large).
+    create_pod_group(
+        &client,
+        NS,
+        "huge-min",
+        json!({"minMember": 1, "minResources": {"cpu": "1e16"}}),
+    )
+    .await?;
     let drover = Drover::start(client.clone());
     let bad = vec![
+        TestPod::new("huge-min-0")
+            .scheduler("drover")
+            .cpu("100m")
+            .label(GROUP_LABEL, "huge-min")
+            .build(),
         // Names a PodGroup that does not exist, with no annotation.
         TestPod::new("orphan-0")
             .scheduler("drover")
@@ -736,6 +749,25 @@ async fn bad_gang_input_is_reported_and_blocks_nothing() -> anyhow::Result<()> {
     )
     .await?;
 
+    // The unreadable PodGroup says what is wrong in an Invalid condition.
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "PodGroup huge-min has an Invalid condition",
+        || {
+            let c = client.clone();
+            async move {
+                let s = pod_group_status(&c, NS, "huge-min").await?;
+                Ok(s["conditions"].as_array().into_iter().flatten().any(|c| {
+                    c["type"] == "Invalid"
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("spec.minResources"))
+                }))
+            }
+        },
+    )
+    .await?;
     // The timed-out gang says so on its PodGroup; its pods are still there, waiting.
     wait_until(
         Duration::from_secs(30),

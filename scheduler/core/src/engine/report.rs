@@ -29,6 +29,9 @@ pub struct PodGroupStatus {
     /// scheduleTimeoutSeconds passed before the gang was placed: a
     /// `ScheduleTimedOut` condition.
     pub timed_out: bool,
+    /// What is wrong with the PodGroup itself (an unreadable field, minMember below
+    /// 1): an `Invalid` condition.
+    pub invalid: Option<String>,
 }
 
 /// A Queue's `status`.
@@ -115,6 +118,7 @@ impl Engine {
                 failed: c.failed,
                 schedule_start_ms: started,
                 timed_out: self.timed_out.contains(&g) && phase != GangPhase::Running,
+                invalid: self.gangs.min_member(&g).err().map(|p| p.message(&g)),
             };
             if self.group_status.get(&g) == Some(&status) {
                 continue;
