@@ -579,6 +579,9 @@ fn accept(
     header_timeout: Duration,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    // Each refusal is logged once per message (a caller retrying must not flood the
+    // log); the set starts over when it grows large.
+    let refusals: Arc<Mutex<HashSet<String>>> = Arc::default();
     tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
@@ -599,6 +602,7 @@ fn accept(
             let watcher = graceful.watcher();
             let tls = tls.clone();
             let allowed = allowed.clone();
+            let refusals = refusals.clone();
             tokio::spawn(async move {
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
@@ -626,7 +630,14 @@ fn accept(
                         let router = match refusal(peer.as_deref(), &allowed) {
                             None => router,
                             Some(message) => {
-                                tracing::warn!(%peer_addr, %message, "client refused");
+                                let mut seen = refusals.lock().unwrap_or_else(|p| p.into_inner());
+                                if seen.len() >= LOGGED_MESSAGES {
+                                    seen.clear();
+                                }
+                                if seen.insert(message.clone()) {
+                                    tracing::warn!(%peer_addr, %message, "client refused");
+                                }
+                                drop(seen);
                                 refused(message)
                             }
                         };
