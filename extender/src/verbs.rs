@@ -186,6 +186,22 @@ pub struct Extender {
 pub const DEFAULT_PROFILE: &str = "default-scheduler";
 
 /// Milliseconds since the Unix epoch.
+/// `r`, unless `deadline` passed meanwhile: work no one waits for any more stops.
+fn in_time<T>(
+    verb: Verb,
+    deadline: std::time::Instant,
+    r: Result<T, RequestError>,
+) -> Result<T, RequestError> {
+    match r {
+        Ok(_) if std::time::Instant::now() > deadline => Err(RequestError::Timeout {
+            verb: verb.as_str(),
+            what: "answering",
+            millis: 0,
+        }),
+        r => r,
+    }
+}
+
 fn now_ms() -> i64 {
     k8s_openapi::jiff::Timestamp::now().as_millisecond()
 }
@@ -319,29 +335,16 @@ impl Extender {
     /// [`Extender::handle`], abandoned once `deadline` passed: a call the server has
     /// already answered 408 stops after parsing rather than deciding for no one.
     pub fn handle_until(&self, verb: Verb, body: &[u8], deadline: std::time::Instant) -> Reply {
-        let late = || {
-            (std::time::Instant::now() > deadline).then_some(RequestError::Timeout {
-                verb: verb.as_str(),
-                what: "answering",
-                millis: 0,
-            })
-        };
-        let parsed = |what| {
-            parse::<ExtenderArgs>(verb, what, body).and_then(|a| match late() {
-                Some(e) => Err(e),
-                None => Ok(a),
-            })
-        };
+        let on_time = |what| in_time(verb, deadline, parse(verb, what, body));
         match verb {
-            Verb::Filter => Reply::from(verb, parsed("ExtenderArgs").and_then(|a| self.filter(a))),
+            Verb::Filter => Reply::from(verb, on_time("ExtenderArgs").and_then(|a| self.filter(a))),
             Verb::Prioritize => Reply::from(
                 verb,
-                parsed("ExtenderArgs").and_then(|a| self.prioritize(a)),
+                on_time("ExtenderArgs").and_then(|a| self.prioritize(a)),
             ),
             Verb::Preempt => Reply::from(
                 verb,
-                parse(verb, "ExtenderPreemptionArgs", body)
-                    .and_then(|a| late().map_or(Ok(a), Err))
+                in_time(verb, deadline, parse(verb, "ExtenderPreemptionArgs", body))
                     .and_then(|a| self.preempt(a)),
             ),
             Verb::Bind => Reply::error(

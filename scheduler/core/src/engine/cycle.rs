@@ -19,6 +19,29 @@ pub(super) enum GangStep {
     Done,
 }
 
+/// A gang decided by [`Engine::decide_gang`].
+pub(super) struct Decided {
+    /// The decision.
+    pub decision: GangDecision,
+    /// Every pending member, before quota cut them to the ones the gang needs.
+    pub all: Vec<Arc<PodInfo>>,
+    /// The topology it was placed under, if it asks for one.
+    pub topology: Option<crate::topology::Constraint>,
+    /// The snapshot it was decided on.
+    pub snap: crate::snapshot::Snapshot,
+}
+
+/// Why a gang was not decided: its queue's quota (`quota`) or its topology request,
+/// and the members to tell.
+pub(super) struct Held {
+    /// Why.
+    pub message: String,
+    /// The members that hear it.
+    pub members: Vec<Arc<PodInfo>>,
+    /// The quota held it (else its topology request).
+    pub quota: bool,
+}
+
 impl Engine {
     /// Schedules one unit if one is ready. Returns false when none was.
     pub(super) fn schedule_next(&mut self, now: i64) -> bool {
@@ -247,6 +270,62 @@ impl Engine {
         Some(c)
     }
 
+    /// A gang's decision over the current snapshot, once its size allows an attempt,
+    /// without side effects: the scheduling cycle and `drover explain`'s question to the
+    /// engine both ask it, so the two never disagree.
+    pub(super) fn decide_gang(
+        &self,
+        gang: &GangKey,
+        min: usize,
+        scheduled: usize,
+    ) -> Result<Decided, Held> {
+        let mut pending = self.pending_members(gang, None);
+        // Quota may cut `pending` to the members the gang needs; every pending member
+        // still hears why it waits.
+        let all = pending.clone();
+        if let Err(message) = self.gang_quota(gang, min, scheduled, &mut pending) {
+            return Err(Held {
+                message,
+                members: pending,
+                quota: true,
+            });
+        }
+        let topology = match gang::topology_request(
+            self.gangs.group(gang),
+            &pending,
+            &self.opts.config.topology_levels,
+        ) {
+            Some(Err(problem)) => {
+                return Err(Held {
+                    message: format!("gang {gang}: {problem}"),
+                    members: pending,
+                    quota: false,
+                });
+            }
+            Some(Ok(c)) => Some(c),
+            None => None,
+        };
+        let snap = self.cache.snapshot();
+        let topology = self.hold_domain(gang, topology, &snap);
+        let min_resources = self.gangs.group(gang).map(|g| g.min_resources.clone());
+        let decision = gang::decide(
+            &self.opts.config.profile,
+            gang,
+            min,
+            min_resources.as_ref(),
+            topology.as_ref(),
+            &pending,
+            scheduled,
+            &snap,
+        );
+        Ok(Decided {
+            decision,
+            all,
+            topology,
+            snap,
+        })
+    }
+
     /// Decides `pod`'s gang all together.
     fn schedule_gang(&mut self, gang: &GangKey, pod: &Arc<PodInfo>, now: i64) -> GangStep {
         let min = match self.gangs.min_member(gang) {
@@ -272,43 +351,23 @@ impl Engine {
             self.queue.hold(&pod.key, now);
             return GangStep::Done;
         }
-        let mut pending = self.pending_members(gang, None);
-        // Quota may cut `pending` to the members the gang needs; every pending member
-        // still hears why it waits.
-        let all = pending.clone();
-        if let Err(message) = self.gang_quota(gang, min, counts.scheduled, &mut pending) {
-            self.wait_all(&pending, pod, &message, now);
-            self.gang_tried
-                .insert(gang.clone(), self.cache.generation());
-            return GangStep::Done;
-        }
-        let topology = match gang::topology_request(
-            self.gangs.group(gang),
-            &pending,
-            &self.opts.config.topology_levels,
-        ) {
-            Some(Err(problem)) => {
-                let message = format!("gang {gang}: {problem}");
-                self.wait_all(&pending, pod, &message, now);
+        let Decided {
+            decision,
+            all,
+            topology,
+            snap,
+        } = match self.decide_gang(gang, min, counts.scheduled) {
+            Ok(d) => d,
+            Err(held) => {
+                self.wait_all(&held.members, pod, &held.message, now);
+                if held.quota {
+                    self.gang_tried
+                        .insert(gang.clone(), self.cache.generation());
+                }
                 return GangStep::Done;
             }
-            Some(Ok(c)) => Some(c),
-            None => None,
         };
-        let snap = self.cache.snapshot();
-        let topology = self.hold_domain(gang, topology, &snap);
-        let min_resources = self.gangs.group(gang).map(|g| g.min_resources.clone());
         self.stats.decisions += 1;
-        let decision = gang::decide(
-            &self.opts.config.profile,
-            gang,
-            min,
-            min_resources.as_ref(),
-            topology.as_ref(),
-            &pending,
-            counts.scheduled,
-            &snap,
-        );
         match decision {
             GangDecision::Running => GangStep::Runs,
             GangDecision::Wait(message) if gang::is_short_of_members(gang, &message) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::framework::{Outcome, schedule_one};
-use crate::gang::{self, GangDecision, GangKey};
+use crate::gang::{GangDecision, GangKey};
 use crate::model::PodKey;
 use crate::queue::Spot;
 
@@ -129,45 +129,20 @@ impl Engine {
                 if let Some(message) = self.gangs.gated_wait(&g, min) {
                     return format!("waits: {message}");
                 }
-                let mut pending = self.pending_members(&g, None);
-                if let Err(message) = self.gang_quota(&g, min, counts.scheduled, &mut pending) {
-                    return format!("waits: {message}");
-                }
-                let topology = match gang::topology_request(
-                    self.gangs.group(&g),
-                    &pending,
-                    &self.opts.config.topology_levels,
-                ) {
-                    Some(Err(problem)) => return format!("waits: gang {g}: {problem}"),
-                    Some(Ok(c)) => Some(c),
-                    None => None,
+                let decided = match self.decide_gang(&g, min, counts.scheduled) {
+                    Ok(d) => d,
+                    Err(held) => return format!("waits: {}", held.message),
                 };
-                let topology = self.hold_domain(&g, topology, snap);
-                let min_resources = self.gangs.group(&g).map(|r| r.min_resources.clone());
-                return match gang::decide(
-                    profile,
-                    &g,
-                    min,
-                    min_resources.as_ref(),
-                    topology.as_ref(),
-                    &pending,
-                    counts.scheduled,
-                    snap,
-                ) {
+                return match decided.decision {
                     GangDecision::Running => "its gang runs: it goes on its own".into(),
                     GangDecision::Wait(m) => format!("waits: {m}"),
-                    GangDecision::NoFit { message, .. } => {
-                        let held = if self.reservations.contains_key(&g) {
-                            "; capacity is held for it meanwhile"
-                        } else {
-                            ""
-                        };
-                        if held.is_empty() {
-                            format!("waits: {message}")
-                        } else {
-                            format!("waits: {}{held}", message.trim_end_matches('.'))
-                        }
+                    GangDecision::NoFit { message, .. } if self.reservations.contains_key(&g) => {
+                        format!(
+                            "waits: {}; capacity is held for it meanwhile",
+                            message.trim_end_matches('.')
+                        )
                     }
+                    GangDecision::NoFit { message, .. } => format!("waits: {message}"),
                     GangDecision::Placed { placed, .. } => format!(
                         "its gang would be placed now, all {} pending members together",
                         placed.len()
