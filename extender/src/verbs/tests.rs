@@ -39,6 +39,19 @@ fn small_cluster() -> Snapshot {
     Snapshot::from_nodes([a, node("b", 4, 16), c])
 }
 
+/// Queue `team` with a max of `millicores` cpu.
+fn team_queue(millicores: i64) -> QueueSpec {
+    let mut max = Resources::default();
+    max.set(&ResourceKind::Cpu, millicores);
+    QueueSpec {
+        name: "team".into(),
+        max: Some(max),
+        max_listed: vec![ResourceKind::Cpu],
+        weight: 1,
+        ..Default::default()
+    }
+}
+
 fn pod_json(name: &str, cpu: &str, memory: &str) -> Value {
     json!({
         "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}"),
@@ -353,18 +366,7 @@ fn a_gang_short_of_members_waits_with_drovers_message() {
 #[test]
 fn a_pod_over_its_queue_max_is_filtered_everywhere() {
     let ext = Extender::with_snapshot(Config::default(), small_cluster());
-    let mut max = Resources::default();
-    max.set(&ResourceKind::Cpu, 2000);
-    ext.engine().handle_queue(
-        QueueSpec {
-            name: "team".into(),
-            max: Some(max),
-            max_listed: vec![ResourceKind::Cpu],
-            weight: 1,
-            ..Default::default()
-        },
-        0,
-    );
+    ext.engine().handle_queue(team_queue(2000), 0);
     let team = |name: &str| {
         let mut p = pod_json(name, "1", "1Gi");
         p["metadata"]["labels"] = json!({"drover.dev/queue": "team"});
@@ -541,18 +543,7 @@ fn bind_is_allowed_only_where_filter_would_pass() {
 #[test]
 fn a_filter_naming_a_pod_with_another_uid_admits_nothing() {
     let ext = Extender::with_snapshot(Config::default(), small_cluster());
-    let mut max = Resources::default();
-    max.set(&ResourceKind::Cpu, 1000);
-    ext.engine().handle_queue(
-        QueueSpec {
-            name: "team".into(),
-            max: Some(max),
-            max_listed: vec![ResourceKind::Cpu],
-            weight: 1,
-            ..Default::default()
-        },
-        0,
-    );
+    ext.engine().handle_queue(team_queue(1000), 0);
     let mut real = pod_json("p1", "1", "1Gi");
     real["metadata"]["labels"] = json!({"drover.dev/queue": "team"});
     ext.engine().handle_pod(info(&real), 0);

@@ -249,6 +249,19 @@ pub async fn create_pod_group(
     Ok(api.create(&kube::api::PostParams::default(), &obj).await?)
 }
 
+/// Creates a drover Queue (`drover.dev/v1alpha1`, cluster-scoped) with `spec`.
+pub async fn create_queue(
+    client: &Client,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<kube::api::DynamicObject> {
+    let ar = drover::k8s::status::queue_resource();
+    let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
+    let mut obj = kube::api::DynamicObject::new(name, &ar);
+    obj.data = serde_json::json!({ "spec": spec });
+    Ok(api.create(&kube::api::PostParams::default(), &obj).await?)
+}
+
 /// Reads a PodGroup's `status` (null when it has none).
 pub async fn pod_group_status(
     client: &Client,

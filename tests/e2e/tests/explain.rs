@@ -12,7 +12,7 @@ use drover_core::quota::QUEUE_LABEL;
 use drover_e2e::{Drover, QUEUE_CRD, unschedulable_message};
 use drover_testenv::{ControlPlane, FakeNode, TestPod};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DynamicObject, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -50,13 +50,7 @@ async fn explain_says_what_the_scheduler_would_do() -> anyhow::Result<()> {
         &TestPod::new("busy").cpu("3").node_name("a").build(),
     )
     .await?;
-    let queues: Api<DynamicObject> =
-        Api::all_with(client.clone(), &drover::k8s::status::queue_resource());
-    let mut q: DynamicObject =
-        serde_json::from_value(json!({"apiVersion": "drover.dev/v1alpha1", "kind": "Queue"}))?;
-    q.metadata.name = Some("team".into());
-    q.data = json!({"spec": {"max": {"cpu": "500m"}}});
-    queues.create(&PostParams::default(), &q).await?;
+    drover_e2e::create_queue(&client, "team", json!({"max": {"cpu": "500m"}})).await?;
 
     let mut opts = RunOptions::new("drover");
     opts.metrics_addr = Some("127.0.0.1:0".parse()?);

@@ -15,7 +15,7 @@ use drover_e2e::{
 use drover_extender::Running;
 use drover_testenv::{ControlPlane, FakeNode, ProcessGuard, TestPod, repo_root, wait_until};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, DynamicObject, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -236,13 +236,7 @@ async fn a_pod_over_its_queue_max_is_filtered_everywhere() -> anyhow::Result<()>
         FakeNode::new("n-1").cpu("8").memory("16Gi").build(),
     ])
     .await?;
-    let queues: Api<DynamicObject> =
-        Api::all_with(client.clone(), &drover::k8s::status::queue_resource());
-    let mut q: DynamicObject =
-        serde_json::from_value(json!({"apiVersion": "drover.dev/v1alpha1", "kind": "Queue"}))?;
-    q.metadata.name = Some("team".into());
-    q.data = json!({"spec": {"max": {"cpu": "2"}}});
-    queues.create(&PostParams::default(), &q).await?;
+    drover_e2e::create_queue(&client, "team", json!({"max": {"cpu": "2"}})).await?;
     let (running, shutdown, _ks) = with_drover(&cp, true).await?;
     let ext = running.extender.clone();
     wait_until(

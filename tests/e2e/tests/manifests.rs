@@ -247,45 +247,22 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
     .await?;
     // The rest of its job: a Queue's status, a WaitForFirstConsumer claim bound to a
     // static volume, a claim of allocated devices reserved for its pod.
-    let queues: Api<DynamicObject> =
-        Api::all_with(admin.clone(), &drover::k8s::status::queue_resource());
-    let mut q: DynamicObject =
-        serde_json::from_value(json!({"apiVersion": "drover.dev/v1alpha1", "kind": "Queue"}))?;
-    q.metadata.name = Some("team".into());
-    q.data = json!({"spec": {"weight": 1}});
-    queues.create(&PostParams::default(), &q).await?;
-    let create = |api: Api<DynamicObject>, v: serde_json::Value| async move {
-        let obj: DynamicObject = serde_json::from_value(v)?;
-        api.create(&PostParams::default(), &obj).await?;
-        anyhow::Ok(())
-    };
-    use kube::discovery::ApiResource;
-    let ar = |g: &str, v: &str, k: &str, plural: &str| ApiResource {
-        group: g.into(),
-        version: v.into(),
-        api_version: if g.is_empty() {
-            v.into()
-        } else {
-            format!("{g}/{v}")
-        },
-        kind: k.into(),
-        plural: plural.into(),
+    drover_e2e::create_queue(&admin, "team", json!({"weight": 1})).await?;
+    // Created through discovery, as the manifests are.
+    let create = |v: serde_json::Value| {
+        let (admin, discovery) = (&admin, &discovery);
+        async move {
+            let obj: DynamicObject = serde_json::from_value(v)?;
+            apply(admin, discovery, &obj, false).await
+        }
     };
     create(
-        Api::all_with(
-            admin.clone(),
-            &ar("storage.k8s.io", "v1", "StorageClass", "storageclasses"),
-        ),
         json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
                "metadata": {"name": "local"}, "provisioner": "kubernetes.io/no-provisioner",
                "volumeBindingMode": "WaitForFirstConsumer"}),
     )
     .await?;
     create(
-        Api::all_with(
-            admin.clone(),
-            &ar("", "v1", "PersistentVolume", "persistentvolumes"),
-        ),
         json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-0"},
                "spec": {"storageClassName": "local", "capacity": {"storage": "1Gi"},
                         "accessModes": ["ReadWriteOnce"],
@@ -300,40 +277,22 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
             &kube::api::Patch::Merge(json!({"status": {"phase": "Available"}})),
         )
         .await?;
-    create(
-        Api::namespaced_with(
-            admin.clone(),
-            "default",
-            &ar("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
-        ),
-        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+    create(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                "metadata": {"name": "data", "namespace": "default"},
                "spec": {"storageClassName": "local", "accessModes": ["ReadWriteOnce"],
-                        "resources": {"requests": {"storage": "1Gi"}}}}),
-    )
+                        "resources": {"requests": {"storage": "1Gi"}}}}))
     .await?;
     // A class that provisions: drover asks its provisioner for a volume on the node.
     create(
-        Api::all_with(
-            admin.clone(),
-            &ar("storage.k8s.io", "v1", "StorageClass", "storageclasses"),
-        ),
         json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
                "metadata": {"name": "fast"}, "provisioner": "csi.example.com",
                "volumeBindingMode": "WaitForFirstConsumer"}),
     )
     .await?;
-    create(
-        Api::namespaced_with(
-            admin.clone(),
-            "default",
-            &ar("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
-        ),
-        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+    create(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                "metadata": {"name": "scratch", "namespace": "default"},
                "spec": {"storageClassName": "fast", "accessModes": ["ReadWriteOnce"],
-                        "resources": {"requests": {"storage": "1Gi"}}}}),
-    )
+                        "resources": {"requests": {"storage": "1Gi"}}}}))
     .await?;
     let mut with_scratch = TestPod::new("with-scratch")
         .scheduler("drover")

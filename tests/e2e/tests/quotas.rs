@@ -16,14 +16,8 @@ use serde_json::json;
 const NS: &str = "default";
 
 async fn create_queue(client: &Client, body: serde_json::Value) -> anyhow::Result<()> {
-    let api: Api<DynamicObject> =
-        Api::all_with(client.clone(), &drover::k8s::status::queue_resource());
-    let mut obj: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "drover.dev/v1alpha1", "kind": "Queue"
-    }))?;
-    obj.metadata.name = body["name"].as_str().map(String::from);
-    obj.data = json!({ "spec": body["spec"] });
-    api.create(&PostParams::default(), &obj).await?;
+    let name = body["name"].as_str().unwrap_or_default();
+    drover_e2e::create_queue(client, name, body["spec"].clone()).await?;
     Ok(())
 }
 

@@ -444,19 +444,23 @@ impl ControlPlane {
             .map(|p| p.log_tail(lines))
     }
 
+    /// Kills the owned process named `name` (SIGKILL) and returns its place, for the
+    /// one started in its stead.
+    fn kill_owned(&self, name: &str) -> anyhow::Result<usize> {
+        let mut procs = self.procs();
+        let at = procs
+            .iter()
+            .position(|p| p.name() == name)
+            .ok_or_else(|| anyhow::anyhow!("no {name} to restart"))?;
+        procs[at].kill();
+        Ok(at)
+    }
+
     /// Kills kube-apiserver (SIGKILL), leaves it down for `down`, and starts it again
     /// on the same port with the same flags (etcd keeps every object). Returns when it
     /// answers `/readyz` again: the moment clients can reach it.
     pub async fn restart_apiserver(&self, down: Duration) -> anyhow::Result<Instant> {
-        let at = {
-            let mut procs = self.procs();
-            let at = procs
-                .iter()
-                .position(|p| p.name() == "kube-apiserver")
-                .ok_or_else(|| anyhow::anyhow!("no kube-apiserver to restart"))?;
-            procs[at].kill();
-            at
-        };
+        let at = self.kill_owned("kube-apiserver")?;
         tokio::time::sleep(down).await;
         let (bin, args) = &self.apiserver_cmd;
         let port = self
@@ -509,15 +513,7 @@ impl ControlPlane {
     /// Kills etcd (SIGKILL), leaves it down for `down`, and starts it again on the same
     /// ports and data directory. Returns when kube-apiserver answers `/readyz` again.
     pub async fn restart_etcd(&self, down: Duration) -> anyhow::Result<Instant> {
-        let at = {
-            let mut procs = self.procs();
-            let at = procs
-                .iter()
-                .position(|p| p.name() == "etcd")
-                .ok_or_else(|| anyhow::anyhow!("no etcd to restart"))?;
-            procs[at].kill();
-            at
-        };
+        let at = self.kill_owned("etcd")?;
         tokio::time::sleep(down).await;
         let (bin, args, port) = &self.etcd_cmd;
         let mut p = ProcessGuard::spawn("etcd", bin, args, &self.dir_path, Some(*port))?;

@@ -34,6 +34,19 @@ fn pod(name: &str, cpu: i64, mem_gi: i64) -> PodInfo {
     }
 }
 
+/// Queue `team` with a max of `millicores` cpu.
+fn team_queue(millicores: i64) -> QueueSpec {
+    let mut max = Resources::default();
+    max.set(&crate::model::ResourceKind::Cpu, millicores);
+    QueueSpec {
+        name: "team".into(),
+        max: Some(max),
+        max_listed: vec![crate::model::ResourceKind::Cpu],
+        weight: 1,
+        ..Default::default()
+    }
+}
+
 fn member(name: &str, gang: &str, min: usize) -> PodInfo {
     PodInfo {
         gang: Some(Arc::new(GangRef {
@@ -311,18 +324,7 @@ fn an_unconfirmed_bind_expires_and_the_pod_is_pending_again() {
 fn over_quota_pods_wait_with_the_queue_named() {
     let mut e = engine();
     e.handle_node(node("a", 8000, 16), 0);
-    let mut max = Resources::default();
-    max.set(&crate::model::ResourceKind::Cpu, 1500);
-    e.handle_queue(
-        QueueSpec {
-            name: "team".into(),
-            max: Some(max),
-            max_listed: vec![crate::model::ResourceKind::Cpu],
-            weight: 1,
-            ..Default::default()
-        },
-        0,
-    );
+    e.handle_queue(team_queue(1500), 0);
     for n in ["p", "q"] {
         e.handle_pod(
             PodInfo {
@@ -973,18 +975,7 @@ fn decision_state_says_what_the_engine_would_do() {
         format!("waits: {}", s.told.clone().unwrap_or_default())
     );
     // Over its queue's max.
-    let mut max = Resources::default();
-    max.set(&crate::model::ResourceKind::Cpu, 500);
-    e.handle_queue(
-        QueueSpec {
-            name: "team".into(),
-            max: Some(max),
-            max_listed: vec![crate::model::ResourceKind::Cpu],
-            weight: 1,
-            ..Default::default()
-        },
-        40,
-    );
+    e.handle_queue(team_queue(500), 40);
     e.handle_pod(
         PodInfo {
             queue: Some("team".into()),
