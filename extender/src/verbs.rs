@@ -492,6 +492,7 @@ impl Extender {
                     match (at, fits) {
                         (Some(i), Some((true, _))) => {
                             pass[i] = true;
+                            self.engine().hand_over(&pod.key);
                             let message = format!(
                                 "gang {gang}: placed all together; this member goes to node {node}"
                             );

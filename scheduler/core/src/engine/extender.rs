@@ -129,16 +129,26 @@ impl Engine {
         self.ledger.set(key, Some(self.contribution(&pod, true)));
     }
 
+    /// kube-scheduler was told that `member` passes on its planned node: it binds it
+    /// there, so the member keeps that node even if the rest of the plan is dropped.
+    pub fn hand_over(&mut self, member: &PodKey) {
+        if self.cache.is_assumed(member) {
+            self.handed.insert(member.clone());
+        }
+    }
+
     /// The planned node of `member` cannot take it any more (kube-scheduler did not
     /// offer it, or it no longer fits): the gang's plan is dropped — every member not
-    /// yet bound is pending again — so the gang is decided afresh.
+    /// yet bound, and not already passed to kube-scheduler on its node, is pending
+    /// again — so the gang is decided afresh.
     pub fn drop_plan(&mut self, member: &PodKey, now: i64) {
         self.now = now;
         let Some(gang) = self.gangs.gang_of(member).cloned() else {
             return;
         };
+        self.handed.remove(member);
         for k in self.gangs.members_in(&gang, false) {
-            if self.cache.is_assumed(&k) {
+            if self.cache.is_assumed(&k) && !self.handed.contains(&k) {
                 self.unassume(&k);
             }
         }
@@ -222,6 +232,7 @@ impl Engine {
                     }
                     // Held in the cache until the watch shows it bound (or the plan
                     // lapses): every other pod counts it on its node.
+                    self.handed.remove(&member.key);
                     self.cache.assume(&member, &node);
                     self.cache.finish_binding(&member.key, now + plan_ttl);
                     self.gangs

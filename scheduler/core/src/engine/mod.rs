@@ -416,6 +416,9 @@ pub struct Engine {
     in_flight: HashMap<PodKey, InFlight>,
     /// Pods the extender admitted against their queue, until when.
     admitted: HashMap<PodKey, i64>,
+    /// Gang members the extender passed on their planned node: kube-scheduler is
+    /// binding them, so a dropped plan keeps them where they go.
+    handed: HashSet<PodKey>,
     /// When each pod on a node was first seen there (ms): how long it has run, for
     /// the minimum runtime of eviction victims.
     placed_at: HashMap<PodKey, i64>,
@@ -468,6 +471,7 @@ impl Engine {
             refused: HashMap::new(),
             in_flight: HashMap::new(),
             admitted: HashMap::new(),
+            handed: HashSet::new(),
             placed_at: HashMap::new(),
             gated: HashSet::new(),
             memo: Memo {
@@ -795,6 +799,9 @@ impl Engine {
         if matches!(change, PodChange::Assigned) || !ours {
             self.admitted.remove(&key);
         }
+        if info.node_name.is_some() || !ours {
+            self.handed.remove(&key);
+        }
         match change {
             PodChange::Assigned => {
                 self.placed_at.entry(key.clone()).or_insert(now);
@@ -892,6 +899,7 @@ impl Engine {
         self.forget_member(key, now);
         self.ledger.set(key, None);
         self.admitted.remove(key);
+        self.handed.remove(key);
         self.placed_at.remove(key);
         self.gated.remove(key);
         self.nominated.remove(key);
@@ -1321,6 +1329,7 @@ impl Engine {
         }
         self.cache.forget(key);
         self.placed_at.remove(key);
+        self.handed.remove(key);
         if let Some(current) = self.cache.pod(key).cloned() {
             let ours = self.ours(&current);
             self.ledger

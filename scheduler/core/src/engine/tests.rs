@@ -389,6 +389,62 @@ fn extender_plans_hold_every_member_until_bound_or_lapsed() {
     assert_eq!(e.gangs().counts(&GangKey::new("ns", "g")).scheduled, 1);
 }
 
+/// kube-scheduler refuses the last member's planned node (its cache still shows a
+/// pod there that drover saw leave): the plan is dropped, but the members already
+/// passed on their nodes stay there — kube-scheduler is binding them — and only the
+/// refused member is decided again.
+#[test]
+fn a_dropped_plan_keeps_the_members_kube_scheduler_is_binding() {
+    let mut e = Engine::new(Options {
+        config: Config::default(),
+        scheduler_names: vec![],
+        mode: Mode::Extender {
+            plan_ttl_ms: 60_000,
+            admission_ttl_ms: 30_000,
+        },
+        tick_ms: 1_000,
+    });
+    for r in Resource::BEFORE_DECIDING {
+        e.handle_list_done(r, 0);
+    }
+    for n in ["a", "b", "c", "d", "e"] {
+        e.handle_node(node(n, 1000, 16), 0);
+    }
+    let members: Vec<PodInfo> = (0..4).map(|i| member(&format!("m{i}"), "g", 4)).collect();
+    for m in &members {
+        e.handle_pod(m.clone(), 0);
+    }
+    let mut nodes = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let Verdict::Planned { node, .. } = e.extender_verdict(m, 1 + i as i64) else {
+            panic!("{} planned", m.key)
+        };
+        if i < 3 {
+            e.hand_over(&m.key);
+        }
+        nodes.push(node);
+    }
+    e.drop_plan(&members[3].key, 10);
+    for (m, n) in members[..3].iter().zip(&nodes) {
+        assert_eq!(
+            e.planned_node(&m.key).as_ref(),
+            Some(n),
+            "{} keeps its node",
+            m.key
+        );
+    }
+    assert_eq!(e.planned_node(&members[3].key), None);
+    assert_eq!(e.gangs().counts(&GangKey::new("ns", "g")).scheduled, 3);
+    // Decided again, the refused member alone gets a node none of the others holds.
+    let Verdict::Planned { node, .. } = e.extender_verdict(&members[3], 11) else {
+        panic!("the last member planned again")
+    };
+    assert!(
+        !nodes[..3].contains(&node),
+        "{node} is one of the others' nodes"
+    );
+}
+
 fn gated(p: PodInfo) -> PodInfo {
     PodInfo {
         scheduling_gates: vec!["example.com/admission".into()],
