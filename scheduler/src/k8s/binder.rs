@@ -47,8 +47,21 @@ pub async fn bind(client: Client, key: &PodKey, uid: &str, node: &str) -> BindRe
         }
         // The server said it did not bind.
         Err(kube::Error::Api(s)) if s.code != 504 => BindResult::Failed(s.message.clone()),
+        // No connection to send it on (the API server is down or restarting): it was
+        // never sent, so it is retried as soon as the back-off allows.
+        Err(e) if never_sent(&e) => BindResult::Failed(e.to_string()),
         // A gateway timeout, a dropped connection, a client timeout: it may have landed.
         Err(e) => BindResult::Unknown(e.to_string()),
+    }
+}
+
+/// The request could not even connect: the server never saw it.
+fn never_sent(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Service(e) => e
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|e| e.is_connect()),
+        _ => false,
     }
 }
 
@@ -277,4 +290,25 @@ pub async fn reserve_device_claims(client: Client, pod: &PodInfo) -> Result<(), 
             .map_err(|e| format!("reserving resourceclaim {name} for the pod: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing listens on the port: the bind never reached a server, so it is a plain
+    /// failure (retried after the back-off), not an outcome to wait for.
+    #[tokio::test]
+    async fn a_bind_that_cannot_connect_failed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let config = kube::Config::new(url.parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let key = PodKey::new("default", "p");
+        match bind(client, &key, "uid-1", "n-0").await {
+            BindResult::Failed(why) => assert!(why.contains("Connect"), "{why}"),
+            other => panic!("expected Failed, got {other:?}"),
+        }
+    }
 }

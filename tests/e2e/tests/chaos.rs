@@ -318,49 +318,39 @@ async fn a_gang_cut_by_kill_9_mid_bind_ends_whole_after_restart() -> anyhow::Res
     second.stop().await
 }
 
-/// Every pod's first bind answered 500 by the API server (a validating admission
-/// webhook on `pods/binding` that fails each pod's first try, served on loopback): drover
-/// retries after its backoff, and every pod ends bound, once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binds_answered_500_are_retried_and_land_once() -> anyhow::Result<()> {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-    let cp = ControlPlane::start().await?;
-    let client = cp.client();
-    cp.create_nodes(&[FakeNode::new("n-0").cpu("8").memory("32Gi").build()])
-        .await?;
-    // The webhook: HTTPS with a certificate for 127.0.0.1 from a CA the API server trusts.
+/// A validating admission webhook on `pods/binding`, served on loopback over HTTPS
+/// with a certificate from a CA the API server trusts: `decide` gets each
+/// AdmissionReview's `request` and allows it (`Ok`) or refuses it with a code and
+/// message. Cancel the token to stop serving.
+async fn binding_webhook<F, Fut>(
+    cp: &ControlPlane,
+    name: &str,
+    decide: F,
+) -> anyhow::Result<tokio_util::sync::CancellationToken>
+where
+    F: Fn(serde_json::Value) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), (u16, String)>> + Send + 'static,
+{
     let certs = drover_e2e::ExtenderCerts::new(cp.dir())?;
-    let tries: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-    let router = {
-        let tries = tries.clone();
-        axum::Router::new().route(
-            "/validate",
-            axum::routing::post(move |axum::Json(review): axum::Json<serde_json::Value>| {
-                let tries = tries.clone();
-                async move {
-                    let req = &review["request"];
-                    let name = req["name"].as_str().unwrap_or_default().to_string();
-                    let n = {
-                        let mut t = tries.lock().unwrap();
-                        let n = t.entry(name).or_default();
-                        *n += 1;
-                        *n
-                    };
-                    let response = if n == 1 {
-                        serde_json::json!({"uid": req["uid"], "allowed": false,
-                            "status": {"code": 500, "message": "injected: the first bind of each pod fails"}})
-                    } else {
-                        serde_json::json!({"uid": req["uid"], "allowed": true})
-                    };
-                    axum::Json(serde_json::json!({
-                        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                        "response": response,
-                    }))
-                }
-            }),
-        )
-    };
+    let router = axum::Router::new().route(
+        "/validate",
+        axum::routing::post(move |axum::Json(review): axum::Json<serde_json::Value>| {
+            let decide = decide.clone();
+            async move {
+                let req = review["request"].clone();
+                let uid = req["uid"].clone();
+                let response = match decide(req).await {
+                    Ok(()) => serde_json::json!({"uid": uid, "allowed": true}),
+                    Err((code, message)) => serde_json::json!({"uid": uid, "allowed": false,
+                        "status": {"code": code, "message": message}}),
+                };
+                axum::Json(serde_json::json!({
+                    "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                    "response": response,
+                }))
+            }
+        }),
+    );
     let opts = drover_extender::server::ServerOptions {
         listen: "127.0.0.1:0".parse()?,
         tls: Some(drover_extender::server::TlsFiles {
@@ -373,14 +363,14 @@ async fn binds_answered_500_are_retried_and_land_once() -> anyhow::Result<()> {
     let hook = drover_extender::server::serve(router, &opts, stop.clone()).await?;
     let ca = std::fs::read(certs.path("ca.crt"))?;
     let webhooks: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
-        Api::all(client.clone());
+        Api::all(cp.client());
     webhooks
         .create(
             &PostParams::default(),
             &serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "fail-first-bind"},
+                "metadata": {"name": name},
                 "webhooks": [{
-                    "name": "fail-first-bind.drover.test",
+                    "name": format!("{name}.drover.test"),
                     "clientConfig": {
                         "url": format!("https://127.0.0.1:{}/validate", hook.addr.port()),
                         "caBundle": k8s_openapi::ByteString(ca),
@@ -395,6 +385,37 @@ async fn binds_answered_500_are_retried_and_land_once() -> anyhow::Result<()> {
             }))?,
         )
         .await?;
+    Ok(stop)
+}
+
+/// Every pod's first bind answered 500 by the API server (a validating admission
+/// webhook on `pods/binding` that fails each pod's first try, served on loopback): drover
+/// retries after its backoff, and every pod ends bound, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_answered_500_are_retried_and_land_once() -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    cp.create_nodes(&[FakeNode::new("n-0").cpu("8").memory("32Gi").build()])
+        .await?;
+    let tries: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let t2 = tries.clone();
+    let stop = binding_webhook(&cp, "fail-first-bind", move |req| {
+        let name = req["name"].as_str().unwrap_or_default().to_string();
+        let n = {
+            let mut t = t2.lock().unwrap();
+            let n = t.entry(name).or_default();
+            *n += 1;
+            *n
+        };
+        async move {
+            (n > 1)
+                .then_some(())
+                .ok_or((500, "injected: the first bind of each pod fails".into()))
+        }
+    })
+    .await?;
     let drover = Drover::start(client.clone());
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
     let t = std::time::Instant::now();
@@ -429,6 +450,136 @@ async fn binds_answered_500_are_retried_and_land_once() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let events = scheduled_events(&client).await?;
     assert!(events.values().all(|n| *n <= 1), "{events:?}");
+    stop.cancel();
+    drover.stop().await
+}
+
+/// A 4-member gang on 8 nodes; the first member's bind is held by an admission
+/// webhook while the test deletes that member's node (drover has the member assumed
+/// there), then refused because the node is gone. drover forgets the node, places the
+/// member elsewhere, and the gang ends whole on nodes that exist, each member bound
+/// once, the deleted node never tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_deleted_under_an_assumed_member_the_gang_ends_whole_elsewhere() -> anyhow::Result<()>
+{
+    use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
+    use k8s_openapi::api::core::v1::Node;
+    use std::sync::{Arc, Mutex};
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    let nodes: Vec<_> = (0..8)
+        .map(|i| {
+            FakeNode::new(format!("n-{i}"))
+                .cpu("4")
+                .memory("16Gi")
+                .build()
+        })
+        .collect();
+    cp.create_nodes(&nodes).await?;
+    // The first node a bind targets is the victim: binds to it wait 1.5 s, then are
+    // refused if the node is gone by then (as an admission check would).
+    let victim: Arc<Mutex<Option<String>>> = Arc::default();
+    let victim_tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (v, vt, nodes_api) = (
+        victim.clone(),
+        victim_tries.clone(),
+        Api::<Node>::all(client.clone()),
+    );
+    let stop = binding_webhook(&cp, "hold-and-check-node", move |req| {
+        let target = req["object"]["target"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let is_victim = {
+            let mut v = v.lock().unwrap();
+            v.get_or_insert_with(|| target.clone()) == &target
+        };
+        let (vt, nodes_api) = (vt.clone(), nodes_api.clone());
+        async move {
+            if !is_victim {
+                return Ok(());
+            }
+            vt.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            match nodes_api.get_opt(&target).await {
+                Ok(Some(_)) => Ok(()),
+                _ => Err((403, format!("node {target} no longer exists"))),
+            }
+        }
+    })
+    .await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for i in 0..4 {
+        api.create(
+            &PostParams::default(),
+            &TestPod::new(format!("g-{i}"))
+                .scheduler("drover")
+                .cpu("3")
+                .label(GROUP_LABEL, "g")
+                .annotation(MIN_MEMBER_ANNOTATION, "4")
+                .build(),
+        )
+        .await?;
+    }
+    let drover = Drover::start(client.clone());
+    let mut gone = String::new();
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+        "a bind to reach the webhook",
+        || {
+            let v = victim.lock().unwrap().clone();
+            let found = v.is_some();
+            if let Some(v) = v {
+                gone = v;
+            }
+            async move { Ok(found) }
+        },
+    )
+    .await?;
+    Api::<Node>::all(client.clone())
+        .delete(&gone, &Default::default())
+        .await?;
+    let deleted = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        "the gang whole after its member's node was deleted",
+        || async { Ok(bound_count(&client, NS).await? == 4) },
+    )
+    .await?;
+    let took = deleted.elapsed();
+    let placed: Vec<(String, String)> = pods(&client, NS)
+        .await?
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                node_of(p).unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    println!(
+        "node {gone} deleted while a gang member was assumed on it: the gang whole {} ms later, at {placed:?}",
+        took.as_millis()
+    );
+    assert!(placed.iter().all(|(_, n)| n != &gone), "{placed:?}");
+    let distinct: std::collections::BTreeSet<_> = placed.iter().map(|(_, n)| n).collect();
+    assert_eq!(
+        distinct.len(),
+        4,
+        "one 3-cpu member per 4-cpu node: {placed:?}"
+    );
+    assert_eq!(
+        victim_tries.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the deleted node was tried once"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = scheduled_events(&client).await?;
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(events.values().all(|n| *n == 1), "{events:?}");
+    assert!(drover_e2e::overcommitted(&client).await?.is_empty());
     stop.cancel();
     drover.stop().await
 }
