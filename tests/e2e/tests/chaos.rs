@@ -583,3 +583,132 @@ async fn a_node_deleted_under_an_assumed_member_the_gang_ends_whole_elsewhere() 
     stop.cancel();
     drover.stop().await
 }
+
+/// kube-apiserver killed while a 50-member gang is being bound and started again 2 s
+/// later: its new watch cache begins after drover's last pod event, so drover's pod
+/// watch is answered 410 Gone ("too old resource version") and relists — the audit
+/// log shows drover's second list of pods. The binds cut by the restart are retried
+/// once their confirm timeout passes; the gang ends whole, each member bound once, no
+/// node overcommitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_answered_410_gone_mid_gang_relists_and_the_gang_ends_whole() -> anyhow::Result<()>
+{
+    use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
+    let cp = ControlPlane::builder().audit(true).start().await?;
+    let client = cp.client();
+    // drover as a user of its own, so that the audit log tells its requests apart.
+    let token = cp.service_account_token(NS, "drover-chaos").await?;
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "drover-chaos"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                "subjects": [{"kind": "ServiceAccount", "name": "drover-chaos", "namespace": NS}],
+            }))?,
+        )
+        .await?;
+    let user = format!("system:serviceaccount:{NS}:drover-chaos");
+    let nodes: Vec<_> = (0..10)
+        .map(|i| {
+            FakeNode::new(format!("n-{i}"))
+                .cpu("8")
+                .memory("32Gi")
+                .build()
+        })
+        .collect();
+    cp.create_nodes(&nodes).await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for i in 0..50 {
+        api.create(
+            &PostParams::default(),
+            &TestPod::new(format!("g-{i}"))
+                .scheduler("drover")
+                .cpu("1")
+                .label(GROUP_LABEL, "cut")
+                .annotation(MIN_MEMBER_ANNOTATION, "50")
+                .build(),
+        )
+        .await?;
+    }
+    // The first 8 binds land; the next are held until the API server is killed under
+    // them; after the restart every bind is allowed.
+    const HELD_AFTER: usize = 8;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let binds = Arc::new(AtomicUsize::new(0));
+    let released = Arc::new(AtomicBool::new(false));
+    let (b, r) = (binds.clone(), released.clone());
+    let stop = binding_webhook(&cp, "hold-binds", move |_| {
+        let n = b.fetch_add(1, SeqCst) + 1;
+        let hold = n > HELD_AFTER && !r.load(SeqCst);
+        async move {
+            if hold {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    // The binds cut by the restart went unanswered: drover keeps their room until the
+    // watch shows them or the confirm timeout (5 s here, 30 s by default) passes.
+    let mut opts = drover::k8s::RunOptions::new("drover");
+    opts.config =
+        drover_core::config::FileConfig::parse("binding: {confirmTimeoutSeconds: 5}", "test")?
+            .validate()?;
+    let drover = Drover::start_with(cp.client_with_token(&token), opts);
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+        "8 members bound and the next binds held",
+        || async {
+            Ok(bound_count(&client, NS).await? == HELD_AFTER && binds.load(SeqCst) > HELD_AFTER)
+        },
+    )
+    .await?;
+    let cut_at = bound_count(&client, NS).await?;
+    // A write after drover's last pod event: the restarted API server's watch cache
+    // starts beyond the resourceVersion drover's pod watch resumes from.
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "advance"}}))?,
+        )
+        .await?;
+    released.store(true, SeqCst);
+    let back = cp.restart_apiserver(Duration::from_secs(2)).await?;
+    let mut whole_at = None;
+    while back.elapsed() < Duration::from_secs(60) {
+        if bound_count(&client, NS).await? == 50 {
+            whole_at = Some(back.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = whole_at
+        .ok_or_else(|| anyhow::anyhow!("the gang was not whole within 60 s of the restart"))?;
+    let pod_lists = cp
+        .audit(&user)?
+        .iter()
+        .filter(|(verb, group, resource, _)| {
+            verb == "list" && group.is_empty() && resource == "pods"
+        })
+        .count();
+    println!(
+        "kube-apiserver killed with {cut_at} of 50 members bound, back 2 s later: drover listed pods {pod_lists} times (a relist after 410 Gone); the gang whole {} ms after the API server answered",
+        took.as_millis()
+    );
+    assert!(
+        pod_lists >= 2,
+        "drover's pod watch relisted after the restart: {pod_lists} list(s) of pods"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = scheduled_events(&client).await?;
+    assert!(
+        events.values().all(|n| *n <= 1),
+        "bound once each: {events:?}"
+    );
+    assert!(drover_e2e::overcommitted(&client).await?.is_empty());
+    stop.cancel();
+    drover.stop().await
+}
