@@ -294,6 +294,7 @@ mod tests {
             max_listed: vec![ResourceKind::Cpu],
             weight: 2,
             reclaimable: true,
+            unreadable: None,
         }]);
         let mut held = pod("held", 7000, None);
         held.queue = Some("research".into());

@@ -37,6 +37,9 @@ pub struct QueueSpec {
     pub weight: i64,
     /// Whether what it borrows may be taken back.
     pub reclaimable: bool,
+    /// Set when drover could not read the object: the field and what is wrong with
+    /// it. The queue is then flagged (and its pods wait) instead of being guessed at.
+    pub unreadable: Option<(String, String)>,
 }
 
 /// A problem with a queue, naming the field.
@@ -92,6 +95,9 @@ impl QueueTree {
             });
         };
         for (name, q) in &all {
+            if let Some((field, message)) = &q.unreadable {
+                flag(name, field.clone(), message.clone());
+            }
             for (what, r) in [("guaranteed", Some(&q.guaranteed)), ("max", q.max.as_ref())] {
                 if let Some((k, v)) = r.and_then(|r| r.iter().find(|(_, v)| *v < 0)) {
                     flag(
@@ -818,6 +824,7 @@ mod tests {
             },
             weight: w,
             reclaimable: true,
+            unreadable: None,
         }
     }
 

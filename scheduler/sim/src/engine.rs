@@ -277,6 +277,7 @@ pub fn team_queue(team: &super::scenario::Team) -> QueueSpec {
         // Shares are weights; the engine's are whole numbers.
         weight: ((team.share * 1000.0).round() as i64).max(1),
         reclaimable: team.reclaimable,
+        unreadable: None,
     }
 }
 

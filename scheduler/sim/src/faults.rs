@@ -1723,6 +1723,7 @@ fn queue(name: &str, guaranteed: Resources, max: Option<Resources>) -> QueueSpec
         guaranteed,
         weight: 1,
         reclaimable: true,
+        unreadable: None,
     }
 }
 

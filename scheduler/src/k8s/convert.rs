@@ -862,44 +862,88 @@ pub fn queue(
         .as_deref()
         .ok_or(ConvertError::NoName { kind: "Queue" })?;
     let object = format!("Queue {name}");
-    let spec = obj.data.get("spec");
-    let list = |field: &str| -> Result<Option<Resources>, ConvertError> {
-        let Some(v) = spec.and_then(|s| s.get(field)) else {
+    let wrong = |problem: String| ConvertError::Field {
+        object: object.clone(),
+        problem,
+    };
+    let spec = match obj.data.get("spec") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) if v.is_object() => Some(v),
+        Some(v) => return Err(wrong(format!("spec: must be an object, not {v}"))),
+    };
+    let field = |f: &str| spec.and_then(|s| s.get(f)).filter(|v| !v.is_null());
+    let list = |f: &str| -> Result<Option<Resources>, ConvertError> {
+        let Some(v) = field(f) else {
             return Ok(None);
         };
-        let map: BTreeMap<String, Quantity> =
-            serde_json::from_value(v.clone()).map_err(|e| ConvertError::Field {
-                object: object.clone(),
-                problem: format!("spec.{field}: {e}"),
-            })?;
-        Ok(Some(resources(
-            &object,
-            &format!("spec.{field}"),
-            Some(&map),
-        )?))
+        let map: BTreeMap<String, Quantity> = serde_json::from_value(v.clone()).map_err(|_| {
+            wrong(format!(
+                "spec.{f}: must map resource names to quantities, not {v}"
+            ))
+        })?;
+        Ok(Some(resources(&object, &format!("spec.{f}"), Some(&map))?))
+    };
+    let parent = match field("parent") {
+        None => None,
+        Some(serde_json::Value::String(p)) if p.is_empty() => None,
+        Some(serde_json::Value::String(p)) => Some(p.as_str().into()),
+        Some(v) => {
+            return Err(wrong(format!(
+                "spec.parent: must be a queue's name, not {v}"
+            )));
+        }
+    };
+    let weight = match field("weight") {
+        None => 1,
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| wrong(format!("spec.weight: must be a whole number, not {v}")))?,
+    };
+    let reclaimable = match field("reclaimable") {
+        None => true,
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| wrong(format!("spec.reclaimable: must be true or false, not {v}")))?,
     };
     Ok(drover_core::quota::QueueSpec {
         name: name.into(),
-        parent: spec
-            .and_then(|s| s.get("parent"))
-            .and_then(|p| p.as_str())
-            .filter(|p| !p.is_empty())
-            .map(Into::into),
+        parent,
         guaranteed: list("guaranteed")?.unwrap_or_default(),
-        max_listed: spec
-            .and_then(|s| s.get("max"))
+        max_listed: field("max")
             .and_then(|m| m.as_object())
             .map(|m| m.keys().map(|k| ResourceKind::from_name(k)).collect())
             .unwrap_or_default(),
         max: list("max")?,
-        weight: spec
-            .and_then(|s| s.get("weight"))
-            .and_then(|w| w.as_i64())
-            .unwrap_or(1),
-        reclaimable: spec
-            .and_then(|s| s.get("reclaimable"))
-            .and_then(|r| r.as_bool())
-            .unwrap_or(true),
+        weight,
+        reclaimable,
+        unreadable: None,
+    })
+}
+
+/// A Queue drover cannot read, as its pods see it: flagged with the field and the
+/// problem, never guessed at (and never left at its last readable version).
+pub fn unreadable_queue(
+    obj: &kube::api::DynamicObject,
+    err: &ConvertError,
+) -> Option<drover_core::quota::QueueSpec> {
+    let name = obj.metadata.name.as_deref()?;
+    let (field, message) = match err {
+        ConvertError::Field { problem, .. } => match problem.split_once(": ") {
+            Some((f, m)) => (f.to_string(), m.to_string()),
+            None => ("spec".to_string(), problem.clone()),
+        },
+        ConvertError::Quantity {
+            field,
+            resource,
+            source,
+            ..
+        } => (format!("{field}[{resource}]"), source.to_string()),
+        e => ("spec".to_string(), e.to_string()),
+    };
+    Some(drover_core::quota::QueueSpec {
+        name: name.into(),
+        unreadable: Some((field, message)),
+        ..Default::default()
     })
 }
 
@@ -1443,5 +1487,65 @@ mod tests {
         }
         // A null selector covers no pod.
         assert!(disruption_budget(&pdb(serde_json::json!({}), Some(0))).is_none());
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+    use drover_core::quota::QueueTree;
+    use serde_json::json;
+
+    fn object(spec: serde_json::Value) -> kube::api::DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "drover.dev/v1alpha1", "kind": "Queue",
+            "metadata": {"name": "team"}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    /// Each field wrong in a way the CRD's schema refuses — a cluster with an older or
+    /// looser CRD lets it through — is named on the Queue, never read as a default.
+    #[test]
+    fn every_wrong_queue_field_is_named_not_guessed() {
+        for (spec, field, says) in [
+            (json!("all of it"), "spec", "must be an object"),
+            (json!({"weight": "two"}), "spec.weight", "whole number"),
+            (json!({"weight": 1.5}), "spec.weight", "whole number"),
+            (
+                json!({"reclaimable": "yes"}),
+                "spec.reclaimable",
+                "true or false",
+            ),
+            (json!({"parent": 7}), "spec.parent", "queue's name"),
+            (
+                json!({"guaranteed": ["cpu"]}),
+                "spec.guaranteed",
+                "map resource names",
+            ),
+            (json!({"max": {"cpu": "lots"}}), "spec.max[cpu]", ""),
+            (
+                json!({"guaranteed": {"memory": "1Qi"}}),
+                "spec.guaranteed[memory]",
+                "",
+            ),
+        ] {
+            let obj = object(spec.clone());
+            let err = queue(&obj).expect_err(&format!("{spec} refused"));
+            let q = unreadable_queue(&obj, &err).expect("named");
+            let (f, message) = q.unreadable.clone().unwrap();
+            assert_eq!(f, field, "{spec}: {err}");
+            assert!(message.contains(says), "{spec}: {message}");
+            let tree = QueueTree::build([q]);
+            assert!(
+                tree.get("team").is_none(),
+                "{spec}: an unreadable queue is not used"
+            );
+            let problem = tree.problems().next().expect("flagged");
+            assert_eq!(problem.field, field);
+        }
+        // Absent and null fields take their documented defaults.
+        let q = queue(&object(json!({"weight": null, "parent": ""}))).unwrap();
+        assert_eq!((q.weight, q.reclaimable, q.parent), (1, true, None));
     }
 }

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::convert::{
     disruption_budget, node_info, node_resource_topology, pod_group, pod_identity, pod_info, queue,
+    unreadable_queue,
 };
 use super::status::{node_resource_topology_resource, pod_group_resource, queue_resource};
 use super::volumes;
@@ -381,7 +382,13 @@ pub fn apply(engine: &mut Engine, input: Input, now: i64, metrics: &Metrics) -> 
             now,
             |e, q| match queue(&q) {
                 Ok(spec) => e.handle_queue(spec, now),
-                Err(err) => unreadable(metrics, "Queue", &err),
+                Err(err) => {
+                    unreadable(metrics, "Queue", &err);
+                    // Its pods wait naming what is wrong; the Queue's status says it.
+                    if let Some(spec) = unreadable_queue(&q, &err) {
+                        e.handle_queue(spec, now);
+                    }
+                }
             },
             |e, q| {
                 if let Some(name) = q.metadata.name.as_deref() {
