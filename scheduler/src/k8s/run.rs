@@ -51,7 +51,9 @@ pub struct RunArgs {
     /// Kubeconfig context to use.
     #[arg(long, env = "DROVER_CONTEXT")]
     pub context: Option<String>,
-    /// Schedule pods whose spec.schedulerName is this.
+    /// Schedule pods whose spec.schedulerName is one of these, comma-separated: e.g.
+    /// `drover,scheduler-plugins-scheduler` to also take the pods of a controller that
+    /// sets a fixed name (KubeRay in scheduler-plugins mode). Events name the first.
     #[arg(long, env = "DROVER_SCHEDULER_NAME", default_value = "drover")]
     pub scheduler_name: String,
     /// Configuration file (YAML): scoring weights, packing, queue timing. See
@@ -101,8 +103,8 @@ pub struct LeaderElection {
 /// Everything `run` needs, validated.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// The scheduler name pods select.
-    pub scheduler_name: String,
+    /// The scheduler names pods select (at least one; Events name the first).
+    pub scheduler_names: Vec<String>,
     /// The validated configuration.
     pub config: Config,
     /// Where to serve metrics and health, if anywhere.
@@ -117,13 +119,43 @@ impl RunOptions {
     /// Options with the default configuration.
     pub fn new(scheduler_name: &str) -> Self {
         RunOptions {
-            scheduler_name: scheduler_name.into(),
+            scheduler_names: vec![scheduler_name.into()],
             config: Config::default(),
             metrics_addr: None,
             identity: hostname(),
             leader_election: None,
         }
     }
+}
+
+/// `--scheduler-name`'s list: comma-separated, each a valid name, none twice.
+fn scheduler_names(flag: &str) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = Vec::new();
+    for n in flag.split(',').map(str::trim) {
+        if n.is_empty() {
+            anyhow::bail!(
+                "--scheduler-name {flag:?}: an empty name; pods select a scheduler by spec.schedulerName, e.g. drover or drover,scheduler-plugins-scheduler"
+            );
+        }
+        let valid = n.len() <= 253
+            && n.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            });
+        if !valid {
+            anyhow::bail!(
+                "--scheduler-name {n:?}: not a valid scheduler name (lower-case letters, digits, '-' and '.', as spec.schedulerName takes)"
+            );
+        }
+        if !names.iter().any(|m| m == n) {
+            names.push(n.to_string());
+        }
+    }
+    Ok(names)
 }
 
 fn hostname() -> String {
@@ -136,11 +168,7 @@ fn hostname() -> String {
 impl RunArgs {
     /// Validates the flags and the config file into options; errors name the flag.
     pub fn options(&self) -> anyhow::Result<RunOptions> {
-        if self.scheduler_name.trim().is_empty() {
-            anyhow::bail!(
-                "--scheduler-name is empty: pods select a scheduler by spec.schedulerName, e.g. drover"
-            );
-        }
+        let scheduler_names = scheduler_names(&self.scheduler_name)?;
         let config = match &self.config {
             Some(p) => super::load_config(p)?,
             None => Config::default(),
@@ -173,7 +201,7 @@ impl RunArgs {
             duration_seconds: self.lease_duration_seconds,
         });
         Ok(RunOptions {
-            scheduler_name: self.scheduler_name.clone(),
+            scheduler_names,
             config,
             metrics_addr,
             identity: self.identity.clone().unwrap_or_else(hostname),
@@ -587,6 +615,10 @@ pub async fn run_with(
     shared: Shared,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !opts.scheduler_names.is_empty(),
+        "no scheduler name: drover would take no pod (RunOptions::new names one)"
+    );
     if let Some(addr) = opts.metrics_addr {
         let at = serve::spawn(addr, shared.clone(), shutdown.clone()).await?;
         let _ = shared.served_at.set(at);
@@ -609,18 +641,22 @@ pub async fn run_with(
     spawn_watches(&client, &tx, &shutdown);
     let status = StatusWriter::new(
         client.clone(),
-        &opts.scheduler_name,
+        &opts.scheduler_names[0],
         &opts.identity,
         shared.metrics.status_writes_dropped.clone(),
     );
     let binds = Arc::new(Semaphore::new(opts.config.bind_concurrency));
-    tracing::info!(scheduler_name = %opts.scheduler_name, identity = %opts.identity, "drover starting");
+    tracing::info!(scheduler_names = %opts.scheduler_names.join(","), identity = %opts.identity, "drover starting");
     let mut d = Driver {
         client,
-        engine: Engine::new(Options::scheduler(
-            opts.config.clone(),
-            &opts.scheduler_name,
-        )),
+        engine: Engine::new(Options {
+            scheduler_names: opts
+                .scheduler_names
+                .iter()
+                .map(|n| n.as_str().into())
+                .collect(),
+            ..Options::scheduler(opts.config.clone(), &opts.scheduler_names[0])
+        }),
         shared,
         sink: StatusSink::spawn(status.clone()),
         status,
@@ -756,4 +792,29 @@ async fn lead(
     };
     let changed = move |leading| tx.send(Input::Leader(leading)).is_ok();
     super::lease::run(client, params, changed, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scheduler_names;
+
+    #[test]
+    fn scheduler_names_are_a_comma_separated_list_of_valid_names() {
+        assert_eq!(
+            scheduler_names("drover, scheduler-plugins-scheduler,drover").unwrap(),
+            ["drover", "scheduler-plugins-scheduler"]
+        );
+        assert_eq!(scheduler_names("drover").unwrap(), ["drover"]);
+        for (bad, says) in [
+            ("", "an empty name"),
+            ("drover,", "an empty name"),
+            ("Drover", "not a valid scheduler name"),
+            ("drover_x", "not a valid scheduler name"),
+            ("-drover", "not a valid scheduler name"),
+        ] {
+            let err = scheduler_names(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad:?}: {err}");
+            assert!(err.contains("--scheduler-name"), "{bad:?}: {err}");
+        }
+    }
 }
