@@ -20,6 +20,8 @@ pub enum Binary {
     KubeControllerManager,
     /// `kwok` (the controller that plays kubelet for fake nodes).
     Kwok,
+    /// KubeRay's `ray-operator` (not part of the control plane; e2e tests start it).
+    RayOperator,
 }
 
 impl Binary {
@@ -40,6 +42,7 @@ impl Binary {
             Binary::KubeScheduler => "kube-scheduler",
             Binary::KubeControllerManager => "kube-controller-manager",
             Binary::Kwok => "kwok",
+            Binary::RayOperator => "ray-operator",
         }
     }
 
@@ -52,6 +55,7 @@ impl Binary {
             Binary::KubeScheduler => "TEST_ASSET_KUBE_SCHEDULER",
             Binary::KubeControllerManager => "TEST_ASSET_KUBE_CONTROLLER_MANAGER",
             Binary::Kwok => "TEST_ASSET_KWOK",
+            Binary::RayOperator => "TEST_ASSET_RAY_OPERATOR",
         }
     }
 }
@@ -105,6 +109,27 @@ pub fn binary_path(bin: Binary) -> anyhow::Result<PathBuf> {
             bin.file_name(),
             dir.display(),
             bin.env_var()
+        );
+    }
+    Ok(p)
+}
+
+/// KubeRay's RayCluster CRD, as `tests/controlplane/build.sh` copies it from the
+/// ray-operator module it builds (`crds/ray.io_rayclusters.yaml` next to the binaries;
+/// under `KUBEBUILDER_ASSETS` if that holds it).
+pub fn ray_cluster_crd() -> anyhow::Result<PathBuf> {
+    let rel = "crds/ray.io_rayclusters.yaml";
+    if let Some(dir) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(dir).join(rel);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let p = build_dir()?.join(rel);
+    if !p.is_file() {
+        bail!(
+            "{} is missing (tests/controlplane/build.sh copies it)",
+            p.display()
         );
     }
     Ok(p)

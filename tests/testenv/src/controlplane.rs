@@ -622,6 +622,42 @@ impl ControlPlane {
         self.start_component(&name, &bin, args, "/readyz").await
     }
 
+    /// Starts KubeRay's ray-operator (built by `tests/controlplane/build.sh`) with
+    /// `extra` flags such as `--batch-scheduler=scheduler-plugins`, no leader election,
+    /// its health probe on a loopback port, and waits until `/readyz` answers. Install
+    /// its CRD first ([`ray_cluster_crd`]). The caller owns the returned process.
+    pub async fn start_ray_operator(&self, extra: &[&str]) -> anyhow::Result<ProcessGuard> {
+        let bin = tokio::task::spawn_blocking(|| binary_path(Binary::RayOperator)).await??;
+        let name = self.process_name("ray-operator");
+        let port = free_port()?;
+        let mut args = vec![
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            "--enable-leader-election=false".to_string(),
+            "--metrics-addr=0".to_string(),
+            format!("--health-probe-bind-address=127.0.0.1:{port}"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut p = ProcessGuard::spawn(&name, &bin, &args, &self.dir_path, Some(port))?;
+        let deadline = Instant::now() + self.start_timeout;
+        // Ready once its informers have synced (the CRDs it watches must exist).
+        loop {
+            if let Ok(answer) = plain_get(port, "/readyz").await
+                && answer.starts_with("HTTP/1.1 200")
+            {
+                return Ok(p);
+            }
+            p.ensure_running()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} not ready after {:?}; last output:\n{}",
+                    self.start_timeout,
+                    p.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Starts kube-controller-manager (`--controllers=*`, among them disruption for PDB
     /// status, garbagecollector and namespace; `--use-service-account-credentials=false`,
     /// no leader election) and waits until its `/healthz` answers. The caller owns the
@@ -1056,9 +1092,14 @@ async fn wait_etcd(p: &mut ProcessGuard, port: u16, timeout: Duration) -> anyhow
 }
 
 async fn etcd_health(port: u16) -> anyhow::Result<String> {
+    plain_get(port, "/health").await
+}
+
+/// `GET path` over plain HTTP on loopback: the whole answer, status line first.
+async fn plain_get(port: u16, path: &str) -> anyhow::Result<String> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     s.write_all(
-        format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
             .as_bytes(),
     )
     .await?;

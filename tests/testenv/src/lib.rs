@@ -24,7 +24,7 @@ mod fixtures;
 mod process;
 mod util;
 
-pub use binaries::{Binary, binary_path, build_dir, repo_root};
+pub use binaries::{Binary, binary_path, build_dir, ray_cluster_crd, repo_root};
 pub use controlplane::{
     ADMIN_USER, ControlPlane, ControlPlaneBuilder, DEFAULT_DISABLED_ADMISSION_PLUGINS, KWOK_STAGES,
 };
