@@ -61,9 +61,25 @@ impl fmt::Display for GangKey {
     }
 }
 
+/// Which project's PodGroup an object is: the API drover reads it from and writes its
+/// status to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dialect {
+    /// `scheduling.x-k8s.io/v1alpha1` (scheduler-plugins; Kubeflow, KubeRay, Spark).
+    #[default]
+    SchedulerPlugins,
+    /// `scheduling.volcano.sh/v1beta1` (Volcano; LeaderWorkerSet, training-operator in
+    /// Volcano mode): drover writes its `status.phase` Pending → Inqueue → Running.
+    Volcano,
+}
+
 /// A `PodGroup` object, as read from the API.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodGroupInfo {
+    /// Which API it comes from.
+    pub dialect: Dialect,
+    /// The queue its members go to (Volcano's `spec.queue`) when a pod names none.
+    pub queue: Option<Arc<str>>,
     /// Namespace and name.
     pub key: GangKey,
     /// The object's UID (Events name it).
@@ -257,8 +273,12 @@ impl GangTracker {
     }
 
     /// Every PodGroup's key (for reconciling after a relist).
-    pub fn group_keys(&self) -> Vec<GangKey> {
-        self.groups.keys().cloned().collect()
+    pub fn group_keys(&self, dialect: Dialect) -> Vec<GangKey> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.dialect == dialect)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// The PodGroup, if one exists.

@@ -653,7 +653,8 @@ impl World {
                         e.handle_budget(k, Some(b.clone()));
                     }
                 }
-                Resource::NodeTopologies
+                Resource::VolcanoPodGroups
+                | Resource::NodeTopologies
                 | Resource::Claims
                 | Resource::PersistentVolumes
                 | Resource::StorageClasses

@@ -971,6 +971,8 @@ pub fn pod_group(obj: &kube::api::DynamicObject) -> Result<PodGroupInfo, Convert
     Ok(PodGroupInfo {
         min_resources: resources(&object, "spec.minResources", min_resources.as_ref())?,
         key,
+        dialect: drover_core::gang::Dialect::SchedulerPlugins,
+        queue: None,
         uid: obj.metadata.uid.as_deref().unwrap_or("").into(),
         // An absent minMember is 0 in the API's Go types: reported, never guessed.
         min_member: int("minMember").unwrap_or(0),
@@ -991,6 +993,30 @@ pub fn pod_group(obj: &kube::api::DynamicObject) -> Result<PodGroupInfo, Convert
             .map(|s| s * 1000),
         problem: None,
     })
+}
+
+/// Converts Volcano's `PodGroup` (`scheduling.volcano.sh/v1beta1`): `minMember`,
+/// `minResources`, `queue` (drover's Queue of that name; `default` is drover's default)
+/// and the topology annotations drover reads on any PodGroup. Members join it with the
+/// `scheduling.k8s.io/group-name` annotation, as Volcano's own do.
+pub fn volcano_pod_group(obj: &kube::api::DynamicObject) -> Result<PodGroupInfo, ConvertError> {
+    let mut info = pod_group(obj)?;
+    info.dialect = drover_core::gang::Dialect::Volcano;
+    let object = format!("PodGroup {} (scheduling.volcano.sh)", info.key);
+    info.queue = match obj.data.get("spec").and_then(|s| s.get("queue")) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(q)) if q.is_empty() => None,
+        Some(serde_json::Value::String(q)) => Some(q.as_str().into()),
+        Some(v) => {
+            return Err(ConvertError::Field {
+                object,
+                problem: format!("spec.queue: must be a queue's name, not {v}"),
+            });
+        }
+    };
+    // The scheduleTimeoutSeconds field is scheduler-plugins' only.
+    info.schedule_timeout_ms = None;
+    Ok(info)
 }
 
 /// Converts a node.

@@ -511,9 +511,13 @@ impl Driver {
                     }
                 });
             }
-            Action::PodGroupStatus { gang, status } => self
-                .sink
-                .write(StatusTarget::PodGroup(gang), pod_group_status(&status)),
+            Action::PodGroupStatus { gang, status } => {
+                let target = match status.dialect {
+                    drover_core::gang::Dialect::SchedulerPlugins => StatusTarget::PodGroup(gang),
+                    drover_core::gang::Dialect::Volcano => StatusTarget::VolcanoPodGroup(gang),
+                };
+                self.sink.write(target, pod_group_status(&status))
+            }
             Action::QueueStatus { queue, status } => {
                 if let drover_core::engine::QueueStatus::Invalid { message } = &status {
                     tracing::warn!(queue = %queue, %message, "invalid Queue");

@@ -9,7 +9,7 @@ use super::events::EventRecorder;
 use serde_json::json;
 
 use drover_core::engine::{PodGroupStatus, QueueStatus};
-use drover_core::gang::{GangKey, PodGroupInfo};
+use drover_core::gang::{Dialect, GangKey, GangPhase, PodGroupInfo};
 use drover_core::model::{PodInfo, PodKey, Resources};
 
 /// The API group of `PodGroup`.
@@ -30,6 +30,14 @@ pub fn queue_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("drover.dev", "v1alpha1", "Queue"),
         "queues",
+    )
+}
+
+/// Volcano's `PodGroup` (`scheduling.volcano.sh/v1beta1`) as an untyped API resource.
+pub fn volcano_pod_group_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("scheduling.volcano.sh", "v1beta1", "PodGroup"),
+        "podgroups",
     )
 }
 
@@ -144,11 +152,13 @@ impl StatusWriter {
         let patch = json!({ "status": status });
         let params = PatchParams::default();
         let written = match target {
-            StatusTarget::PodGroup(g) => Api::<DynamicObject>::namespaced_with(
-                self.client.clone(),
-                &g.namespace,
-                &pod_group_resource(),
-            )
+            StatusTarget::PodGroup(g) | StatusTarget::VolcanoPodGroup(g) => {
+                let resource = match target {
+                    StatusTarget::VolcanoPodGroup(_) => volcano_pod_group_resource(),
+                    _ => pod_group_resource(),
+                };
+                Api::<DynamicObject>::namespaced_with(self.client.clone(), &g.namespace, &resource)
+            }
             .patch_status(&g.name, &params, &Patch::Merge(&patch))
             .await
             .map(drop),
@@ -184,8 +194,12 @@ impl StatusWriter {
         reason: &str,
         note: &str,
     ) {
+        let api_version = match group.dialect {
+            Dialect::SchedulerPlugins => format!("{POD_GROUP_GROUP}/{POD_GROUP_VERSION}"),
+            Dialect::Volcano => "scheduling.volcano.sh/v1beta1".to_string(),
+        };
         let r = ObjectReference {
-            api_version: Some(format!("{POD_GROUP_GROUP}/{POD_GROUP_VERSION}")),
+            api_version: Some(api_version),
             kind: Some("PodGroup".into()),
             name: Some(group.key.name.to_string()),
             namespace: Some(group.key.namespace.to_string()),
@@ -232,6 +246,8 @@ fn jiff_now() -> String {
 pub enum StatusTarget {
     /// A PodGroup.
     PodGroup(GangKey),
+    /// A Volcano PodGroup.
+    VolcanoPodGroup(GangKey),
     /// A Queue (cluster-scoped).
     Queue(String),
     /// A pod's `PodScheduled` condition (see [`unschedulable_condition`]).
@@ -264,6 +280,9 @@ fn timestamp(ms: i64) -> Option<String> {
 
 /// A PodGroup's `status`, as scheduler-plugins writes it.
 pub fn pod_group_status(s: &PodGroupStatus) -> serde_json::Value {
+    if s.dialect == Dialect::Volcano {
+        return volcano_pod_group_status(s);
+    }
     let mut status = json!({
         "phase": s.phase.as_str(),
         "scheduled": s.scheduled,
@@ -291,6 +310,50 @@ pub fn pod_group_status(s: &PodGroupStatus) -> serde_json::Value {
             "status": "True",
             "reason": "InvalidSpec",
             "message": message,
+            "lastTransitionTime": timestamp(crate::k8s::run::now_ms()).unwrap_or_default(),
+        }));
+    }
+    if !conditions.is_empty() {
+        status["conditions"] = conditions.into();
+    }
+    status
+}
+
+/// A Volcano PodGroup's `status`: `phase` as Volcano's controllers read it —
+/// `Pending` until admitted, `Inqueue` once its minResources fit its queue and the
+/// cluster's free room (training-operator in Volcano mode creates the pods only then),
+/// `Running` with minMember members running, `Completed` when they succeeded,
+/// `Unknown` when members failed and too few are left — and the member counts.
+pub fn volcano_pod_group_status(s: &PodGroupStatus) -> serde_json::Value {
+    let phase = match s.phase {
+        GangPhase::Running => "Running",
+        GangPhase::Finished => "Completed",
+        GangPhase::Failed => "Unknown",
+        GangPhase::Pending | GangPhase::Scheduling if s.admitted => "Inqueue",
+        GangPhase::Pending | GangPhase::Scheduling => "Pending",
+    };
+    let mut status = json!({
+        "phase": phase,
+        "running": s.running,
+        "succeeded": s.succeeded,
+        "failed": s.failed,
+    });
+    let mut conditions = Vec::new();
+    if let Some(message) = &s.invalid {
+        conditions.push(json!({
+            "type": "Unschedulable",
+            "status": "True",
+            "reason": "InvalidSpec",
+            "message": message,
+            "lastTransitionTime": timestamp(crate::k8s::run::now_ms()).unwrap_or_default(),
+        }));
+    }
+    if s.timed_out {
+        conditions.push(json!({
+            "type": "Unschedulable",
+            "status": "True",
+            "reason": "ScheduleTimeout",
+            "message": "not placed within scheduleTimeoutSeconds; members keep waiting",
             "lastTransitionTime": timestamp(crate::k8s::run::now_ms()).unwrap_or_default(),
         }));
     }

@@ -8,7 +8,7 @@
 //! not installed) is reported once, and drover works without it.
 
 use drover_core::engine::{BindResult, Engine, EvictionResult, Resource};
-use drover_core::gang::GangKey;
+use drover_core::gang::{Dialect, GangKey};
 use drover_core::model::{ClaimKey, PodKey};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::convert::{
     disruption_budget, node_info, node_resource_topology, pod_group, pod_identity, pod_info, queue,
-    unreadable_queue,
+    unreadable_queue, volcano_pod_group,
 };
-use super::status::{node_resource_topology_resource, pod_group_resource, queue_resource};
+use super::status::{
+    node_resource_topology_resource, pod_group_resource, queue_resource, volcano_pod_group_resource,
+};
 use super::volumes;
 use crate::metrics::Metrics;
 
@@ -37,7 +39,7 @@ pub enum Input {
     /// A node watch event.
     Node(Box<watcher::Event<Node>>),
     /// A PodGroup watch event.
-    Group(Box<watcher::Event<DynamicObject>>),
+    Group(Dialect, Box<watcher::Event<DynamicObject>>),
     /// A Queue watch event.
     Queue(Box<watcher::Event<DynamicObject>>),
     /// A namespace watch event.
@@ -160,6 +162,7 @@ fn spawn_one<K, F>(
 fn unreadable_pod_group(
     obj: &DynamicObject,
     err: &crate::k8s::convert::ConvertError,
+    dialect: Dialect,
 ) -> Option<drover_core::gang::PodGroupInfo> {
     let name = obj.metadata.name.as_deref()?;
     let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
@@ -169,6 +172,7 @@ fn unreadable_pod_group(
     };
     Some(drover_core::gang::PodGroupInfo {
         key: GangKey::new(ns, name),
+        dialect,
         uid: obj.metadata.uid.as_deref().unwrap_or("").into(),
         problem: Some(problem.into()),
         ..Default::default()
@@ -210,7 +214,15 @@ pub fn spawn_watches(
         Api::<DynamicObject>::all_with(c.clone(), &pod_group_resource()),
         Resource::PodGroups,
         tx.clone(),
-        |e| Input::Group(Box::new(e)),
+        |e| Input::Group(Dialect::SchedulerPlugins, Box::new(e)),
+        s.clone(),
+        true,
+    );
+    spawn_one(
+        Api::<DynamicObject>::all_with(c.clone(), &volcano_pod_group_resource()),
+        Resource::VolcanoPodGroups,
+        tx.clone(),
+        |e| Input::Group(Dialect::Volcano, Box::new(e)),
         s.clone(),
         true,
     );
@@ -352,18 +364,27 @@ pub fn apply(engine: &mut Engine, input: Input, now: i64, metrics: &Metrics) -> 
                 }
             },
         ),
-        Input::Group(ev) => feed(
+        Input::Group(dialect, ev) => feed(
             engine,
-            Resource::PodGroups,
+            match dialect {
+                Dialect::SchedulerPlugins => Resource::PodGroups,
+                Dialect::Volcano => Resource::VolcanoPodGroups,
+            },
             *ev,
             now,
-            |e, g| match pod_group(&g) {
-                Ok(info) => e.handle_pod_group(info, now),
-                Err(err) => {
-                    unreadable(metrics, "PodGroup", &err);
-                    // Its gang waits naming what is wrong, rather than "not found".
-                    if let Some(info) = unreadable_pod_group(&g, &err) {
-                        e.handle_pod_group(info, now);
+            |e, g| {
+                let read = match dialect {
+                    Dialect::SchedulerPlugins => pod_group(&g),
+                    Dialect::Volcano => volcano_pod_group(&g),
+                };
+                match read {
+                    Ok(info) => e.handle_pod_group(info, now),
+                    Err(err) => {
+                        unreadable(metrics, "PodGroup", &err);
+                        // Its gang waits naming what is wrong, rather than "not found".
+                        if let Some(info) = unreadable_pod_group(&g, &err, dialect) {
+                            e.handle_pod_group(info, now);
+                        }
                     }
                 }
             },

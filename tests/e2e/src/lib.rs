@@ -153,6 +153,9 @@ pub const POD_GROUP_CRD: &str = "manifests/crds/scheduling.x-k8s.io_podgroups.ya
 /// The Queue CRD drover ships, relative to the repository root.
 pub const QUEUE_CRD: &str = "manifests/crds/drover.dev_queues.yaml";
 
+/// Volcano's PodGroup CRD, as `manifests/volcano` ships it.
+pub const VOLCANO_POD_GROUP_CRD: &str = "manifests/volcano/scheduling.volcano.sh_podgroups.yaml";
+
 /// Events (events.k8s.io/v1) about the object named `name` in `namespace`:
 /// `(reason, note)` pairs, oldest first.
 pub async fn events_for(
@@ -242,7 +245,51 @@ pub async fn create_pod_group(
     name: &str,
     spec: serde_json::Value,
 ) -> anyhow::Result<kube::api::DynamicObject> {
-    let ar = drover::k8s::status::pod_group_resource();
+    create_group_in(
+        client,
+        drover::k8s::status::pod_group_resource(),
+        namespace,
+        name,
+        spec,
+    )
+    .await
+}
+
+/// Creates a Volcano PodGroup (`scheduling.volcano.sh/v1beta1`) with `spec`.
+pub async fn create_volcano_pod_group(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<kube::api::DynamicObject> {
+    let ar = drover::k8s::status::volcano_pod_group_resource();
+    create_group_in(client, ar, namespace, name, spec).await
+}
+
+/// Reads a Volcano PodGroup's `status` (null when it has none).
+pub async fn volcano_pod_group_status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let ar = drover::k8s::status::volcano_pod_group_resource();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+    Ok(api
+        .get(name)
+        .await?
+        .data
+        .get("status")
+        .cloned()
+        .unwrap_or_default())
+}
+
+async fn create_group_in(
+    client: &Client,
+    ar: kube::api::ApiResource,
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<kube::api::DynamicObject> {
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
     let mut obj = kube::api::DynamicObject::new(name, &ar).within(namespace);
     obj.data = serde_json::json!({ "spec": spec });

@@ -217,3 +217,127 @@ async fn kuberay_clusters_in_scheduler_plugins_mode_start_whole_or_not_at_all() 
     assert!(drover_e2e::overcommitted(&client).await?.is_empty());
     drover.stop().await
 }
+
+/// A controller in Volcano mode, as training-operator is: it creates a Volcano
+/// PodGroup (minMember 4, minResources 12 cpu) and creates the job's pods only once
+/// drover has set `status.phase: Inqueue`. Two such jobs on room for one: the first
+/// is admitted, the second stays Pending (its room is the first's) with no pod made;
+/// the first runs (phase Running); once it is gone, the second is admitted and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volcano_pod_groups_go_inqueue_only_with_room_and_then_run() -> anyhow::Result<()> {
+    use drover_core::gang::VOLCANO_GROUP_ANNOTATION;
+    use drover_testenv::{TestPod, wait_until};
+    use k8s_openapi::api::core::v1::Pod;
+    let cp = ControlPlane::start().await?;
+    cp.install_crds(&[drover_e2e::VOLCANO_POD_GROUP_CRD])
+        .await?;
+    let client = cp.client();
+    let nodes: Vec<_> = (0..4)
+        .map(|i| {
+            FakeNode::new(format!("n-{i}"))
+                .cpu("4")
+                .memory("16Gi")
+                .build()
+        })
+        .collect();
+    cp.create_nodes(&nodes).await?;
+    let drover = Drover::start(client.clone());
+    let phase = |name: &'static str| {
+        let c = client.clone();
+        async move {
+            let s = drover_e2e::volcano_pod_group_status(&c, NS, name).await?;
+            Ok::<_, anyhow::Error>(s["phase"].as_str().unwrap_or("").to_string())
+        }
+    };
+    let spec = json!({"minMember": 4, "minResources": {"cpu": "12"}, "queue": "default"});
+    let t = std::time::Instant::now();
+    drover_e2e::create_volcano_pod_group(&client, NS, "job-a", spec.clone()).await?;
+    wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "job-a Inqueue",
+        || async { Ok(phase("job-a").await? == "Inqueue") },
+    )
+    .await?;
+    let admitted_in = t.elapsed();
+    drover_e2e::create_volcano_pod_group(&client, NS, "job-b", spec).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let create_members = |job: &'static str| {
+        let pods = pods.clone();
+        async move {
+            for i in 0..4 {
+                pods.create(
+                    &PostParams::default(),
+                    &TestPod::new(format!("{job}-{i}"))
+                        .scheduler("drover")
+                        .cpu("3")
+                        .annotation(VOLCANO_GROUP_ANNOTATION, job)
+                        .build(),
+                )
+                .await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    // The controller makes job-a's pods now that it is admitted.
+    create_members("job-a").await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        "job-a Running",
+        || async { Ok(phase("job-a").await? == "Running") },
+    )
+    .await?;
+    let running_in = t.elapsed();
+    // job-b: not admitted while job-a holds the room.
+    let hold = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < hold {
+        let p = phase("job-b").await?;
+        anyhow::ensure!(
+            p == "Pending" || p.is_empty(),
+            "job-b is {p:?} with no room"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(
+        phase("job-b").await? == "Pending",
+        "job-b's status says Pending"
+    );
+    // job-a ends: its pods and PodGroup go.
+    for i in 0..4 {
+        pods.delete(
+            &format!("job-a-{i}"),
+            &DeleteParams::default().grace_period(0),
+        )
+        .await?;
+    }
+    let gone = std::time::Instant::now();
+    let gvk = GroupVersionKind::gvk("scheduling.volcano.sh", "v1beta1", "PodGroup");
+    Api::<DynamicObject>::namespaced_with(client.clone(), NS, &ApiResource::from_gvk(&gvk))
+        .delete("job-a", &DeleteParams::default())
+        .await?;
+    wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "job-b Inqueue",
+        || async { Ok(phase("job-b").await? == "Inqueue") },
+    )
+    .await?;
+    let b_admitted = gone.elapsed();
+    create_members("job-b").await?;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        "job-b Running",
+        || async { Ok(phase("job-b").await? == "Running") },
+    )
+    .await?;
+    println!(
+        "Volcano PodGroups: job-a Inqueue {} ms after creation and Running at {} ms; job-b Pending while job-a ran, Inqueue {} ms after job-a's pods were deleted",
+        admitted_in.as_millis(),
+        running_in.as_millis(),
+        b_admitted.as_millis()
+    );
+    assert!(drover_e2e::overcommitted(&client).await?.is_empty());
+    drover.stop().await
+}

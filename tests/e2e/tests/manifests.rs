@@ -194,6 +194,7 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
         drover_e2e::POD_GROUP_CRD,
         drover_e2e::QUEUE_CRD,
         "tests/e2e/crds/topology.node.k8s.io_noderesourcetopologies.yaml",
+        drover_e2e::VOLCANO_POD_GROUP_CRD,
     ])
     .await?;
     let discovery = Discovery::new(admin.clone()).run().await?;
@@ -233,6 +234,20 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
                 .scheduler("drover")
                 .cpu("1")
                 .label(GROUP_LABEL, "pair")
+                .build(),
+        )
+        .await?;
+    }
+    // A gang in Volcano's dialect: drover writes the Volcano PodGroup's status.
+    drover_e2e::create_volcano_pod_group(&admin, "default", "trio", json!({"minMember": 2}))
+        .await?;
+    for i in 0..2 {
+        pods.create(
+            &PostParams::default(),
+            &TestPod::new(format!("trio-{i}"))
+                .scheduler("drover")
+                .cpu("1")
+                .annotation(drover_core::gang::VOLCANO_GROUP_ANNOTATION, "trio")
                 .build(),
         )
         .await?;
@@ -350,6 +365,8 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
                 let bound = node_of(&api.get("pair-0").await?).is_some()
                     && node_of(&api.get("pair-1").await?).is_some();
                 let status = pod_group_status(&c, "default", "pair").await?;
+                let volcano =
+                    drover_e2e::volcano_pod_group_status(&c, "default", "trio").await?;
                 let cond = drover_e2e::unschedulable_message(&api.get("too-big").await?).is_some();
                 let events = events_for(&c, "default", "too-big").await?;
                 let queue = queue_status_written(&c).await?;
@@ -371,6 +388,7 @@ async fn the_manifests_install_and_their_rbac_is_enough() -> anyhow::Result<()> 
                 .is_some_and(|a| a.contains_key("volume.kubernetes.io/selected-node"));
                 Ok(bound
                     && status["scheduled"] == 2
+                    && volcano["phase"] == "Running"
                     && cond
                     && events.iter().any(|(r, _)| r == "FailedScheduling")
                     && queue
@@ -440,6 +458,7 @@ async fn the_extender_manifests_install_and_their_rbac_is_enough() -> anyhow::Re
         drover_e2e::POD_GROUP_CRD,
         drover_e2e::QUEUE_CRD,
         "tests/e2e/crds/topology.node.k8s.io_noderesourcetopologies.yaml",
+        drover_e2e::VOLCANO_POD_GROUP_CRD,
     ])
     .await?;
     let discovery = Discovery::new(admin.clone()).run().await?;

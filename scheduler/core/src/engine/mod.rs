@@ -106,8 +106,10 @@ pub enum Resource {
     Pods,
     /// Nodes.
     Nodes,
-    /// PodGroups.
+    /// PodGroups (scheduler-plugins).
     PodGroups,
+    /// Volcano's PodGroups.
+    VolcanoPodGroups,
     /// drover's Queues.
     Queues,
     /// Namespaces (their default queue).
@@ -131,11 +133,12 @@ pub enum Resource {
 impl Resource {
     /// Every kind, in the order a full list shows them: what pods refer to first,
     /// pods last.
-    pub const ALL: [Resource; 12] = [
+    pub const ALL: [Resource; 13] = [
         Resource::Nodes,
         Resource::Namespaces,
         Resource::Queues,
         Resource::PodGroups,
+        Resource::VolcanoPodGroups,
         Resource::Budgets,
         Resource::NodeTopologies,
         Resource::StorageClasses,
@@ -148,10 +151,11 @@ impl Resource {
 
     /// What must be listed before drover decides anything: without them a decision
     /// could overcommit a node, split a gang or overrun a queue.
-    const BEFORE_DECIDING: [Resource; 10] = [
+    const BEFORE_DECIDING: [Resource; 11] = [
         Resource::Pods,
         Resource::Nodes,
         Resource::PodGroups,
+        Resource::VolcanoPodGroups,
         Resource::Queues,
         Resource::Namespaces,
         Resource::Claims,
@@ -419,6 +423,9 @@ pub struct Engine {
     /// Gang members the extender passed on their planned node: kube-scheduler is
     /// binding them, so a dropped plan keeps them where they go.
     handed: HashSet<PodKey>,
+    /// Volcano PodGroups drover admitted (`Inqueue`): their minResources fit the
+    /// cluster's free room and their queue. Kept until deleted, as Volcano keeps it.
+    volcano_admitted: HashSet<GangKey>,
     /// When each pod on a node was first seen there (ms): how long it has run, for
     /// the minimum runtime of eviction victims.
     placed_at: HashMap<PodKey, i64>,
@@ -472,6 +479,7 @@ impl Engine {
             in_flight: HashMap::new(),
             admitted: HashMap::new(),
             handed: HashSet::new(),
+            volcano_admitted: HashSet::new(),
             placed_at: HashMap::new(),
             gated: HashSet::new(),
             memo: Memo {
@@ -554,6 +562,10 @@ impl Engine {
     pub fn queue_name(&self, pod: &PodInfo) -> Arc<str> {
         pod.queue
             .clone()
+            .or_else(|| {
+                let gang = GangKey::of(pod)?;
+                self.gangs.group(&gang)?.queue.clone()
+            })
             .or_else(|| self.namespace_queues.get(&*pod.key.namespace).cloned())
             .unwrap_or_else(|| crate::quota::DEFAULT_QUEUE.into())
     }
@@ -654,8 +666,13 @@ impl Engine {
                         }
                     }
                 }
-                Resource::PodGroups => {
-                    for g in self.gangs.group_keys() {
+                Resource::PodGroups | Resource::VolcanoPodGroups => {
+                    let dialect = if resource == Resource::PodGroups {
+                        crate::gang::Dialect::SchedulerPlugins
+                    } else {
+                        crate::gang::Dialect::Volcano
+                    };
+                    for g in self.gangs.group_keys(dialect) {
                         if !seen.contains(&g.to_string()) {
                             self.handle_pod_group_deleted(&g, now);
                         }
@@ -985,16 +1002,32 @@ impl Engine {
     /// A PodGroup was added or changed.
     pub fn handle_pod_group(&mut self, group: PodGroupInfo, now: i64) {
         self.now = now;
-        self.saw(Resource::PodGroups, group.key.to_string());
+        let resource = match group.dialect {
+            crate::gang::Dialect::SchedulerPlugins => Resource::PodGroups,
+            crate::gang::Dialect::Volcano => Resource::VolcanoPodGroups,
+        };
+        self.saw(resource, group.key.to_string());
         let key = group.key.clone();
+        let queue_before = self.gangs.group(&key).and_then(|g| g.queue.clone());
+        let queue_changed = queue_before != group.queue;
         self.gangs.upsert_group(group);
+        if queue_changed {
+            let members: HashSet<PodKey> = self.gangs.members_in(&key, false).into_iter().collect();
+            self.pods_changed_queue(|k| members.contains(k), now);
+        }
         self.gang_changed(&key, now);
     }
 
     /// A PodGroup was deleted.
     pub fn handle_pod_group_deleted(&mut self, key: &GangKey, now: i64) {
         self.now = now;
+        let had_queue = self.gangs.group(key).is_some_and(|g| g.queue.is_some());
+        let members: HashSet<PodKey> = self.gangs.members_in(key, false).into_iter().collect();
         self.gangs.delete_group(key);
+        self.volcano_admitted.remove(key);
+        if had_queue {
+            self.pods_changed_queue(|k| members.contains(k), now);
+        }
         self.gang_changed(key, now);
     }
 
@@ -1065,8 +1098,14 @@ impl Engine {
 
     /// A namespace's default queue changed: its pods move.
     fn namespace_queue_changed(&mut self, namespace: &str, now: i64) {
+        self.pods_changed_queue(|k| *k.namespace == *namespace, now);
+    }
+
+    /// The queue of the pods `which` selects may have changed (their namespace's or
+    /// PodGroup's): those that name none themselves move, in the ledger and the queue.
+    fn pods_changed_queue(&mut self, which: impl Fn(&PodKey) -> bool, now: i64) {
         for key in self.cache.pod_keys() {
-            if *key.namespace != *namespace {
+            if !which(&key) {
                 continue;
             }
             let Some(pod) = self.cache.pod(&key).cloned() else {

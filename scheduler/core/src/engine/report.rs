@@ -4,18 +4,24 @@
 
 use std::sync::Arc;
 
-use crate::gang::{GangKey, GangPhase};
+use crate::gang::{Dialect, GangKey, GangPhase};
 use crate::model::Resources;
 use crate::plugins::Score;
 use crate::quota::dominant_share;
 
 use super::{Action, Engine, EventObject};
 
-/// A PodGroup's `status`, as scheduler-plugins defines it.
+/// A PodGroup's `status`, as scheduler-plugins defines it (Volcano's is written from
+/// the same figures).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodGroupStatus {
+    /// Which API the PodGroup is in.
+    pub dialect: Dialect,
     /// `phase`.
     pub phase: GangPhase,
+    /// Volcano's `Inqueue`: admitted by its queue and the cluster's free room before
+    /// any member need exist (controllers in Volcano mode create pods only then).
+    pub admitted: bool,
     /// Members on nodes (bound or binding).
     pub scheduled: usize,
     /// Members running.
@@ -101,7 +107,11 @@ pub struct Gauges {
 impl Engine {
     /// Hands out the status of every PodGroup whose members changed.
     pub(super) fn sync_group_status(&mut self) {
-        for g in self.gangs.take_dirty() {
+        let mut due = self.gangs.take_dirty();
+        // A Volcano PodGroup not yet admitted is looked at again whenever room may have
+        // freed: its controller may create no pod until it is.
+        due.extend(self.volcano_admission());
+        for g in due {
             let Some(group) = self.gangs.group(&g) else {
                 self.group_status.remove(&g);
                 continue;
@@ -111,6 +121,8 @@ impl Engine {
             let min = usize::try_from(group.min_member).unwrap_or(0);
             let phase = c.phase(min, started.is_some());
             let status = PodGroupStatus {
+                dialect: group.dialect,
+                admitted: self.volcano_admitted.contains(&g),
                 phase,
                 scheduled: c.scheduled,
                 running: c.running,
@@ -126,6 +138,61 @@ impl Engine {
             self.group_status.insert(g.clone(), status.clone());
             self.push(Action::PodGroupStatus { gang: g, status });
         }
+    }
+
+    /// Admits the Volcano PodGroups whose minResources fit now, in name order: within
+    /// their queue, and within the cluster's free room less what the groups admitted
+    /// before them still wait to take. Returns those newly admitted.
+    fn volcano_admission(&mut self) -> Vec<GangKey> {
+        let volcano = self.gangs.group_keys(Dialect::Volcano);
+        if volcano.is_empty() {
+            return Vec::new();
+        }
+        let snapshot = self.cache.snapshot();
+        let mut free = Resources::default();
+        for (_, n) in snapshot.nodes() {
+            if n.known && !n.unschedulable {
+                let f = n.free();
+                for (k, v) in f.iter() {
+                    free.set(&k, free.get(&k) + v.max(0));
+                }
+            }
+        }
+        let mut newly = Vec::new();
+        for g in volcano {
+            let Some(group) = self.gangs.group(&g) else {
+                continue;
+            };
+            let want = group.min_resources.clone();
+            let started = self.gangs.counts(&g).scheduled > 0;
+            if self.volcano_admitted.contains(&g) {
+                // Admitted: what its members have not taken yet is spoken for.
+                let mut placed = Resources::default();
+                for k in self.gangs.members_in(&g, false) {
+                    if let Some(p) = self.cache.pod(&k).filter(|p| p.node_name.is_some()) {
+                        placed.add(&p.requests);
+                    }
+                }
+                for (k, v) in want.iter() {
+                    let left = (v - placed.get(&k)).max(0);
+                    free.set(&k, free.get(&k) - left);
+                }
+                continue;
+            }
+            let queue: Arc<str> = group
+                .queue
+                .clone()
+                .unwrap_or_else(|| crate::quota::DEFAULT_QUEUE.into());
+            let fits = want.iter().all(|(k, v)| free.get(&k) >= v);
+            if started || (fits && self.quota_refusal(&queue, &want).is_none()) {
+                if !started {
+                    free.sub(&want);
+                }
+                self.volcano_admitted.insert(g.clone());
+                newly.push(g);
+            }
+        }
+        newly
     }
 
     /// Reports gangs past their scheduleTimeoutSeconds, once each.
