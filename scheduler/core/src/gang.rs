@@ -272,13 +272,16 @@ impl GangTracker {
         self.dirty.insert(key.clone());
     }
 
-    /// Every PodGroup's key (for reconciling after a relist).
+    /// Every PodGroup's key in `dialect`, in name order (for reconciling after a relist).
     pub fn group_keys(&self, dialect: Dialect) -> Vec<GangKey> {
-        self.groups
+        let mut keys: Vec<GangKey> = self
+            .groups
             .iter()
             .filter(|(_, g)| g.dialect == dialect)
             .map(|(k, _)| k.clone())
-            .collect()
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// The PodGroup, if one exists.

@@ -1081,3 +1081,99 @@ fn a_bound_pod_drover_cannot_read_keeps_its_node_full() {
         [("next".to_string(), "a".to_string())]
     );
 }
+
+fn volcano_group(name: &str, min: i64, cpu: i64, queue: Option<&str>) -> crate::gang::PodGroupInfo {
+    crate::gang::PodGroupInfo {
+        key: GangKey::new("ns", name),
+        dialect: crate::gang::Dialect::Volcano,
+        queue: queue.map(Into::into),
+        min_member: min,
+        min_resources: Resources::cpu_mem(cpu, 0),
+        ..Default::default()
+    }
+}
+
+/// The last Volcano admission handed out per group, in this batch of actions.
+fn admissions(actions: &[Action]) -> BTreeMap<String, bool> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::PodGroupStatus { gang, status }
+                if status.dialect == crate::gang::Dialect::Volcano =>
+            {
+                Some((gang.name.to_string(), status.admitted))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two Volcano groups of 12 cpu on 16 free: the first is admitted (Inqueue) before any
+/// member exists, the second is not — the first's room is spoken for, also while its
+/// members are being placed — until the first is gone.
+#[test]
+fn volcano_groups_are_admitted_only_while_their_room_is_free() {
+    let mut e = engine();
+    for i in 0..4 {
+        e.handle_node(node(&format!("n-{i}"), 4000, 16), 0);
+    }
+    e.handle_pod_group(volcano_group("a", 4, 12_000, None), 1);
+    e.handle_pod_group(volcano_group("b", 4, 12_000, None), 1);
+    let out = run(&mut e, 2);
+    let first = admissions(&out);
+    assert_eq!(first.get("a"), Some(&true), "{first:?}");
+    assert_eq!(first.get("b"), Some(&false), "{first:?}");
+    // a's members arrive one by one and bind: b is never admitted meanwhile.
+    let members: Vec<PodInfo> = (0..4)
+        .map(|i| PodInfo {
+            gang: Some(Arc::new(GangRef {
+                name: "a".into(),
+                ..Default::default()
+            })),
+            ..pod(&format!("a-{i}"), 3000, 1)
+        })
+        .collect();
+    for (i, m) in members.iter().enumerate() {
+        e.handle_pod(m.clone(), 3 + i as i64);
+        let out = run(&mut e, 3 + i as i64);
+        assert_ne!(admissions(&out).get("b"), Some(&true), "after a-{i}");
+        for (p, n) in binds(&out) {
+            let m = members.iter().find(|m| *m.key.name == *p).unwrap();
+            e.handle_bind_result(&m.key, BindResult::Bound, 10);
+            e.handle_pod(bound(m, &n), 10);
+            assert_ne!(admissions(&run(&mut e, 10)).get("b"), Some(&true));
+        }
+    }
+    assert_eq!(e.gangs().counts(&GangKey::new("ns", "a")).scheduled, 4);
+    for m in &members {
+        e.handle_pod_deleted(&m.key, 20);
+    }
+    e.handle_pod_group_deleted(&GangKey::new("ns", "a"), 20);
+    assert_eq!(admissions(&run(&mut e, 21)).get("b"), Some(&true));
+}
+
+/// A Volcano group's queue is its members' queue when they name none, and a group
+/// over its queue's max is not admitted.
+#[test]
+fn a_volcano_groups_queue_is_its_members_queue() {
+    let mut e = engine();
+    e.handle_node(node("n-0", 16_000, 64), 0);
+    e.handle_queue(team_queue(2000), 0);
+    e.handle_pod_group(volcano_group("g", 1, 3000, Some("team")), 1);
+    let m = PodInfo {
+        gang: Some(Arc::new(GangRef {
+            name: "g".into(),
+            ..Default::default()
+        })),
+        ..pod("m", 1000, 1)
+    };
+    assert_eq!(&*e.queue_name(&m), "team");
+    let mut named = m.clone();
+    named.queue = Some("other".into());
+    assert_eq!(&*e.queue_name(&named), "other", "a pod's own queue wins");
+    assert_eq!(
+        admissions(&run(&mut e, 2)).get("g"),
+        Some(&false),
+        "3 cpu over a 2-cpu max"
+    );
+}
