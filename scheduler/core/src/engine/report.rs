@@ -145,7 +145,9 @@ impl Engine {
     /// before them still wait to take. Returns those newly admitted.
     fn volcano_admission(&mut self) -> Vec<GangKey> {
         let volcano = self.gangs.group_keys(Dialect::Volcano);
-        if volcano.is_empty() {
+        // Nothing waits for admission: no need to add up the cluster's free room (this
+        // runs after every decision).
+        if volcano.iter().all(|g| self.volcano_admitted.contains(g)) {
             return Vec::new();
         }
         let snapshot = self.cache.snapshot();
