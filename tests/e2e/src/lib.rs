@@ -213,6 +213,18 @@ pub fn unschedulable_message(p: &Pod) -> Option<String> {
         .and_then(|c| c.message.clone())
 }
 
+/// `count` fake nodes `n-0`, `n-1`, ... of `cpu` and `memory` each.
+pub fn nodes(count: usize, cpu: &str, memory: &str) -> Vec<k8s_openapi::api::core::v1::Node> {
+    (0..count)
+        .map(|i| {
+            drover_testenv::FakeNode::new(format!("n-{i}"))
+                .cpu(cpu)
+                .memory(memory)
+                .build()
+        })
+        .collect()
+}
+
 /// Bound and total pod counts per gang label value (`scheduling.x-k8s.io/pod-group`)
 /// in `namespace`.
 pub async fn gang_counts(

@@ -248,24 +248,11 @@ async fn leader_hand_over_after_kill_and_after_sigterm() -> anyhow::Result<()> {
     c.stop().await
 }
 
-/// drover killed like `kill -9` while a 50-pod gang is being bound, then started
-/// again: the new instance finds the gang partly bound and completes it; every member
-/// ends bound, each once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gang_cut_by_kill_9_mid_bind_ends_whole_after_restart() -> anyhow::Result<()> {
+/// Ten 8-cpu nodes and the 50-member gang `cut` on them (1 cpu each, minMember 50).
+async fn create_cut_gang(cp: &ControlPlane) -> anyhow::Result<()> {
     use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
-    let cp = ControlPlane::start().await?;
-    let client = cp.client();
-    let nodes: Vec<_> = (0..10)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("8")
-                .memory("32Gi")
-                .build()
-        })
-        .collect();
-    cp.create_nodes(&nodes).await?;
-    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    cp.create_nodes(&drover_e2e::nodes(10, "8", "32Gi")).await?;
+    let api: Api<Pod> = Api::namespaced(cp.client(), NS);
     for i in 0..50 {
         api.create(
             &PostParams::default(),
@@ -278,6 +265,17 @@ async fn a_gang_cut_by_kill_9_mid_bind_ends_whole_after_restart() -> anyhow::Res
         )
         .await?;
     }
+    Ok(())
+}
+
+/// drover killed like `kill -9` while a 50-pod gang is being bound, then started
+/// again: the new instance finds the gang partly bound and completes it; every member
+/// ends bound, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_cut_by_kill_9_mid_bind_ends_whole_after_restart() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    create_cut_gang(&cp).await?;
     // No leader election: the restarted instance schedules at once.
     let mut first = Killable::start_with(&cp, drover::k8s::RunOptions::new("drover"))?;
     // Kill it as soon as the first members are bound.
@@ -467,14 +465,7 @@ async fn a_node_deleted_under_an_assumed_member_the_gang_ends_whole_elsewhere() 
     use std::sync::{Arc, Mutex};
     let cp = ControlPlane::start().await?;
     let client = cp.client();
-    let nodes: Vec<_> = (0..8)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("4")
-                .memory("16Gi")
-                .build()
-        })
-        .collect();
+    let nodes: Vec<_> = drover_e2e::nodes(8, "4", "16Gi");
     cp.create_nodes(&nodes).await?;
     // The first node a bind targets is the victim: binds to it wait 1.5 s, then are
     // refused if the node is gone by then (as an admission check would).
@@ -593,7 +584,6 @@ async fn a_node_deleted_under_an_assumed_member_the_gang_ends_whole_elsewhere() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_answered_410_gone_mid_gang_relists_and_the_gang_ends_whole() -> anyhow::Result<()>
 {
-    use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
     let cp = ControlPlane::builder().audit(true).start().await?;
     let client = cp.client();
     // drover as a user of its own, so that the audit log tells its requests apart.
@@ -609,28 +599,7 @@ async fn a_watch_answered_410_gone_mid_gang_relists_and_the_gang_ends_whole() ->
         )
         .await?;
     let user = format!("system:serviceaccount:{NS}:drover-chaos");
-    let nodes: Vec<_> = (0..10)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("8")
-                .memory("32Gi")
-                .build()
-        })
-        .collect();
-    cp.create_nodes(&nodes).await?;
-    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
-    for i in 0..50 {
-        api.create(
-            &PostParams::default(),
-            &TestPod::new(format!("g-{i}"))
-                .scheduler("drover")
-                .cpu("1")
-                .label(GROUP_LABEL, "cut")
-                .annotation(MIN_MEMBER_ANNOTATION, "50")
-                .build(),
-        )
-        .await?;
-    }
+    create_cut_gang(&cp).await?;
     // The first 8 binds land; the next are held until the API server is killed under
     // them; after the restart every bind is allowed.
     const HELD_AFTER: usize = 8;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use drover_e2e::{Drover, node_of, pods};
-use drover_testenv::{ControlPlane, FakeNode, ray_cluster_crd};
+use drover_testenv::{ControlPlane, ray_cluster_crd};
 use kube::Api;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::json;
@@ -123,14 +123,7 @@ async fn kuberay_clusters_in_scheduler_plugins_mode_start_whole_or_not_at_all() 
     // installed later only at its next discovery, up to 30 s on).
     let _gc = cp.start_controller_manager().await?;
     let client = cp.client();
-    let nodes: Vec<_> = (0..4)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("4")
-                .memory("16Gi")
-                .build()
-        })
-        .collect();
+    let nodes: Vec<_> = drover_e2e::nodes(4, "4", "16Gi");
     cp.create_nodes(&nodes).await?;
     let _operator = cp
         .start_ray_operator(&["--batch-scheduler=scheduler-plugins"])
@@ -232,14 +225,7 @@ async fn volcano_pod_groups_go_inqueue_only_with_room_and_then_run() -> anyhow::
     cp.install_crds(&[drover_e2e::VOLCANO_POD_GROUP_CRD])
         .await?;
     let client = cp.client();
-    let nodes: Vec<_> = (0..4)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("4")
-                .memory("16Gi")
-                .build()
-        })
-        .collect();
+    let nodes: Vec<_> = drover_e2e::nodes(4, "4", "16Gi");
     cp.create_nodes(&nodes).await?;
     let drover = Drover::start(client.clone());
     let phase = |name: &'static str| {

@@ -220,14 +220,7 @@ async fn notebooks_get_the_smallest_node_that_fits_and_keep_it() -> anyhow::Resu
 async fn exclusive_gangs_and_cordoned_nodes() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let client = cp.client();
-    let mut nodes: Vec<Node> = (0..4)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("8")
-                .memory("32Gi")
-                .build()
-        })
-        .collect();
+    let mut nodes: Vec<Node> = drover_e2e::nodes(4, "8", "32Gi");
     nodes.push(
         FakeNode::new("cordoned")
             .cpu("64")

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use drover_core::gang::{GROUP_LABEL, MIN_MEMBER_ANNOTATION};
 use drover_e2e::{Drover, QUEUE_CRD, node_of, pods, unschedulable_message};
-use drover_testenv::{ControlPlane, FakeNode, TestPod, wait_until};
+use drover_testenv::{ControlPlane, TestPod, wait_until};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{DynamicObject, PostParams};
 use kube::{Api, Client};
@@ -38,14 +38,7 @@ fn team_pod(name: &str, queue: &str, cpu: &str) -> Pod {
 
 /// `n` nodes of 4 cpus and 32 GiB, `n-0`, `n-1`, ...
 fn four_cpu_nodes(n: usize) -> Vec<Node> {
-    (0..n)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("4")
-                .memory("32Gi")
-                .build()
-        })
-        .collect()
+    drover_e2e::nodes(n, "4", "32Gi")
 }
 
 /// `p` with a termination grace period of 0: evicted, it ends at once (kwok honours
@@ -181,14 +174,7 @@ async fn a_queue_at_max_never_exceeds_it_and_bad_input_is_reported() -> anyhow::
     cp.install_crds(&[QUEUE_CRD, drover_e2e::POD_GROUP_CRD])
         .await?;
     let client = cp.client();
-    let nodes: Vec<Node> = (0..4)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("8")
-                .memory("32Gi")
-                .build()
-        })
-        .collect();
+    let nodes: Vec<Node> = drover_e2e::nodes(4, "8", "32Gi");
     cp.create_nodes(&nodes).await?;
     // The API refuses what its schema can tell is wrong, naming the field.
     for (body, field) in [

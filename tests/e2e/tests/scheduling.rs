@@ -346,14 +346,7 @@ fn unschedulable_condition(p: &Pod) -> Option<String> {
 async fn unschedulable_pod_is_reported_and_bound_when_a_node_fits() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let client = cp.client();
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("4")
-                .memory("16Gi")
-                .build()
-        })
-        .collect();
+    let mut nodes: Vec<Node> = drover_e2e::nodes(3, "4", "16Gi");
     nodes.push(
         FakeNode::new("tainted")
             .cpu("64")
@@ -561,14 +554,7 @@ async fn pods_of_other_schedulers_and_bound_pods_are_counted() -> anyhow::Result
 async fn restart_mid_run_loses_nothing_and_binds_nothing_twice() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let client = cp.client();
-    let nodes: Vec<Node> = (0..20)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("8")
-                .memory("32Gi")
-                .build()
-        })
-        .collect();
+    let nodes: Vec<Node> = drover_e2e::nodes(20, "8", "32Gi");
     cp.create_nodes(&nodes).await?;
 
     // Record every node each pod is ever seen on.
@@ -704,14 +690,7 @@ async fn wait_leading(
 async fn only_the_leader_binds_and_a_follower_takes_over() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let client = cp.client();
-    let nodes: Vec<Node> = (0..4)
-        .map(|i| {
-            FakeNode::new(format!("n-{i}"))
-                .cpu("8")
-                .memory("32Gi")
-                .build()
-        })
-        .collect();
+    let nodes: Vec<Node> = drover_e2e::nodes(4, "8", "32Gi");
     cp.create_nodes(&nodes).await?;
     let a = replica(&client, "replica-a");
     let b = replica(&client, "replica-b");

@@ -58,6 +58,23 @@ fn member(name: &str, gang: &str, min: usize) -> PodInfo {
     }
 }
 
+/// An engine in extender mode (plans held 60 s, admissions 30 s), everything listed.
+fn extender_engine() -> Engine {
+    let mut e = Engine::new(Options {
+        config: Config::default(),
+        scheduler_names: vec![],
+        mode: Mode::Extender {
+            plan_ttl_ms: 60_000,
+            admission_ttl_ms: 30_000,
+        },
+        tick_ms: 1_000,
+    });
+    for r in Resource::BEFORE_DECIDING {
+        e.handle_list_done(r, 0);
+    }
+    e
+}
+
 /// Runs the engine until nothing is due at `now`; returns every action.
 fn run(e: &mut Engine, now: i64) -> Vec<Action> {
     let mut out: Vec<Action> = std::iter::from_fn(|| e.poll_action()).collect();
@@ -351,18 +368,7 @@ fn losing_the_lease_drops_writes_not_yet_handed_out() {
 
 #[test]
 fn extender_plans_hold_every_member_until_bound_or_lapsed() {
-    let mut e = Engine::new(Options {
-        config: Config::default(),
-        scheduler_names: vec![],
-        mode: Mode::Extender {
-            plan_ttl_ms: 60_000,
-            admission_ttl_ms: 30_000,
-        },
-        tick_ms: 1_000,
-    });
-    for r in Resource::BEFORE_DECIDING {
-        e.handle_list_done(r, 0);
-    }
+    let mut e = extender_engine();
     e.handle_node(node("a", 2000, 16), 0);
     e.handle_node(node("b", 2000, 16), 0);
     let members: Vec<PodInfo> = (0..4).map(|i| member(&format!("m{i}"), "g", 4)).collect();
@@ -395,18 +401,7 @@ fn extender_plans_hold_every_member_until_bound_or_lapsed() {
 /// refused member is decided again.
 #[test]
 fn a_dropped_plan_keeps_the_members_kube_scheduler_is_binding() {
-    let mut e = Engine::new(Options {
-        config: Config::default(),
-        scheduler_names: vec![],
-        mode: Mode::Extender {
-            plan_ttl_ms: 60_000,
-            admission_ttl_ms: 30_000,
-        },
-        tick_ms: 1_000,
-    });
-    for r in Resource::BEFORE_DECIDING {
-        e.handle_list_done(r, 0);
-    }
+    let mut e = extender_engine();
     for n in ["a", "b", "c", "d", "e"] {
         e.handle_node(node(n, 1000, 16), 0);
     }
@@ -538,18 +533,7 @@ fn a_gang_with_a_gated_member_waits_whole() {
 
 #[test]
 fn the_extender_holds_a_gang_with_a_gated_member() {
-    let mut e = Engine::new(Options {
-        config: Config::default(),
-        scheduler_names: vec![],
-        mode: Mode::Extender {
-            plan_ttl_ms: 60_000,
-            admission_ttl_ms: 30_000,
-        },
-        tick_ms: 1_000,
-    });
-    for r in Resource::BEFORE_DECIDING {
-        e.handle_list_done(r, 0);
-    }
+    let mut e = extender_engine();
     e.handle_node(node("a", 8000, 16), 0);
     let members: Vec<PodInfo> = (0..3).map(|i| member(&format!("m{i}"), "g", 3)).collect();
     e.handle_pod(members[0].clone(), 0);
