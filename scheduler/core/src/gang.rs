@@ -496,8 +496,9 @@ pub enum GangDecision {
     },
 }
 
-/// Sums what is free on every usable node (known, not cordoned).
-fn free_total(snapshot: &Snapshot) -> Resources {
+/// Sums what is free on every usable node (known, not cordoned), an overcommitted
+/// node counting as nothing free.
+pub(crate) fn free_total(snapshot: &Snapshot) -> Resources {
     let mut total = Resources::default();
     for (_, n) in snapshot.nodes() {
         if !n.known || n.unschedulable {

@@ -150,16 +150,7 @@ impl Engine {
         if volcano.iter().all(|g| self.volcano_admitted.contains(g)) {
             return Vec::new();
         }
-        let snapshot = self.cache.snapshot();
-        let mut free = Resources::default();
-        for (_, n) in snapshot.nodes() {
-            if n.known && !n.unschedulable {
-                let f = n.free();
-                for (k, v) in f.iter() {
-                    free.set(&k, free.get(&k) + v.max(0));
-                }
-            }
-        }
+        let mut free = crate::gang::free_total(&self.cache.snapshot());
         let mut newly = Vec::new();
         for g in volcano {
             let Some(group) = self.gangs.group(&g) else {
