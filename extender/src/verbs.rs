@@ -474,7 +474,23 @@ impl Extender {
                     }
                     fail_all(&mut unresolvable, &cands.names, &message);
                 }
-                Verdict::Hold(message) => fail_all(&mut unresolvable, &cands.names, &message),
+                Verdict::Hold(message) => {
+                    // kube-scheduler offered a node drover's own filters reject: its
+                    // watch is ahead of drover's (a pod it has seen leave is still
+                    // here). Refused now, the pod would wait for the next cluster
+                    // event, which may never come: wait for drover's watch first.
+                    if !waited && self.offered_what_drover_rejects(&pod, &cands) {
+                        waited = true;
+                        let seen = self.engine().generation();
+                        if self.await_change(|e| e.generation() != seen) {
+                            now = now_ms();
+                            cands = cands.refresh(verb.as_str(), self.snapshot(), &self.memo)?;
+                            pass = vec![false; cands.slots.len()];
+                            continue;
+                        }
+                    }
+                    fail_all(&mut unresolvable, &cands.names, &message)
+                }
                 Verdict::Planned { gang, node } => {
                     let at = cands.position(&node);
                     let fits = at
@@ -607,6 +623,14 @@ impl Extender {
             }
         }
         false
+    }
+
+    /// Whether some candidate kube-scheduler offered fails drover's filters for `pod`.
+    fn offered_what_drover_rejects(&self, pod: &PodInfo, cands: &Candidates) -> bool {
+        let source: &dyn NodeSource = &*cands.snapshot;
+        let mut pass = vec![false; cands.slots.len()];
+        self.run_filters(pod, &Subset::new(source, &cands.slots), &mut pass);
+        pass.iter().any(|p| !p)
     }
 
     fn run_filters<N: NodeSource + ?Sized>(&self, pod: &PodInfo, view: &N, pass: &mut [bool]) {
